@@ -1,0 +1,161 @@
+"""Configuration: one frozen ``Settings`` object, the only place that reads the environment.
+
+Every knob is an environment variable with the prefix ``HEIMDALL_`` and ``__`` between a
+section and its field, e.g. ``HEIMDALL_KAFKA__BOOTSTRAP_SERVERS`` or
+``HEIMDALL_BATCHING__MAX_BATCH_SIZE``.  Secrets are ``SecretStr`` so that they never show in
+``repr``, logs or exceptions.  ``HEIMDALL_KAFKA__CLIENT_OPTIONS`` is a JSON object passed
+through to librdkafka unchanged (SASL/TLS settings included).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DeliveryMode = Literal["exactly_once", "at_least_once"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    """Brokers, topics, the consumer group and client security."""
+
+    bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers.")
+    input_topic: str = Field("heimdall.iq.captures", description="Topic of IqCapture records.")
+    output_topic: str = Field("heimdall.localizations", description="Topic of Localization results.")
+    dlq_topic: str = Field("heimdall.iq.captures.dlq", description="Dead-letter topic for bad input.")
+    control_topic: str = Field("heimdall.model-control", description="Compacted ModelDeployment topic.")
+    status_topic: str = Field("heimdall.model-status", description="ModelStatus reports topic.")
+    group_id: str = Field("heimdall-stream", description="Consumer group id.")
+    transactional_id_prefix: str = Field(
+        "heimdall-stream", description="Prefix of the producer's transactional.id (+ instance id)."
+    )
+    delivery: DeliveryMode = Field("exactly_once", description="exactly_once or at_least_once.")
+    static_membership: bool = Field(
+        False, description="Set group.instance.id to the instance id so a quick restart keeps partitions."
+    )
+    session_timeout_ms: int = Field(10_000, ge=1_000, description="Consumer group session timeout.")
+    transaction_timeout_ms: int = Field(30_000, ge=1_000, description="Producer transaction timeout.")
+    security_protocol: str | None = Field(None, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    sasl_mechanism: str | None = Field(None, description="e.g. SCRAM-SHA-512 or PLAIN.")
+    sasl_username: str | None = Field(None, description="SASL user name.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (secret).")
+    ssl_ca_location: str | None = Field(None, description="CA bundle for TLS.")
+    client_options: dict[str, str] = Field(
+        default_factory=dict, description="librdkafka options passed through unchanged."
+    )
+
+    def client_config(self) -> dict[str, Any]:
+        """The librdkafka configuration shared by every client (secrets revealed here only)."""
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        optional = {
+            "security.protocol": self.security_protocol,
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "ssl.ca.location": self.ssl_ca_location,
+        }
+        config.update({k: v for k, v in optional.items() if v is not None})
+        if self.sasl_password is not None:
+            config["sasl.password"] = self.sasl_password.get_secret_value()
+        config.update(self.client_options)
+        return config
+
+
+class RedisSettings(_Section):
+    """Dedup and result-cache store."""
+
+    url: str = Field("redis://localhost:6379/0", description="Redis URL, without the password.")
+    password: SecretStr | None = Field(None, description="Redis password (secret).")
+    key_prefix: str = Field("heimdall:", description="Prefix of every key this service writes.")
+    dedup_ttl_s: int = Field(
+        86_400, ge=1, description="How long a processed capture_id suppresses duplicates."
+    )
+    cache_ttl_s: int = Field(3_600, ge=1, description="Result cache TTL.")
+    socket_timeout_s: float = Field(
+        0.5, gt=0, description="Per-command timeout; beyond it Redis counts as down."
+    )
+    retry_interval_s: float = Field(2.0, gt=0, description="How often to probe Redis again while degraded.")
+
+
+class MlflowSettings(_Section):
+    """Model registry and on-disk model cache."""
+
+    tracking_uri: str = Field("http://localhost:5000", description="MLflow tracking/registry URI.")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "heimdall-stream" / "models",
+        description="On-disk cache of downloaded models, keyed by version and sha256.",
+    )
+
+
+class ModelSettings(_Section):
+    """Which model serves, and how onnxruntime runs it."""
+
+    uri: str = Field(
+        "models:/localization_model@champion", description="Model served when no deployment exists."
+    )
+    intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = default).")
+    inter_op_threads: int = Field(1, ge=0, description="onnxruntime inter-op threads (0 = default).")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the emitted ellipse.")
+    control_hmac_key: SecretStr | None = Field(
+        None, description="Key that signs ModelDeployment messages (secret)."
+    )
+
+
+class BatchingSettings(_Section):
+    """Micro-batching and backpressure."""
+
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Captures per inference batch.")
+    max_wait_ms: float = Field(20.0, ge=0, description="Longest a capture waits for its batch to fill.")
+    max_in_flight: int = Field(256, ge=1, description="Captures consumed but not yet committed.")
+
+
+class LimitsSettings(_Section):
+    """Bounds on input, enforced before any allocation that scales with the message."""
+
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest accepted capture.")
+    max_receivers: int = Field(32, ge=1, description="Most receivers in one capture.")
+    max_samples: int = Field(131_072, ge=16, description="Most IQ samples per receiver.")
+
+
+class MetricsSettings(_Section):
+    """The HTTP endpoint with /metrics, /healthz and /readyz."""
+
+    host: str = Field("0.0.0.0", description="Address the metrics server binds.")
+    port: int = Field(9108, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 = any).")
+
+
+class Settings(BaseSettings):
+    """Every setting of heimdall-stream; built once at start-up and then immutable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="HEIMDALL_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    instance_id: str = Field(
+        default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
+        description="Names this process in status reports, DLQ headers and transactional ids.",
+    )
+    log_level: str = Field("INFO", description="Python log level.")
+    log_format: Literal["text", "json"] = Field("text", description="text or json log lines.")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError(f"unknown log level {value!r}")
+        return level

@@ -1,0 +1,200 @@
+"""The model contract: how an ONNX localization model describes itself, and its validation.
+
+A model carries ``heimdall.contract`` in its ONNX ``metadata_props``: JSON with the contract
+version, the input kind, the receiver slots (ids and coordinates), the reference point of its
+east/north frame, the IQ geometry it expects and, for ``features`` models, the feature names
+and normalisation statistics.  ``validate_contract`` checks that JSON *and* the graph's inputs
+and outputs against it, and raises ``ModelContractError`` naming the first thing that does not
+fit, so a bad model is refused at load time instead of producing nonsense at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from heimdall_stream.errors import ModelContractError
+from heimdall_stream.features import FEATURE_NAMES
+from heimdall_stream.geo import LocalFrame
+from heimdall_stream.network import Network
+
+CONTRACT_KEY = "heimdall.contract"
+CONTRACT_VERSION = "heimdall.localization/v1"
+InputKind = Literal["features", "iq"]
+INPUTS: dict[str, tuple[str, str]] = {
+    "features": ("receiver_features", "receiver_mask"),
+    "iq": ("iq", "receiver_mask"),
+}
+OUTPUTS = {"position_enu_m": 2, "covariance_enu": 3}
+
+
+@dataclass(frozen=True, slots=True)
+class TensorSpec:
+    """Name, element type and shape (ints, or None/str for dynamic dims) of a graph input/output."""
+
+    name: str
+    type: str
+    shape: tuple[int | str | None, ...]
+
+
+@dataclass(frozen=True)
+class ModelContract:
+    """A validated self-description of a localization model."""
+
+    input_kind: InputKind
+    network: Network
+    reference_latitude: float
+    reference_longitude: float
+    sample_rate_hz: float
+    sample_count: int
+    feature_names: tuple[str, ...] = ()
+    feature_mean: tuple[float, ...] = ()
+    feature_std: tuple[float, ...] = ()
+    benchmark_only: bool = False
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def slots(self) -> dict[str, int]:
+        """Receiver id → slot index."""
+        return self.network.index()
+
+    @property
+    def frame(self) -> LocalFrame:
+        """The model's east/north frame."""
+        return LocalFrame(self.reference_latitude, self.reference_longitude)
+
+    @property
+    def feature_columns(self) -> tuple[int, ...]:
+        """Columns of ``extract_features`` output that feed this model, in its order."""
+        return tuple(FEATURE_NAMES.index(name) for name in self.feature_names)
+
+    def to_json(self) -> str:
+        """The JSON stored under ``heimdall.contract``."""
+        body: dict[str, Any] = {
+            "contract": CONTRACT_VERSION,
+            "input_kind": self.input_kind,
+            "receivers": self.network.to_dict()["receivers"],
+            "network_name": self.network.name,
+            "reference": {"latitude": self.reference_latitude, "longitude": self.reference_longitude},
+            "iq": {"sample_rate_hz": self.sample_rate_hz, "sample_count": self.sample_count},
+            "benchmark_only": self.benchmark_only,
+            "description": self.description,
+            **self.extra,
+        }
+        if self.input_kind == "features":
+            body["features"] = {
+                "names": list(self.feature_names),
+                "mean": list(self.feature_mean),
+                "std": list(self.feature_std),
+            }
+        return json.dumps(body, sort_keys=True)
+
+
+def parse_contract(text: str | None) -> ModelContract:
+    """Parse and check the contract JSON alone (no graph)."""
+    if text is None:
+        raise ModelContractError(f"model has no '{CONTRACT_KEY}' metadata: not a heimdall model")
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ModelContractError(f"'{CONTRACT_KEY}' is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ModelContractError(f"'{CONTRACT_KEY}' must be a JSON object")
+    if body.get("contract") != CONTRACT_VERSION:
+        raise ModelContractError(
+            f"unsupported contract version {body.get('contract')!r}; this consumer speaks {CONTRACT_VERSION}"
+        )
+    kind = body.get("input_kind")
+    if kind not in INPUTS:
+        raise ModelContractError(f"input_kind must be 'features' or 'iq', got {kind!r}")
+    try:
+        network = Network.from_dict(
+            {"name": body.get("network_name", "model"), "receivers": body["receivers"]}
+        )
+        reference = body["reference"]
+        lat, lon = float(reference["latitude"]), float(reference["longitude"])
+        iq = body["iq"]
+        sample_rate, sample_count = float(iq["sample_rate_hz"]), int(iq["sample_count"])
+    except Exception as exc:  # KeyError, TypeError, ValueError, ConfigurationError from Network
+        raise ModelContractError(f"contract is missing or has a bad field: {exc}") from exc
+    if not (-90 < lat < 90 and -180 <= lon <= 180):
+        raise ModelContractError(f"reference point {lat}, {lon} is not a valid position")
+    if not (sample_rate > 0 and math.isfinite(sample_rate) and sample_count > 0):
+        raise ModelContractError(f"iq geometry must be positive, got {sample_rate} Hz × {sample_count}")
+    names: tuple[str, ...] = ()
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+    if kind == "features":
+        names, mean, std = _parse_features(body.get("features"))
+    return ModelContract(
+        input_kind=kind,
+        network=network,
+        reference_latitude=lat,
+        reference_longitude=lon,
+        sample_rate_hz=sample_rate,
+        sample_count=sample_count,
+        feature_names=names,
+        feature_mean=mean,
+        feature_std=std,
+        benchmark_only=bool(body.get("benchmark_only", False)),
+        description=str(body.get("description", "")),
+    )
+
+
+def _parse_features(spec: Any) -> tuple[tuple[str, ...], tuple[float, ...], tuple[float, ...]]:
+    if not isinstance(spec, dict):
+        raise ModelContractError("a features model needs a 'features' object with names, mean and std")
+    try:
+        names = tuple(str(n) for n in spec["names"])
+        mean = tuple(float(v) for v in spec["mean"])
+        std = tuple(float(v) for v in spec["std"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelContractError(f"features spec is malformed: {exc!r}") from exc
+    unknown = [n for n in names if n not in FEATURE_NAMES]
+    if unknown:
+        raise ModelContractError(f"model wants features this consumer does not compute: {unknown}")
+    if not names or len(mean) != len(names) or len(std) != len(names):
+        raise ModelContractError(f"features: {len(names)} names but {len(mean)} means and {len(std)} stds")
+    if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(s) and s > 0 for s in std):
+        raise ModelContractError("feature normalisation statistics must be finite, with std > 0")
+    return names, mean, std
+
+
+def validate_contract(
+    metadata: Mapping[str, str], inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> ModelContract:
+    """Check a model's metadata and graph signature; return its contract or raise."""
+    contract = parse_contract(metadata.get(CONTRACT_KEY))
+    n_slots = len(contract.network.receivers)
+    by_name = {spec.name: spec for spec in inputs}
+    wanted = INPUTS[contract.input_kind]
+    if set(by_name) != set(wanted):
+        raise ModelContractError(
+            f"a {contract.input_kind} model must have inputs {sorted(wanted)}, has {sorted(by_name)}"
+        )
+    if contract.input_kind == "features":
+        expected: tuple[int | None, ...] = (None, n_slots, len(contract.feature_names))
+        _check_tensor(by_name["receiver_features"], expected)
+    else:
+        _check_tensor(by_name["iq"], (None, n_slots, 2, contract.sample_count))
+    _check_tensor(by_name["receiver_mask"], (None, n_slots))
+    out_by_name = {spec.name: spec for spec in outputs}
+    for name, width in OUTPUTS.items():
+        if name not in out_by_name:
+            raise ModelContractError(f"model has no output '{name}' (outputs: {sorted(out_by_name)})")
+        _check_tensor(out_by_name[name], (None, width))
+    return contract
+
+
+def _check_tensor(spec: TensorSpec, expected: tuple[int | None, ...]) -> None:
+    if spec.type != "tensor(float)":
+        raise ModelContractError(f"'{spec.name}' must be float32, is {spec.type}")
+    if len(spec.shape) != len(expected):
+        raise ModelContractError(f"'{spec.name}' must have rank {len(expected)}, has shape {spec.shape}")
+    for axis, (actual, want) in enumerate(zip(spec.shape, expected, strict=True)):
+        if want is not None and isinstance(actual, int) and actual != want:
+            raise ModelContractError(f"'{spec.name}' dimension {axis} is {actual}, the contract needs {want}")

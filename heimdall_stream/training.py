@@ -1,0 +1,507 @@
+"""Reference models: a calibrated ``features`` localizer and a benchmark-only ``iq`` CNN.
+
+The features model is three small scikit-learn MLPs exported to one ONNX graph:
+
+* position: normalised features + mask → east/north (scaled to 100 km);
+* log-variance: the same input → log of the squared east and north errors, trained on honest
+  out-of-fold residuals (so it learns where the position model is unsure, not its training fit);
+* correlation: → the east/north error correlation.
+
+The predicted log-sigmas then go through an affine map (shift, slope) chosen on a separate
+calibration split so that the share of true positions inside the 68.27 % and 95 % ellipses
+matches nominal at both levels; a held-out test
+split reports coverage, median and p95 error, against a classical baseline (least squares on a
+log-distance path-loss law).  Requires the ``train`` extra (scikit-learn, skl2onnx, onnx).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from heimdall_stream.contract import CONTRACT_KEY, ModelContract
+from heimdall_stream.features import FEATURE_NAMES, assemble_batch, extract_features, normalise_features
+from heimdall_stream.geo import LocalFrame, chi2_2_scale
+from heimdall_stream.network import Network
+from heimdall_stream.simulator import IqSimulator
+
+POSITION_SCALE_M = 100_000.0
+ERROR_SCALE_M = 1_000.0
+# E[log χ²₁] = ψ(1/2) + ln 2: the mean of log(r²) sits this far below log(σ²).
+LOG_CHI2_1_MEAN = -1.2703628454614782
+RHO_LIMIT = 0.9
+OPSET = 17
+F32 = npt.NDArray[np.float32]
+F64 = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Simulated captures reduced to model inputs and truth."""
+
+    features: F32  # (B, N, F) raw features
+    mask: F32  # (B, N)
+    target_enu: F64  # (B, 2) metres in the network frame
+    truth_latlon: F64  # (B, 2)
+
+
+@dataclass(frozen=True)
+class EvaluationReport:
+    """How the reference model does on held-out captures, next to the baseline."""
+
+    n_train: int
+    n_calibration: int
+    n_test: int
+    sigma_calibration: tuple[float, float]  # log σ ← shift + slope · log σ_predicted
+    coverage_68: float
+    coverage_95: float
+    median_error_m: float
+    p95_error_m: float
+    baseline_median_error_m: float
+    baseline_p95_error_m: float
+    baseline: str = "least squares on a log-distance path-loss law (1.5 km grid search)"
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form, as logged to MLflow."""
+        return asdict(self)
+
+
+def simulate_dataset(
+    simulator: IqSimulator,
+    count: int,
+    start: int = 0,
+    batch: int = 64,
+    progress: Callable[[int], None] | None = None,
+) -> Dataset:
+    """Simulate captures ``start`` .. ``start + count`` and extract their features."""
+    network = simulator.network
+    frame = LocalFrame(*network.centroid())
+    features: list[F32] = []
+    masks: list[F32] = []
+    truths: list[tuple[float, float]] = []
+    for first in range(start, start + count, batch):
+        sims = [simulator.generate(i) for i in range(first, min(first + batch, start + count))]
+        iq, mask, fs, offsets = assemble_batch(
+            [s.capture for s in sims], network.index(), simulator.sample_count
+        )
+        features.append(extract_features(iq, mask, fs, offsets))
+        masks.append(mask)
+        truths.extend((s.transmitter.latitude, s.transmitter.longitude) for s in sims)
+        if progress is not None:
+            progress(len(sims))
+    truth = np.asarray(truths, dtype=np.float64)
+    east, north = frame.to_enu(truth[:, 0], truth[:, 1])
+    return Dataset(
+        features=np.concatenate(features),
+        mask=np.concatenate(masks),
+        target_enu=np.stack([east, north], axis=1),
+        truth_latlon=truth,
+    )
+
+
+def normalisation(data: Dataset) -> tuple[F64, F64]:
+    """Per-feature mean and std over present receiver slots."""
+    present = data.mask.astype(bool)
+    values = data.features[present].astype(np.float64)
+    mean = values.mean(axis=0)
+    std = values.std(axis=0)
+    return mean, np.where(std > 1e-6, std, 1.0)
+
+
+def model_input(features: F32, mask: F32, mean: F64, std: F64) -> F32:
+    """The MLPs' input: features normalised as the consumer does, flattened, then the mask."""
+    normalised = normalise_features(features, mask, mean, std)
+    flat = normalised.reshape(len(features), -1)
+    return np.concatenate([flat, mask], axis=1).astype(np.float32)
+
+
+def train_features_model(
+    network: Network,
+    *,
+    n_train: int = 4000,
+    n_calibration: int = 1000,
+    n_test: int = 1000,
+    seed: int = 7,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[bytes, EvaluationReport]:
+    """Simulate, train, calibrate and evaluate; return the ONNX bytes and the report."""
+    from sklearn.ensemble import GradientBoostingRegressor
+    from sklearn.model_selection import cross_val_predict
+    from sklearn.neural_network import MLPRegressor
+
+    simulator = IqSimulator(network, seed=seed)
+    train = simulate_dataset(simulator, n_train, 0, progress=progress)
+    calib = simulate_dataset(simulator, n_calibration, n_train, progress=progress)
+    test = simulate_dataset(simulator, n_test, n_train + n_calibration, progress=progress)
+    mean, std = normalisation(train)
+    x_train = model_input(train.features, train.mask, mean, std)
+
+    def mlp(hidden: tuple[int, ...], alpha: float) -> MLPRegressor:
+        return MLPRegressor(
+            hidden_layer_sizes=hidden,
+            alpha=alpha,
+            max_iter=600,
+            early_stopping=True,
+            n_iter_no_change=25,
+            random_state=seed,
+        )
+
+    def boosted() -> GradientBoostingRegressor:
+        return GradientBoostingRegressor(
+            n_estimators=300,
+            learning_rate=0.05,
+            max_depth=3,
+            min_samples_leaf=40,
+            subsample=0.8,
+            random_state=seed,
+        )
+
+    y_pos = train.target_enu / POSITION_SCALE_M
+    position = mlp((256, 256), 1e-4).fit(x_train, y_pos)
+    # Out-of-fold residuals: errors the position model makes on captures it did not see.
+    oof = cross_val_predict(mlp((256, 256), 1e-4), x_train, y_pos, cv=4) * POSITION_SCALE_M
+    residual = (train.target_enu - oof) / ERROR_SCALE_M
+    log_r2 = np.log(residual**2 + 1e-4)
+    log_var = [boosted().fit(x_train, log_r2[:, axis]) for axis in (0, 1)]
+    sigma_oof = np.exp(0.5 * (_predict_log_var(log_var, x_train) - LOG_CHI2_1_MEAN))
+    t = np.clip(residual[:, 0] * residual[:, 1] / (sigma_oof[:, 0] * sigma_oof[:, 1]), -3, 3)
+    correlation = mlp((32,), 1e-2).fit(x_train, t)
+
+    def predict(data: Dataset, calibration: tuple[float, float]) -> tuple[F64, F64]:
+        x = model_input(data.features, data.mask, mean, std)
+        pos = position.predict(x) * POSITION_SCALE_M
+        log_sigma = 0.5 * (_predict_log_var(log_var, x) - LOG_CHI2_1_MEAN) + math.log(ERROR_SCALE_M)
+        shift, slope = calibration
+        sig = np.exp(shift + slope * log_sigma)
+        rho = np.clip(correlation.predict(x), -RHO_LIMIT, RHO_LIMIT)
+        return pos, np.column_stack([sig, rho])
+
+    pos_c, cov_c = predict(calib, (0.0, 1.0))
+    calibration = calibrate_sigmas(calib.target_enu - pos_c, cov_c)
+
+    lat0, lon0 = network.centroid()
+    contract = ModelContract(
+        input_kind="features",
+        network=network,
+        reference_latitude=lat0,
+        reference_longitude=lon0,
+        sample_rate_hz=simulator.sample_rate_hz,
+        sample_count=simulator.sample_count,
+        feature_names=FEATURE_NAMES,
+        feature_mean=tuple(map(float, mean)),
+        feature_std=tuple(map(float, std)),
+        description="reference features localizer (MLP position, boosted log-variance, calibrated)",
+    )
+    model = _export_features_model(
+        position, log_var, correlation, contract=contract, width=x_train.shape[1], calibration=calibration
+    )
+    # The report describes the exported file itself, run by onnxruntime as the consumer runs it.
+    pos_t, cov_t = run_features_onnx(model.SerializeToString(), test, mean, std)
+    d2_test = mahalanobis_sq(test.target_enu - pos_t, cov_t)
+    errors = np.hypot(*(test.target_enu - pos_t).T)
+    baseline = np.hypot(*(test.target_enu - pathloss_baseline(test, network)).T)
+    report = EvaluationReport(
+        n_train=n_train,
+        n_calibration=n_calibration,
+        n_test=n_test,
+        sigma_calibration=calibration,
+        coverage_68=float(np.mean(d2_test <= chi2_2_scale(0.6827) ** 2)),
+        coverage_95=float(np.mean(d2_test <= chi2_2_scale(0.95) ** 2)),
+        median_error_m=float(np.median(errors)),
+        p95_error_m=float(np.percentile(errors, 95)),
+        baseline_median_error_m=float(np.median(baseline)),
+        baseline_p95_error_m=float(np.percentile(baseline, 95)),
+    )
+    evaluated = dataclasses.replace(contract, extra={"evaluation": report.as_dict()})
+    _set_contract(model, evaluated)
+    return bytes(model.SerializeToString()), report
+
+
+def run_features_onnx(onnx_bytes: bytes, data: Dataset, mean: F64, std: F64) -> tuple[F64, F64]:
+    """Position and covariance of a dataset, from an exported features model via onnxruntime."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    inputs = {
+        "receiver_features": normalise_features(data.features, data.mask, mean, std),
+        "receiver_mask": data.mask,
+    }
+    position, covariance = session.run(["position_enu_m", "covariance_enu"], inputs)
+    return np.asarray(position, np.float64), np.asarray(covariance, np.float64)
+
+
+def _set_contract(model: Any, contract: ModelContract) -> None:
+    from onnx import helper
+
+    del model.metadata_props[:]
+    helper.set_model_props(model, {CONTRACT_KEY: contract.to_json()})
+
+
+def _predict_log_var(models: list[Any], x: F32) -> F64:
+    return np.column_stack([m.predict(x) for m in models])
+
+
+def mahalanobis_sq(residual: F64, covariance: F64) -> F64:
+    """Squared Mahalanobis distance of east/north residuals under (σe, σn, ρ) covariances."""
+    se, sn, rho = covariance[:, 0], covariance[:, 1], covariance[:, 2]
+    e, n = residual[:, 0] / se, residual[:, 1] / sn
+    return np.asarray((e * e - 2 * rho * e * n + n * n) / (1 - rho * rho), dtype=np.float64)
+
+
+def calibrate_sigmas(residual: F64, covariance: F64) -> tuple[float, float]:
+    """Affine map of log σ that best matches nominal coverage at 68.27 % and 95 % together.
+
+    One global factor cannot fix both levels when errors are heavier-tailed than the predicted
+    spread; letting the factor grow with the predicted σ (slope ≠ 1) usually can.
+    """
+    levels = np.array([0.6827, 0.95])
+    thresholds = np.array([chi2_2_scale(p) ** 2 for p in levels])
+    log_sigma = np.log(covariance[:, :2])
+    centre = float(np.median(log_sigma))
+    best, best_worst = (0.0, 1.0), math.inf
+    for slope in np.linspace(0.6, 1.6, 41):
+        for shift in np.linspace(-2.0, 2.0, 161):
+            sig = np.exp(centre + shift + slope * (log_sigma - centre))
+            d2 = mahalanobis_sq(residual, np.column_stack([sig, covariance[:, 2]]))
+            coverage = (d2[:, None] <= thresholds[None, :]).mean(axis=0)
+            worst = float(np.abs(coverage - levels).max())
+            if worst < best_worst:
+                best, best_worst = (centre * (1.0 - slope) + shift, float(slope)), worst
+    return best
+
+
+def pathloss_baseline(data: Dataset, network: Network, exponent: float = 2.8) -> F64:
+    """Classical estimate: least squares of signal power on ``P0 - 10 n log10(d)`` per capture.
+
+    A grid search (1.5 km spacing) with P0 solved in closed form at each grid point.  Receivers
+    that did not hear the signal are left out (unless fewer than three did).
+    """
+    frame = LocalFrame(*network.centroid())
+    rx_e, rx_n = frame.to_enu(
+        [r.latitude for r in network.receivers], [r.longitude for r in network.receivers]
+    )
+    rx = np.stack([rx_e, rx_n], axis=1)
+    signal = data.features[..., FEATURE_NAMES.index("signal_dbfs")].astype(np.float64)
+    heard = data.features[..., FEATURE_NAMES.index("presence")] > 0
+    extent = np.abs(rx).max() + 20_000.0
+    axis = np.arange(-extent, extent, 1_500.0)
+    grid = np.stack(np.meshgrid(axis, axis), axis=-1).reshape(-1, 2)
+    log_d = 10 * exponent * np.log10(np.maximum(np.linalg.norm(grid[:, None, :] - rx[None], axis=-1), 100.0))
+    out = np.zeros((len(signal), 2))
+    for b in range(len(signal)):
+        use = heard[b] if heard[b].sum() >= 3 else data.mask[b] > 0
+        s, ld = signal[b, use], log_d[:, use]
+        p0 = (s[None, :] + ld).mean(axis=1, keepdims=True)
+        sse = ((p0 - ld - s[None, :]) ** 2).sum(axis=1)
+        out[b] = grid[int(np.argmin(sse))]
+    return out
+
+
+def _export_features_model(
+    position: Any,
+    log_var: list[Any],
+    correlation: Any,
+    *,
+    contract: ModelContract,
+    width: int,
+    calibration: tuple[float, float],
+) -> Any:
+    """One ONNX ModelProto: flatten → four regressors → position and covariance, contract inside."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    slots, n_features = len(contract.network.receivers), len(contract.feature_names)
+    parts = {
+        name: _sklearn_graph(model, width, name)
+        for name, model in (("pos", position), ("lve", log_var[0]), ("lvn", log_var[1]), ("rho", correlation))
+    }
+    consts: dict[str, npt.NDArray[Any]] = {
+        "flat_shape": np.array([-1, slots * n_features], np.int64),
+        "pos_scale": np.array([POSITION_SCALE_M], np.float32),
+        "pos_shape": np.array([-1, 2], np.int64),
+        # log σ = shift + slope · (½ (log_var − E[log χ²₁]) + log ERROR_SCALE_M)
+        "lv_shift": np.array([-LOG_CHI2_1_MEAN + 2.0 * math.log(ERROR_SCALE_M)], np.float32),
+        "half_slope": np.array([0.5 * calibration[1]], np.float32),
+        "cal_shift": np.array([calibration[0]], np.float32),
+        "rho_min": np.array(-RHO_LIMIT, np.float32),
+        "rho_max": np.array(RHO_LIMIT, np.float32),
+        "rho_shape": np.array([-1, 1], np.int64),
+    }
+    # The consumer normalises with the contract's statistics; the graph only flattens.
+    nodes = [
+        helper.make_node("Unsqueeze", ["receiver_mask", "axis_last"], ["mask3"]),
+        helper.make_node("Mul", ["receiver_features", "mask3"], ["masked"]),
+        helper.make_node("Reshape", ["masked", "flat_shape"], ["flat"]),
+        helper.make_node("Concat", ["flat", "receiver_mask"], ["x"], axis=1),
+    ]
+    initializers = [numpy_helper.from_array(v, k) for k, v in consts.items()]
+    initializers.append(numpy_helper.from_array(np.array([-1], np.int64), "axis_last"))
+    opsets = {"": OPSET}
+    for part in parts.values():
+        nodes.extend(part.graph.node)
+        initializers.extend(part.graph.initializer)
+        for opset in part.opset_import:
+            opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
+    nodes += [
+        # skl2onnx declares a multi-output MLP as (-1, 1): restore (B, 2) before scaling.
+        helper.make_node("Reshape", [_output(parts["pos"]), "pos_shape"], ["pos_unit"]),
+        helper.make_node("Mul", ["pos_unit", "pos_scale"], ["position_enu_m"]),
+        helper.make_node("Reshape", [_output(parts["lve"]), "rho_shape"], ["lve_col"]),
+        helper.make_node("Reshape", [_output(parts["lvn"]), "rho_shape"], ["lvn_col"]),
+        helper.make_node("Concat", ["lve_col", "lvn_col"], ["lv"], axis=1),
+        helper.make_node("Add", ["lv", "lv_shift"], ["log_var"]),
+        helper.make_node("Mul", ["log_var", "half_slope"], ["log_sigma_raw"]),
+        helper.make_node("Add", ["log_sigma_raw", "cal_shift"], ["log_sigma"]),
+        helper.make_node("Exp", ["log_sigma"], ["sigmas"]),
+        helper.make_node("Reshape", [_output(parts["rho"]), "rho_shape"], ["rho_raw"]),
+        helper.make_node("Clip", ["rho_raw", "rho_min", "rho_max"], ["rho"]),
+        helper.make_node("Concat", ["sigmas", "rho"], ["covariance_enu"], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "heimdall_features_localizer",
+        [
+            helper.make_tensor_value_info(
+                "receiver_features", TensorProto.FLOAT, ["batch", slots, n_features]
+            ),
+            helper.make_tensor_value_info("receiver_mask", TensorProto.FLOAT, ["batch", slots]),
+        ],
+        [
+            helper.make_tensor_value_info("position_enu_m", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("covariance_enu", TensorProto.FLOAT, ["batch", 3]),
+        ],
+        initializers,
+    )
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
+        producer_name="heimdall-stream",
+    )
+    helper.set_model_props(model, {CONTRACT_KEY: contract.to_json()})
+    onnx.checker.check_model(model)
+    return model
+
+
+def _output(part: Any) -> str:
+    return str(part.graph.output[0].name)
+
+
+def _sklearn_graph(model: Any, width: int, prefix: str) -> Any:
+    """The ONNX model of one fitted regressor, every name prefixed and its input renamed 'x'."""
+    from onnx import compose
+    from skl2onnx import convert_sklearn
+    from skl2onnx.common.data_types import FloatTensorType
+
+    onx = convert_sklearn(model, initial_types=[("x", FloatTensorType([None, width]))], target_opset=OPSET)
+    onx = compose.add_prefix(onx, prefix=f"{prefix}_")
+    old_input = onx.graph.input[0].name
+    for node in onx.graph.node:
+        for i, name in enumerate(node.input):
+            if name == old_input:
+                node.input[i] = "x"
+    return onx
+
+
+def build_iq_benchmark_model(
+    network: Network, sample_count: int = 10_000, seed: int = 0, hidden: int = 2048
+) -> bytes:
+    """A 1-D CNN over raw IQ with untrained weights: for throughput benchmarks only.
+
+    Its contract says ``benchmark_only``; its outputs are finite but meaningless.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    slots = len(network.receivers)
+    channels = [2, 32, 64, 128]
+    inits: list[Any] = []
+    nodes = [helper.make_node("Reshape", ["iq", "iq_shape"], ["h0"])]
+    inits.append(numpy_helper.from_array(np.array([-1, 2, sample_count], np.int64), "iq_shape"))
+    for i in range(3):
+        w = rng.normal(0, math.sqrt(2.0 / (channels[i] * 9)), (channels[i + 1], channels[i], 9))
+        inits += [
+            numpy_helper.from_array(w.astype(np.float32), f"conv{i}_w"),
+            numpy_helper.from_array(np.zeros(channels[i + 1], np.float32), f"conv{i}_b"),
+        ]
+        nodes += [
+            helper.make_node(
+                "Conv",
+                [f"h{i}", f"conv{i}_w", f"conv{i}_b"],
+                [f"c{i}"],
+                kernel_shape=[9],
+                strides=[4],
+                pads=[4, 4],
+            ),
+            helper.make_node("Relu", [f"c{i}"], [f"h{i + 1}"]),
+        ]
+    dense_in = slots * channels[-1]
+    w1 = rng.normal(0, math.sqrt(2.0 / dense_in), (dense_in, hidden)).astype(np.float32)
+    w2 = rng.normal(0, 0.01, (hidden, 5)).astype(np.float32)
+    inits += [
+        numpy_helper.from_array(w1, "fc1_w"),
+        numpy_helper.from_array(np.zeros(hidden, np.float32), "fc1_b"),
+        numpy_helper.from_array(w2, "fc2_w"),
+        numpy_helper.from_array(np.array([0, 0, 8, 8, 0], np.float32), "fc2_b"),
+        numpy_helper.from_array(np.array([-1, slots, channels[-1]], np.int64), "pooled_shape"),
+        numpy_helper.from_array(np.array([-1, dense_in], np.int64), "dense_shape"),
+        numpy_helper.from_array(np.array([-1], np.int64), "axis_last"),
+        numpy_helper.from_array(np.array([1000.0], np.float32), "km"),
+    ]
+    nodes += [
+        helper.make_node("GlobalAveragePool", ["h3"], ["pooled"]),
+        helper.make_node("Reshape", ["pooled", "pooled_shape"], ["per_rx"]),
+        helper.make_node("Unsqueeze", ["receiver_mask", "axis_last"], ["mask3"]),
+        helper.make_node("Mul", ["per_rx", "mask3"], ["masked"]),
+        helper.make_node("Reshape", ["masked", "dense_shape"], ["dense"]),
+        helper.make_node("Gemm", ["dense", "fc1_w", "fc1_b"], ["fc1"]),
+        helper.make_node("Relu", ["fc1"], ["fc1r"]),
+        helper.make_node("Gemm", ["fc1r", "fc2_w", "fc2_b"], ["head"]),
+        helper.make_node("Split", ["head", "split_sizes"], ["pos_km", "log_sig", "rho_raw"], axis=1),
+        helper.make_node("Mul", ["pos_km", "km"], ["position_enu_m"]),
+        helper.make_node("Exp", ["log_sig"], ["sigmas"]),
+        helper.make_node("Tanh", ["rho_raw"], ["rho"]),
+        helper.make_node("Concat", ["sigmas", "rho"], ["covariance_enu"], axis=1),
+    ]
+    inits.append(numpy_helper.from_array(np.array([2, 2, 1], np.int64), "split_sizes"))
+    graph = helper.make_graph(
+        nodes,
+        "heimdall_iq_benchmark_cnn",
+        [
+            helper.make_tensor_value_info("iq", TensorProto.FLOAT, ["batch", slots, 2, sample_count]),
+            helper.make_tensor_value_info("receiver_mask", TensorProto.FLOAT, ["batch", slots]),
+        ],
+        [
+            helper.make_tensor_value_info("position_enu_m", TensorProto.FLOAT, ["batch", 2]),
+            helper.make_tensor_value_info("covariance_enu", TensorProto.FLOAT, ["batch", 3]),
+        ],
+        inits,
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="heimdall-stream"
+    )
+    contract = ModelContract(
+        input_kind="iq",
+        network=network,
+        reference_latitude=network.centroid()[0],
+        reference_longitude=network.centroid()[1],
+        sample_rate_hz=50_000.0,
+        sample_count=sample_count,
+        benchmark_only=True,
+        description="BENCHMARK ONLY: 1-D CNN over raw IQ with untrained weights; outputs are meaningless",
+    )
+    helper.set_model_props(model, {CONTRACT_KEY: contract.to_json(), "heimdall.benchmark_only": "true"})
+    onnx.checker.check_model(model)
+    return bytes(model.SerializeToString())
+
+
+def report_json(report: EvaluationReport) -> str:
+    """Pretty JSON of an evaluation report."""
+    return json.dumps(report.as_dict(), indent=2)

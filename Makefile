@@ -16,8 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 ## demo: the whole job end to end on local Kafka, Redis and MLflow (starts and stops them)
 demo: venv
-	$(STACK) up
-	$(BIN)/pytest -q tests/integration -k smoke; status=$$?; $(STACK) down; exit $$status
+	$(BIN)/heimdall-stream demo
 
 ## test: every tier (unit, integration, reliability); starts the local stack if needed
 test: venv

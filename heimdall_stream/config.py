@@ -43,6 +43,12 @@ class KafkaSettings(_Section):
     )
     session_timeout_ms: int = Field(10_000, ge=1_000, description="Consumer group session timeout.")
     transaction_timeout_ms: int = Field(30_000, ge=1_000, description="Producer transaction timeout.")
+    dlq_max_value_bytes: int = Field(
+        983_040,
+        ge=1024,
+        description="Largest original value copied into a dead letter; a larger one is omitted "
+        "(header heimdall.value-omitted). Keep it under the DLQ topic's max.message.bytes.",
+    )
     security_protocol: str | None = Field(None, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
     sasl_mechanism: str | None = Field(None, description="e.g. SCRAM-SHA-512 or PLAIN.")
     sasl_username: str | None = Field(None, description="SASL user name.")

@@ -1,0 +1,185 @@
+"""The ``heimdall-stream`` command line.
+
+Subcommands: ``run`` (the consumer), ``simulate`` (publish simulated captures), ``train-reference``
+(train and register the reference models), ``topics`` (create the service's topics) and
+``demo`` (everything end to end on the local stack).  Every setting comes from ``HEIMDALL_*``
+environment variables (see ``heimdall_stream/config.py``); options here only cover what a
+command does, not where the services are.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import click
+from tqdm import tqdm
+
+from heimdall_stream.config import Settings
+from heimdall_stream.errors import HeimdallError
+from heimdall_stream.logs import setup_logging
+from heimdall_stream.network import load_network
+
+log = logging.getLogger("heimdall_stream")
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    setup_logging(settings.log_level, settings.log_format)
+    return settings
+
+
+@click.group()
+@click.version_option(package_name="heimdall-stream")
+def main() -> None:
+    """Real-time transmitter localization from SDR IQ captures on Kafka."""
+
+
+@main.command()
+def run() -> None:
+    """Consume captures and produce localizations until SIGTERM/SIGINT."""
+    from heimdall_stream.service import run_service
+
+    settings = _settings()
+    try:
+        run_service(settings)
+    except HeimdallError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
+
+
+@main.command()
+@click.option("--count", default=100, show_default=True, help="Valid captures to send.")
+@click.option("--rate", default=0.0, show_default=True, help="Captures per second (0 = as fast as possible).")
+@click.option("--seed", default=0, show_default=True, help="Simulator seed.")
+@click.option(
+    "--duplicates", default=0.0, show_default=True, help="Fraction re-sent with the same capture_id."
+)
+@click.option("--malformed", default=0.0, show_default=True, help="Fraction followed by a malformed message.")
+@click.option(
+    "--pool", default=0, show_default=True, help="Distinct transmissions to cycle (0 = all distinct)."
+)
+@click.option("--topic", default=None, help="Topic (default: the configured input topic).")
+@click.option("--truth", "truth_path", type=click.Path(path_type=Path), help="Write the truth as JSON lines.")
+@click.option("--output", type=click.Path(path_type=Path), help="Write to this file instead of Kafka.")
+@click.option(
+    "--network",
+    "network_path",
+    type=click.Path(path_type=Path, exists=True),
+    help="Receiver network JSON (default: the shipped north-west Italy network).",
+)
+def simulate(
+    count: int,
+    rate: float,
+    seed: int,
+    duplicates: float,
+    malformed: float,
+    pool: int,
+    topic: str | None,
+    truth_path: Path | None,
+    output: Path | None,
+    network_path: Path | None,
+) -> None:
+    """Publish simulated IQ captures (with optional duplicates and malformed messages)."""
+    from confluent_kafka import Producer
+
+    from heimdall_stream.publisher import Outgoing, SimulationPlan, publish, write_file
+
+    settings = _settings()
+    network = load_network(network_path)
+    plan = SimulationPlan(count, rate, seed, duplicates, malformed, pool)
+    if output is not None:
+        stats = write_file(output, network, plan)
+    else:
+        producer = Producer(
+            {
+                **settings.kafka.client_config(),
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "message.max.bytes": 16 * 1024 * 1024,
+            }
+        )
+        truth = truth_path.open("w") if truth_path else None
+        try:
+            with tqdm(total=count, unit="capture", disable=None) as bar:
+
+                def tick(out: Outgoing) -> None:
+                    if out.kind == "valid":
+                        bar.update(1)
+
+                stats = publish(
+                    producer,
+                    topic or settings.kafka.input_topic,
+                    network,
+                    plan,
+                    truth_file=truth,
+                    on_sent=tick,
+                )
+        finally:
+            if truth is not None:
+                truth.close()
+    click.echo(
+        f"sent {stats.valid} captures, {stats.duplicates} duplicates, {stats.malformed} malformed "
+        f"{dict(sorted(stats.malformed_kinds.items()))}"
+    )
+
+
+@main.command("train-reference")
+@click.option("--n-train", default=8000, show_default=True, help="Simulated training captures.")
+@click.option("--seed", default=7, show_default=True)
+@click.option("--if-absent", is_flag=True, help="Do nothing when localization_model@champion exists.")
+@click.option("--no-iq", is_flag=True, help="Skip the IQ benchmark model.")
+def train_reference(n_train: int, seed: int, if_absent: bool, no_iq: bool) -> None:
+    """Train, evaluate and register the reference models in MLflow."""
+    from heimdall_stream.reference import champion_exists, train_and_register
+    from heimdall_stream.training import report_json
+
+    settings = _settings()
+    uri = settings.mlflow.tracking_uri
+    if if_absent and champion_exists(uri):
+        click.echo("localization_model@champion exists; not training")
+        return
+    total = n_train + 2 * max(n_train // 4, 200)
+    with tqdm(total=total, unit="capture", desc="simulating", disable=None) as bar:
+
+        def advance(n: int) -> None:
+            bar.update(n)
+
+        registered, report = train_and_register(
+            uri,
+            load_network(),
+            n_train=n_train,
+            seed=seed,
+            progress=advance,
+            include_iq=not no_iq,
+        )
+    click.echo(f"registered {registered.name}/{registered.version} @{registered.alias}")
+    click.echo(report_json(report))
+
+
+@main.command()
+@click.option("--partitions", default=6, show_default=True)
+def topics(partitions: int) -> None:
+    """Create the input, output, DLQ, control and status topics if missing."""
+    from heimdall_stream.clients import ensure_topics
+
+    ensure_topics(_settings(), partitions)
+    click.echo("topics ready")
+
+
+@main.command()
+@click.option("--count", default=300, show_default=True, help="Captures to send.")
+@click.option("--rate", default=20.0, show_default=True, help="Captures per second.")
+@click.option("--output", default=Path("demo-output"), type=click.Path(path_type=Path), show_default=True)
+@click.option("--keep-stack", is_flag=True, help="Leave Kafka, Redis and MLflow running afterwards.")
+def demo(count: int, rate: float, output: Path, keep_stack: bool) -> None:
+    """Run everything end to end on the local stack and print a summary."""
+    from heimdall_stream.demo import run_demo
+
+    setup_logging("INFO")
+    sys.exit(run_demo(count=count, rate=rate, output=output, keep_stack=keep_stack))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Dedup marks and the result cache: Redis in production, memory in tests, one protocol.
+
+Redis is an optimisation here, never a dependency of correctness: when a command fails, the
+store goes *degraded* (dedup and cache are skipped, a metric and ``/readyz`` say so) and probes
+Redis again every ``retry_interval_s``; when Redis answers, it recovers by itself.  A capture id
+is marked done only after its result is committed, so a crash can cause a re-run, never a loss.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from heimdall_stream.config import RedisSettings
+from heimdall_stream.metrics import Metrics
+
+Clock = Callable[[], float]
+
+
+class Store(Protocol):
+    """What the consumer needs from a dedup + cache store."""
+
+    @property
+    def healthy(self) -> bool:
+        """False while the store is unreachable and being skipped."""
+
+    def filter_done(self, capture_ids: Sequence[str]) -> set[str]:
+        """The ids among ``capture_ids`` already marked done."""
+
+    def mark_done(self, capture_ids: Sequence[str]) -> None:
+        """Mark ids done (after their results are committed)."""
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Cached values of the keys that are present."""
+
+    def put_many(self, items: Mapping[str, bytes]) -> None:
+        """Cache values."""
+
+
+class InMemoryStore:
+    """A process-local store with the same TTL semantics (tests, or running without Redis)."""
+
+    def __init__(
+        self, dedup_ttl_s: float = 86_400, cache_ttl_s: float = 3_600, clock: Clock = time.monotonic
+    ):
+        self._done: dict[str, float] = {}
+        self._cache: dict[str, tuple[float, bytes]] = {}
+        self._dedup_ttl, self._cache_ttl, self._clock = dedup_ttl_s, cache_ttl_s, clock
+
+    @property
+    def healthy(self) -> bool:
+        """Always reachable."""
+        return True
+
+    def filter_done(self, capture_ids: Sequence[str]) -> set[str]:
+        """Ids marked done and not yet expired."""
+        now = self._clock()
+        return {i for i in capture_ids if self._done.get(i, -1.0) > now}
+
+    def mark_done(self, capture_ids: Sequence[str]) -> None:
+        """Mark ids done for the dedup TTL."""
+        expiry = self._clock() + self._dedup_ttl
+        self._done.update(dict.fromkeys(capture_ids, expiry))
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """Unexpired cached values."""
+        now = self._clock()
+        found = {}
+        for key in keys:
+            entry = self._cache.get(key)
+            if entry is not None and entry[0] > now:
+                found[key] = entry[1]
+        return found
+
+    def put_many(self, items: Mapping[str, bytes]) -> None:
+        """Cache values for the cache TTL."""
+        expiry = self._clock() + self._cache_ttl
+        self._cache.update({k: (expiry, v) for k, v in items.items()})
+
+
+class RedisStore:
+    """Dedup marks and cache entries in Redis, degrading to 'off' while Redis is unreachable."""
+
+    def __init__(self, settings: RedisSettings, metrics: Metrics, clock: Clock = time.monotonic) -> None:
+        password = settings.password.get_secret_value() if settings.password else None
+        self._client = redis.Redis.from_url(
+            settings.url,
+            password=password,
+            socket_timeout=settings.socket_timeout_s,
+            socket_connect_timeout=settings.socket_timeout_s,
+            # redis-py retries with seconds of backoff by default; here a failed command must
+            # fail fast, because the store then degrades and probes on its own schedule.
+            retry=Retry(NoBackoff(), retries=0),
+            retry_on_timeout=False,
+        )
+        self._prefix = settings.key_prefix
+        self._dedup_ttl_ms = settings.dedup_ttl_s * 1000
+        self._cache_ttl_ms = settings.cache_ttl_s * 1000
+        self._retry_interval = settings.retry_interval_s
+        self._metrics = metrics
+        self._clock = clock
+        self._healthy = True
+        self._retry_at = 0.0
+        self.last_error: str | None = None
+        metrics.redis_up.set(1)
+
+    @property
+    def healthy(self) -> bool:
+        """False while Redis is being skipped."""
+        return self._healthy
+
+    def check(self) -> bool:
+        """PING now (used at start-up and by the degraded-mode probe)."""
+        try:
+            self._client.ping()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self._fail(exc)
+            return False
+        except redis.AuthenticationError:
+            raise
+        self._recover()
+        return True
+
+    def filter_done(self, capture_ids: Sequence[str]) -> set[str]:
+        """Ids with a done mark; none while degraded."""
+        if not capture_ids or not self._usable():
+            return set()
+        try:
+            flags = self._pipeline_exists(capture_ids)
+        except redis.RedisError as exc:
+            self._fail(exc)
+            return set()
+        return {cid for cid, flag in zip(capture_ids, flags, strict=True) if flag}
+
+    def mark_done(self, capture_ids: Sequence[str]) -> None:
+        """SET done marks with the dedup TTL; skipped while degraded."""
+        if not capture_ids or not self._usable():
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for cid in capture_ids:
+                pipe.set(f"{self._prefix}done:{cid}", b"1", px=self._dedup_ttl_ms)
+            pipe.execute()
+        except redis.RedisError as exc:
+            self._fail(exc)
+
+    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
+        """MGET cache entries; empty while degraded."""
+        if not keys or not self._usable():
+            return {}
+        try:
+            values = self._client.mget([f"{self._prefix}cache:{k}" for k in keys])
+        except redis.RedisError as exc:
+            self._fail(exc)
+            return {}
+        return {k: v for k, v in zip(keys, values, strict=True) if isinstance(v, bytes)}
+
+    def put_many(self, items: Mapping[str, bytes]) -> None:
+        """SET cache entries with the cache TTL; skipped while degraded."""
+        if not items or not self._usable():
+            return
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for key, value in items.items():
+                pipe.set(f"{self._prefix}cache:{key}", value, px=self._cache_ttl_ms)
+            pipe.execute()
+        except redis.RedisError as exc:
+            self._fail(exc)
+
+    def close(self) -> None:
+        """Release the connection pool."""
+        self._client.close()
+
+    def _pipeline_exists(self, capture_ids: Sequence[str]) -> list[int]:
+        pipe = self._client.pipeline(transaction=False)
+        for cid in capture_ids:
+            pipe.exists(f"{self._prefix}done:{cid}")
+        return [int(flag) for flag in pipe.execute()]
+
+    def _usable(self) -> bool:
+        if self._healthy:
+            return True
+        if self._clock() < self._retry_at:
+            return False
+        return self.check()
+
+    def _fail(self, exc: Exception) -> None:
+        self._metrics.redis_errors.inc()
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self._retry_at = self._clock() + self._retry_interval
+        if self._healthy:
+            self._healthy = False
+            self._metrics.redis_up.set(0)
+
+    def _recover(self) -> None:
+        if not self._healthy:
+            self._healthy = True
+            self.last_error = None
+            self._metrics.redis_up.set(1)

@@ -1,0 +1,160 @@
+"""Prometheus metrics, all built against an injected ``CollectorRegistry``.
+
+Names start with ``heimdall_``; counters end in ``_total``; durations are histograms in
+``_seconds``; ``model_version`` labels the series where the version matters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """Every metric the consumer exports."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.captures_consumed = Counter(
+            "heimdall_captures_consumed_total",
+            "Capture messages read from the input topic.",
+            registry=registry,
+        )
+        self.results_produced = Counter(
+            "heimdall_results_produced_total",
+            "Localization results committed to the output topic.",
+            ["model_version"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "heimdall_dead_letters_total",
+            "Messages sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.dedup_hits = Counter(
+            "heimdall_dedup_hits_total",
+            "Captures skipped because their capture_id was already done.",
+            registry=registry,
+        )
+        self.cache_hits = Counter(
+            "heimdall_cache_hits_total",
+            "Results served from the result cache.",
+            ["model_version"],
+            registry=registry,
+        )
+        self.cache_misses = Counter(
+            "heimdall_cache_misses_total",
+            "Result cache look-ups that missed.",
+            ["model_version"],
+            registry=registry,
+        )
+        self.cache_hit_ratio = Gauge(
+            "heimdall_cache_hit_ratio", "Cache hits / look-ups since start.", registry=registry
+        )
+        self.inference_latency = Histogram(
+            "heimdall_inference_duration_seconds",
+            "onnxruntime time per batch.",
+            ["model_version"],
+            buckets=INFERENCE_BUCKETS,
+            registry=registry,
+        )
+        self.end_to_end_latency = Histogram(
+            "heimdall_end_to_end_latency_seconds",
+            "From captured_at to the result being committed.",
+            ["model_version"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.processing_latency = Histogram(
+            "heimdall_processing_duration_seconds",
+            "From consumption to commit of a capture.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.batch_size = Histogram(
+            "heimdall_batch_size",
+            "Captures per inference batch.",
+            ["model_version"],
+            buckets=BATCH_BUCKETS,
+            registry=registry,
+        )
+        self.in_flight = Gauge(
+            "heimdall_in_flight_captures", "Captures consumed but not yet committed.", registry=registry
+        )
+        self.consumer_lag = Gauge(
+            "heimdall_consumer_lag",
+            "High watermark minus position, per assigned partition.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.model_reloads = Counter(
+            "heimdall_model_reloads_total", "Model (re)loads by outcome.", ["outcome"], registry=registry
+        )
+        self.model_weight = Gauge(
+            "heimdall_model_version_weight",
+            "Traffic weight of each deployed model version (0 = shadow).",
+            ["model_name", "model_version"],
+            registry=registry,
+        )
+        self.model_generation = Gauge(
+            "heimdall_model_generation",
+            "Deployment generation in force.",
+            ["model_name"],
+            registry=registry,
+        )
+        self.model_loaded = Gauge(
+            "heimdall_model_loaded", "1 when a model is loaded and warmed up.", registry=registry
+        )
+        self.model_from_cache = Gauge(
+            "heimdall_model_served_from_cache",
+            "1 when the model came from the on-disk cache because the registry was unreachable.",
+            registry=registry,
+        )
+        self.redis_up = Gauge(
+            "heimdall_redis_up", "1 when Redis answers; 0 while dedup and cache are off.", registry=registry
+        )
+        self.redis_errors = Counter(
+            "heimdall_redis_errors_total",
+            "Redis commands that failed (dedup and cache skipped).",
+            registry=registry,
+        )
+        self.transactions = Counter(
+            "heimdall_transactions_total",
+            "Kafka transactions (or at-least-once flushes) by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        self.kafka_errors = Counter(
+            "heimdall_kafka_errors_total",
+            "Errors reported by the Kafka clients, by code.",
+            ["code"],
+            registry=registry,
+        )
+        self.rebalances = Counter(
+            "heimdall_rebalances_total",
+            "Partition assignment changes, by kind.",
+            ["kind"],
+            registry=registry,
+        )
+        self.paused = Gauge(
+            "heimdall_partitions_paused",
+            "1 while input partitions are paused for backpressure.",
+            registry=registry,
+        )
+        self._hits = 0
+        self._lookups = 0
+
+    def record_cache(self, model_version: str, hits: int, misses: int) -> None:
+        """Count cache hits and misses and update the hit-ratio gauge."""
+        if hits:
+            self.cache_hits.labels(model_version).inc(hits)
+        if misses:
+            self.cache_misses.labels(model_version).inc(misses)
+        self._hits += hits
+        self._lookups += hits + misses
+        if self._lookups:
+            self.cache_hit_ratio.set(self._hits / self._lookups)

@@ -1,0 +1,102 @@
+"""Start-up of ``heimdall-stream run``: settings → model → store → metrics → the loop.
+
+Fails fast, with one clear message, when Kafka is unreachable or refuses the credentials,
+when no model can be had (neither from MLflow nor from the on-disk cache), or when Redis refuses
+the password.  An unreachable Redis is not fatal: the consumer starts degraded.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from types import FrameType
+
+import redis
+from prometheus_client import CollectorRegistry
+
+from heimdall_stream.app import StreamApp, check_connectivity
+from heimdall_stream.config import Settings
+from heimdall_stream.dedup import RedisStore
+from heimdall_stream.errors import ConfigurationError
+from heimdall_stream.health import Health, serve
+from heimdall_stream.inference import LoadedModel, load_model
+from heimdall_stream.metrics import Metrics
+from heimdall_stream.registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+
+class ConsumerService:
+    """One consumer instance: its metrics endpoint, model, store and loop."""
+
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry)
+        self.health = Health()
+        self._server = serve(settings.metrics.host, settings.metrics.port, self.registry, self.health)
+        self.port = int(self._server.server_address[1])
+        log.info("metrics, /healthz and /readyz on port %d", self.port)
+
+    def run(self, stop: threading.Event) -> None:
+        """Connect, load the model, and consume until ``stop`` is set."""
+        try:
+            check_connectivity(self.settings)
+            model = self.load_model()
+            store = self._store()
+            StreamApp(self.settings, model, store, self.metrics, self.health).run(stop)
+        finally:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def load_model(self) -> LoadedModel:
+        """Fetch (or take from the cache) and load the configured model."""
+        settings, metrics = self.settings, self.metrics
+        registry = ModelRegistry(settings.mlflow.tracking_uri, settings.mlflow.cache_dir)
+        try:
+            fetched = registry.fetch(settings.model.uri)
+            model = load_model(
+                fetched.path,
+                name=fetched.name,
+                version=fetched.version,
+                uri=fetched.uri,
+                sha256=fetched.sha256,
+                intra_op_threads=settings.model.intra_op_threads,
+                inter_op_threads=settings.model.inter_op_threads,
+                warm_up_batch=settings.batching.max_batch_size,
+            )
+        except Exception:
+            metrics.model_reloads.labels("failure").inc()
+            raise
+        metrics.model_reloads.labels("success").inc()
+        metrics.model_from_cache.set(1 if fetched.from_cache else 0)
+        self.health.update(model_from_cache=fetched.from_cache)
+        if fetched.from_cache:
+            log.warning("MLflow unreachable: serving %s from the on-disk cache", model.label)
+        log.info("loaded %s (sha256 %s, %s input)", model.label, model.sha256[:12], model.contract.input_kind)
+        return model
+
+    def _store(self) -> RedisStore:
+        store = RedisStore(self.settings.redis, self.metrics)
+        try:
+            if not store.check():
+                log.warning(
+                    "Redis unreachable at start (%s): running without dedup and cache", store.last_error
+                )
+        except redis.AuthenticationError as exc:
+            raise ConfigurationError(f"Redis refused the credentials: {exc}") from exc
+        return store
+
+
+def run_service(settings: Settings) -> None:
+    """Run the consumer in the main thread until SIGTERM or SIGINT."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: finishing the current batch", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    ConsumerService(settings).run(stop)

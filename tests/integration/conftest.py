@@ -1,0 +1,262 @@
+"""Fixtures for consumer tests: a registered model, per-test settings, consumers, readers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from heimdall_stream.codec import localization_codec
+from heimdall_stream.config import Settings
+from heimdall_stream.messages import Localization
+from heimdall_stream.network import load_network
+from heimdall_stream.publisher import SimulationPlan, publish
+from heimdall_stream.reference import register_onnx
+from heimdall_stream.service import ConsumerService
+from heimdall_stream.training import train_features_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def model_uri(mlflow_uri: str, tmp_path_factory) -> str:
+    """A small trained features model registered under a session-unique name, @champion."""
+    cache = REPO / ".local-stack" / "cache" / "test-model-1200.onnx"
+    if cache.exists():
+        onnx_bytes = cache.read_bytes()
+    else:
+        onnx_bytes, _report = train_features_model(
+            load_network(), n_train=1200, n_calibration=300, n_test=300
+        )
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_bytes(onnx_bytes)
+    name = f"it_localization_{uuid.uuid4().hex[:8]}"
+    register_onnx(mlflow_uri, onnx_bytes, name, "champion", run_name="integration-tests")
+    return f"models:/{name}@champion"
+
+
+@pytest.fixture
+def make_settings(services, model_uri, new_topic, new_group_id, tmp_path) -> Callable[..., Settings]:
+    """Settings on fresh topics, a fresh group, a fresh Redis key prefix and model cache."""
+    topics: dict[str, str] = {}
+
+    def make(**overrides: Any) -> Settings:
+        if not topics:
+            topics.update(
+                input_topic=new_topic("captures", partitions=3),
+                output_topic=new_topic("localizations", partitions=3),
+                dlq_topic=new_topic("dlq", partitions=1),
+            )
+        kafka = {
+            "bootstrap_servers": services.kafka,
+            "group_id": topics.setdefault("group", new_group_id()),
+            **{k: v for k, v in topics.items() if k != "group"},
+            **overrides.pop("kafka", {}),
+        }
+        values: dict[str, Any] = {
+            "instance_id": overrides.pop("instance_id", f"it-{uuid.uuid4().hex[:6]}"),
+            "kafka": kafka,
+            "redis": {
+                "url": services.redis,
+                "key_prefix": f"it:{topics['input_topic']}:",
+                "retry_interval_s": 0.5,
+                **overrides.pop("redis", {}),
+            },
+            "mlflow": {"tracking_uri": services.mlflow, "cache_dir": str(tmp_path / "models")},
+            "model": {"uri": model_uri, **overrides.pop("model", {})},
+            "metrics": {"host": "127.0.0.1", "port": 0},
+            "batching": {"max_batch_size": 16, "max_wait_ms": 20, **overrides.pop("batching", {})},
+            **overrides,
+        }
+        return Settings(**values)
+
+    return make
+
+
+class ConsumerThread:
+    """A consumer running in this process (metrics inspectable, stopped cleanly)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.service = ConsumerService(settings)
+        self.stop_event = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.service.run(self.stop_event)
+        except BaseException as exc:
+            self.error = exc
+
+    def metric(self, name: str, **labels: str) -> float:
+        value = self.service.registry.get_sample_value(name, labels or None)
+        return 0.0 if value is None else value
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ok, _ = self.service.health.ready()
+            if ok:
+                return
+            if self.error:
+                raise self.error
+            time.sleep(0.1)
+        raise TimeoutError("consumer not ready")
+
+    def stop(self, timeout: float = 60) -> None:
+        self.stop_event.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "consumer did not stop in time"
+        if self.error:
+            raise self.error
+
+
+@pytest.fixture
+def start_consumer() -> Iterator[Callable[[Settings], ConsumerThread]]:
+    started: list[ConsumerThread] = []
+
+    def start(settings: Settings) -> ConsumerThread:
+        consumer = ConsumerThread(settings)
+        started.append(consumer)
+        consumer.wait_ready()
+        return consumer
+
+    yield start
+    for consumer in started:
+        if consumer.thread.is_alive():
+            consumer.stop_event.set()
+            consumer.thread.join(30)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """HEIMDALL_* variables that rebuild ``settings`` in a child process."""
+    env: dict[str, str] = {}
+    for key, value in settings.model_dump(mode="json").items():
+        if isinstance(value, dict):
+            for inner, item in value.items():
+                if item is None:
+                    continue
+                env[f"HEIMDALL_{key.upper()}__{inner.upper()}"] = (
+                    json.dumps(item) if isinstance(item, dict | list) else str(item)
+                )
+        elif value is not None:
+            env[f"HEIMDALL_{key.upper()}"] = str(value)
+    return env
+
+
+class ConsumerProcess:
+    """``heimdall-stream run`` in a child process, for kill and restart tests."""
+
+    def __init__(self, settings: Settings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ConsumerProcess:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
+        env.update(settings_env(self.settings))
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "heimdall_stream.cli", "run"], env=env, stdout=log, stderr=log
+            )
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def send_captures(settings: Settings, count: int, **plan: Any) -> dict[str, dict[str, Any]]:
+    """Publish simulated captures to the input topic; return the truth by capture_id."""
+    producer = Producer(
+        {
+            "bootstrap.servers": settings.kafka.bootstrap_servers,
+            "enable.idempotence": True,
+            "message.max.bytes": 16 * 1024 * 1024,
+            "linger.ms": 5,
+        }
+    )
+    truth: dict[str, dict[str, Any]] = {}
+
+    def remember(out: Any) -> None:
+        if out.truth is not None:
+            truth[out.truth["capture_id"]] = out.truth
+
+    plan.setdefault("id_prefix", f"t{uuid.uuid4().hex[:6]}")
+    publish(
+        producer,
+        settings.kafka.input_topic,
+        load_network(),
+        SimulationPlan(count=count, **plan),
+        on_sent=remember,
+    )
+    return truth
+
+
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    expected: int,
+    timeout: float = 60,
+    idle: float = 3.0,
+    read_committed: bool = True,
+) -> list[Any]:
+    """All messages of a topic from the beginning: until ``expected`` arrived and ``idle`` s passed."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed" if read_committed else "read_uncommitted",
+        }
+    )
+    consumer.subscribe([topic])
+    messages: list[Any] = []
+    deadline = time.monotonic() + timeout
+    last = time.monotonic()
+    try:
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.25)
+            if message is None:
+                if len(messages) >= expected and time.monotonic() - last > idle:
+                    break
+                continue
+            if message.error() is None:
+                messages.append(message)
+                last = time.monotonic()
+    finally:
+        consumer.close()
+    return messages
+
+
+def results_of(messages: list[Any]) -> list[Localization]:
+    return [localization_codec().decode(m.value()) for m in messages]
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        return resp.read().decode()

@@ -1,0 +1,139 @@
+"""The consumer on real Kafka, Redis and MLflow: exactly-once results, dedup, DLQ, metrics."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import shapely.geometry
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.integration.conftest import read_topic, results_of, scrape, send_captures
+
+pytestmark = pytest.mark.integration
+
+
+def test_n_captures_give_exactly_n_results_with_geometry_and_lineage(make_settings, start_consumer):
+    settings = make_settings()
+    consumer = start_consumer(settings)
+    truth = send_captures(settings, 60, duplicate_fraction=0.25, seed=1)
+    inputs = read_topic(settings.kafka.bootstrap_servers, settings.kafka.input_topic, expected=60, idle=0.5)
+    messages = read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=60)
+    consumer.stop()
+
+    results = results_of(messages)
+    counts = Counter(r.capture_id for r in results)
+    assert set(counts) == set(truth)
+    assert max(counts.values()) == 1, "a duplicate produced a second result"
+    first_seen = {}
+    for message in inputs:
+        capture_id = message.key().decode()
+        first_seen.setdefault(capture_id, (message.partition(), message.offset()))
+    for message, loc in zip(messages, results, strict=True):
+        assert message.key().decode() == loc.capture_id
+        assert (loc.lineage.source_partition, loc.lineage.source_offset) == first_seen[loc.capture_id]
+        assert 1 <= loc.lineage.batch_size <= 16
+        polygon = shapely.geometry.shape(json.loads(loc.geojson)["geometry"])
+        assert polygon.is_valid and polygon.contains(shapely.geometry.Point(loc.longitude, loc.latitude))
+        assert loc.model_name.startswith("it_localization_") and loc.model_version
+        assert loc.timings.end_to_end_ms > 0 and loc.timings.inference_ms > 0
+    assert consumer.metric("heimdall_dedup_hits_total") == len(inputs) - 60
+    assert consumer.metric("heimdall_captures_consumed_total") == len(inputs)
+
+
+def test_malformed_input_goes_to_the_dlq_and_valid_captures_around_it_are_processed(
+    make_settings, start_consumer
+):
+    settings = make_settings(limits={"max_message_bytes": 1_048_576})
+    consumer = start_consumer(settings)
+    truth = send_captures(settings, 30, malformed_fraction=1.0, seed=2)
+    results = results_of(
+        read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=len(truth))
+    )
+    letters = read_topic(settings.kafka.bootstrap_servers, settings.kafka.dlq_topic, expected=30)
+    consumer.stop()
+
+    assert {r.capture_id for r in results} == set(truth)
+    assert len(letters) == 30
+    reasons = Counter()
+    for letter in letters:
+        headers = dict(letter.headers())
+        assert headers["heimdall.source.topic"].decode() == settings.kafka.input_topic
+        assert int(headers["heimdall.source.offset"]) >= 0
+        assert headers["heimdall.instance.id"].decode() == settings.instance_id
+        assert headers["heimdall.error.message"]
+        reasons[headers["heimdall.error.reason"].decode()] += 1
+        if "heimdall.value-omitted" not in headers:
+            assert letter.value()  # the original bytes, unchanged
+    assert reasons.keys() >= {"wrong_schema", "truncated_iq", "non_finite", "unknown_receiver", "oversized"}
+    assert sum(consumer.metric("heimdall_dead_letters_total", reason=r) for r in reasons) == 30
+
+
+def test_garbage_keeps_its_original_bytes_in_the_dlq(make_settings, start_consumer):
+    settings = make_settings()
+    consumer = start_consumer(settings)
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": settings.kafka.bootstrap_servers})
+    garbage = bytes(np.random.default_rng(3).integers(0, 256, 500, dtype=np.uint8))
+    producer.produce(settings.kafka.input_topic, key=b"junk", value=garbage)
+    producer.flush(10)
+    letters = read_topic(settings.kafka.bootstrap_servers, settings.kafka.dlq_topic, expected=1)
+    consumer.stop()
+    assert len(letters) == 1 and letters[0].value() == garbage and letters[0].key() == b"junk"
+
+
+def test_metrics_endpoint_parses_and_names_every_required_metric(make_settings, start_consumer):
+    settings = make_settings()
+    consumer = start_consumer(settings)
+    send_captures(settings, 10, seed=4)
+    read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=10)
+    text = scrape(consumer.service.port)
+    consumer.stop()
+    names = {family.name for family in text_string_to_metric_families(text)}
+    required = {
+        "heimdall_captures_consumed",
+        "heimdall_results_produced",
+        "heimdall_dead_letters",
+        "heimdall_dedup_hits",
+        "heimdall_cache_hits",
+        "heimdall_cache_misses",
+        "heimdall_cache_hit_ratio",
+        "heimdall_inference_duration_seconds",
+        "heimdall_end_to_end_latency_seconds",
+        "heimdall_batch_size",
+        "heimdall_in_flight_captures",
+        "heimdall_consumer_lag",
+        "heimdall_model_reloads",
+        "heimdall_model_version_weight",
+        "heimdall_redis_up",
+    }
+    assert required <= names, required - names
+    assert 'heimdall_results_produced_total{model_version="1"} 10.0' in text
+
+
+def test_cached_results_are_served_for_repeated_inputs(make_settings, start_consumer):
+    settings = make_settings()
+    consumer = start_consumer(settings)
+    send_captures(settings, 8, pool=2, seed=5)  # 8 captures, 2 distinct transmissions
+    results = results_of(
+        read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=8)
+    )
+    consumer.stop()
+    assert len(results) == 8
+    hits = sum(r.cache_hit for r in results)
+    assert hits == 6, f"{hits} cache hits for 8 captures of 2 transmissions (expected 6)"
+    assert consumer.metric("heimdall_cache_hit_ratio") > 0
+
+
+def test_at_least_once_mode_delivers_every_capture(make_settings, start_consumer):
+    settings = make_settings(kafka={"delivery": "at_least_once"})
+    consumer = start_consumer(settings)
+    truth = send_captures(settings, 20, seed=6)
+    results = results_of(
+        read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=20)
+    )
+    consumer.stop()
+    assert {r.capture_id for r in results} == set(truth)

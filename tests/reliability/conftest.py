@@ -1,0 +1,3 @@
+"""Reliability tests reuse the integration fixtures (services, model, settings, readers)."""
+
+from tests.integration.conftest import make_settings, model_uri, start_consumer  # noqa: F401

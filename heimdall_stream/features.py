@@ -11,6 +11,8 @@ power_dbfs         dBFS     mean power of all samples (signal + noise)
 noise_floor_dbfs   dBFS     noise power, from a low periodogram quantile (robust to the signal)
 snr_db             dB       signal-to-noise ratio, signal = power - noise (floored at -20 dB)
 signal_dbfs        dBFS     signal power alone (power minus noise, floored 20 dB under the noise)
+relative_signal_db dB       signal_dbfs minus the strongest receiver's: free of the unknown
+                            transmit power
 freq_offset_hz     Hz       offset of the strongest periodogram bin from the tuned centre
 presence           0/1      1 where SNR exceeds ``PRESENCE_SNR_DB``
 tdoa_us            µs       arrival time against the mean arrival at all valid receivers, from
@@ -37,6 +39,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "noise_floor_dbfs",
     "snr_db",
     "signal_dbfs",
+    "relative_signal_db",
     "freq_offset_hz",
     "presence",
     "tdoa_us",
@@ -84,12 +87,16 @@ def extract_features(
 
     tdoa_us, tdoa_valid = _tdoa(z, snr_db, heard, offsets, fs)
 
+    signal_db = 10.0 * np.log10(signal + _TINY)
+    strongest = np.max(np.where(present, signal_db, -np.inf), axis=1, keepdims=True)
+    relative_db = np.where(present, signal_db - np.where(np.isfinite(strongest), strongest, 0.0), 0.0)
     features = np.stack(
         [
             10.0 * np.log10(power + _TINY),
             10.0 * np.log10(noise + _TINY),
             snr_db,
-            10.0 * np.log10(signal + _TINY),
+            signal_db,
+            relative_db,
             freq_offset,
             heard.astype(np.float64),
             tdoa_us,

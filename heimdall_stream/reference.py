@@ -93,6 +93,8 @@ def train_and_register(
     seed: int = 7,
     progress: Callable[[int], None] | None = None,
     include_iq: bool = True,
+    features_name: str = FEATURES_MODEL,
+    iq_name: str = IQ_MODEL,
 ) -> tuple[Registered, EvaluationReport]:
     """Train, evaluate and register the features model (and the IQ benchmark model)."""
     onnx_bytes, report = train_features_model(
@@ -107,7 +109,7 @@ def train_and_register(
     features = register_onnx(
         tracking_uri,
         onnx_bytes,
-        FEATURES_MODEL,
+        features_name,
         "champion",
         run_name="features-reference",
         metrics=numbers,
@@ -117,7 +119,7 @@ def train_and_register(
         register_onnx(
             tracking_uri,
             build_iq_benchmark_model(network),
-            IQ_MODEL,
+            iq_name,
             "benchmark",
             run_name="iq-benchmark",
             report={"benchmark_only": True},

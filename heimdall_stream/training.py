@@ -116,10 +116,14 @@ def normalisation(data: Dataset) -> tuple[F64, F64]:
 
 
 def model_input(features: F32, mask: F32, mean: F64, std: F64) -> F32:
-    """The MLPs' input: features normalised as the consumer does, flattened, then the mask."""
+    """The regressors' input: normalised features flattened, the mask, and per-feature sums.
+
+    The sums over receivers (how many heard the signal, how many have a valid TDOA, total SNR)
+    are what the uncertainty depends on most; trees cannot easily add up 7 columns themselves.
+    """
     normalised = normalise_features(features, mask, mean, std)
     flat = normalised.reshape(len(features), -1)
-    return np.concatenate([flat, mask], axis=1).astype(np.float32)
+    return np.concatenate([flat, mask, normalised.sum(axis=1)], axis=1).astype(np.float32)
 
 
 def train_features_model(
@@ -266,7 +270,7 @@ def calibrate_sigmas(residual: F64, covariance: F64) -> tuple[float, float]:
     log_sigma = np.log(covariance[:, :2])
     centre = float(np.median(log_sigma))
     best, best_worst = (0.0, 1.0), math.inf
-    for slope in np.linspace(0.6, 1.6, 41):
+    for slope in np.linspace(0.5, 2.0, 61):
         for shift in np.linspace(-2.0, 2.0, 161):
             sig = np.exp(centre + shift + slope * (log_sigma - centre))
             d2 = mahalanobis_sq(residual, np.column_stack([sig, covariance[:, 2]]))
@@ -339,10 +343,12 @@ def _export_features_model(
         helper.make_node("Unsqueeze", ["receiver_mask", "axis_last"], ["mask3"]),
         helper.make_node("Mul", ["receiver_features", "mask3"], ["masked"]),
         helper.make_node("Reshape", ["masked", "flat_shape"], ["flat"]),
-        helper.make_node("Concat", ["flat", "receiver_mask"], ["x"], axis=1),
+        helper.make_node("ReduceSum", ["masked", "axis_slots"], ["sums"], keepdims=0),
+        helper.make_node("Concat", ["flat", "receiver_mask", "sums"], ["x"], axis=1),
     ]
     initializers = [numpy_helper.from_array(v, k) for k, v in consts.items()]
     initializers.append(numpy_helper.from_array(np.array([-1], np.int64), "axis_last"))
+    initializers.append(numpy_helper.from_array(np.array([1], np.int64), "axis_slots"))
     opsets = {"": OPSET}
     for part in parts.values():
         nodes.extend(part.graph.node)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -20,6 +21,7 @@ from confluent_kafka import Consumer, Producer
 
 from heimdall_stream.codec import localization_codec
 from heimdall_stream.config import Settings
+from heimdall_stream.features import FEATURE_NAMES
 from heimdall_stream.messages import Localization
 from heimdall_stream.network import load_network
 from heimdall_stream.publisher import SimulationPlan, publish
@@ -33,7 +35,9 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def model_uri(mlflow_uri: str, tmp_path_factory) -> str:
     """A small trained features model registered under a session-unique name, @champion."""
-    cache = REPO / ".local-stack" / "cache" / "test-model-1200.onnx"
+    # Cached across sessions on this machine; the name changes whenever the features do.
+    digest = hashlib.sha256(",".join(FEATURE_NAMES).encode()).hexdigest()[:8]
+    cache = REPO / ".local-stack" / "cache" / f"test-model-1200-{digest}.onnx"
     if cache.exists():
         onnx_bytes = cache.read_bytes()
     else:

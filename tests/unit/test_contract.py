@@ -10,12 +10,14 @@ import pytest
 
 from heimdall_stream.contract import CONTRACT_KEY, TensorSpec, parse_contract, validate_contract
 from heimdall_stream.errors import ModelContractError
+from heimdall_stream.features import FEATURE_NAMES
 from heimdall_stream.inference import file_sha256, load_model
 from tests.helpers import NETWORK, features_contract, tiny_features_model
 
 SLOTS = len(NETWORK.receivers)
+WIDTH = len(FEATURE_NAMES)
 GOOD_INPUTS = [
-    TensorSpec("receiver_features", "tensor(float)", ("b", SLOTS, 8)),
+    TensorSpec("receiver_features", "tensor(float)", ("b", SLOTS, WIDTH)),
     TensorSpec("receiver_mask", "tensor(float)", ("b", SLOTS)),
 ]
 GOOD_OUTPUTS = [
@@ -71,7 +73,7 @@ def test_a_good_contract_round_trips():
         ),
         (
             _meta(),
-            [TensorSpec("receiver_features", "tensor(double)", ("b", SLOTS, 8)), GOOD_INPUTS[1]],
+            [TensorSpec("receiver_features", "tensor(double)", ("b", SLOTS, WIDTH)), GOOD_INPUTS[1]],
             GOOD_OUTPUTS,
             "must be float32",
         ),
@@ -98,5 +100,5 @@ def test_load_model_refuses_a_model_whose_graph_breaks_its_contract(tmp_path):
     onnx.helper.set_model_props(model, {CONTRACT_KEY: wrong.to_json()})
     path = tmp_path / "m.onnx"
     path.write_bytes(model.SerializeToString())
-    with pytest.raises(ModelContractError, match="dimension 2 is 8, the contract needs 1"):
+    with pytest.raises(ModelContractError, match=f"dimension 2 is {WIDTH}, the contract needs 1"):
         load_model(path, name="m", version="1", uri="u", sha256=file_sha256(path))

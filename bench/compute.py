@@ -1,0 +1,104 @@
+"""Compute-only benchmarks (no Kafka): decode cost, features throughput, the whole batch path.
+
+Figures are medians over repeats, measured in one run; see bench/README.md for how to read them.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+import tracemalloc
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from heimdall_stream.codec import capture_codec
+from heimdall_stream.config import LimitsSettings
+from heimdall_stream.features import assemble_batch, extract_features
+from heimdall_stream.inference import LoadedModel, file_sha256, load_model
+from heimdall_stream.network import load_network
+from heimdall_stream.pipeline import InputRecord, complete_batch, decode_and_validate
+from heimdall_stream.simulator import IqSimulator
+
+NETWORK = load_network()
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def encoded_pool(count: int, seed: int = 0) -> list[bytes]:
+    """Encoded reference-size captures (7 receivers × 10,000 CI16 samples)."""
+    sim = IqSimulator(NETWORK, seed=seed)
+    return [capture_codec().encode(sim.generate(i).capture) for i in range(count)]
+
+
+def decode_cost(pool: list[bytes], repeats: int = 30) -> dict[str, float]:
+    """Median decode time per capture, and the bytes allocated per decode against the sample bytes."""
+    codec = capture_codec()
+    seconds = _median_seconds(lambda: [codec.decode(v) for v in pool], repeats) / len(pool)
+    capture = codec.decode(pool[0])
+    sample_bytes = sum(len(r.samples) for r in capture.receivers)
+    tracemalloc.start()
+    codec.decode(pool[0])
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return {
+        "decode_ms_per_capture": seconds * 1000,
+        "message_bytes": len(pool[0]),
+        "sample_bytes": sample_bytes,
+        "peak_alloc_bytes_per_decode": peak,
+        "sample_copies": peak / sample_bytes,
+    }
+
+
+def features_throughput(
+    pool: list[bytes], batch_sizes: tuple[int, ...] = (1, 8, 32, 64), repeats: int = 7
+) -> dict[str, float]:
+    """Captures per second of assemble + extract_features, per batch size."""
+    captures = [capture_codec().decode(v) for v in pool]
+    out = {}
+    for size in batch_sizes:
+        batch = (captures * (size // len(captures) + 1))[:size]
+
+        def run(batch=batch) -> None:
+            iq, mask, fs, offsets = assemble_batch(batch, NETWORK.index(), 10_000)
+            extract_features(iq, mask, fs, offsets)
+
+        out[str(size)] = size / _median_seconds(run, repeats)
+    return out
+
+
+def model_from_file(path: Path) -> LoadedModel:
+    """Load an ONNX model file for compute-only runs."""
+    return load_model(path, name="bench", version="1", uri=str(path), sha256=file_sha256(path))
+
+
+def pipeline_throughput(model: LoadedModel, pool: list[bytes], batch_size: int, repeats: int = 5) -> float:
+    """Captures per second of decode + validate + features + inference + geometry, no Kafka, no cache."""
+    limits = LimitsSettings()
+    records = [InputRecord("bench", 0, i, None, v, 0.0) for i, v in enumerate(pool)]
+
+    def run() -> None:
+        for start in range(0, len(records), batch_size):
+            good, _ = decode_and_validate(records[start : start + batch_size], model.contract, limits)
+            prepared = model.prepare([g.capture for g in good])
+            complete_batch(
+                good,
+                prepared,
+                {},
+                model=model,
+                confidence=0.95,
+                batch_id="b",
+                timer=time.monotonic,
+                wall_now=lambda: datetime.now(UTC),
+            )
+
+    return len(records) / _median_seconds(run, repeats)

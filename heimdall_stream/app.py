@@ -135,6 +135,7 @@ class StreamApp:
 
     def close(self) -> None:
         """Leave the group (commits nothing) and flush the producer."""
+        self.metrics.ready.set(0)
         try:
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:
@@ -401,6 +402,7 @@ class StreamApp:
     def _publish_model_metrics(self) -> None:
         model = self.model
         self.metrics.model_loaded.set(1)
+        self.metrics.ready.set(1)
         self.metrics.model_weight.labels(model.name, model.version).set(1.0)
         self.health.update(model_loaded=True, model=model.label, model_sha256=model.sha256)
 

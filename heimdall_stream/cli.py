@@ -158,6 +158,28 @@ def train_reference(n_train: int, seed: int, if_absent: bool, no_iq: bool) -> No
     click.echo(report_json(report))
 
 
+@main.command("check-model")
+@click.argument("uri")
+def check_model(uri: str) -> None:
+    """Fetch a model (models:/...), verify its sha256 and contract, warm it up, describe it."""
+    from heimdall_stream.inference import load_model
+    from heimdall_stream.registry import ModelRegistry
+
+    settings = _settings()
+    try:
+        fetched = ModelRegistry(settings.mlflow.tracking_uri, settings.mlflow.cache_dir).fetch(uri)
+        model = load_model(
+            fetched.path, name=fetched.name, version=fetched.version, uri=uri, sha256=fetched.sha256
+        )
+    except HeimdallError as exc:
+        click.echo(f"refused: {exc}", err=True)
+        sys.exit(2)
+    contract = model.contract
+    click.echo(f"{model.label} sha256={model.sha256} input={contract.input_kind}")
+    click.echo(f"receivers: {', '.join(contract.network.ids)}")
+    click.echo(f"benchmark only: {contract.benchmark_only}; {contract.description}")
+
+
 @main.command()
 @click.option("--partitions", default=6, show_default=True)
 def topics(partitions: int) -> None:

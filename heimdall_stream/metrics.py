@@ -106,6 +106,11 @@ class Metrics:
             ["model_name"],
             registry=registry,
         )
+        self.ready = Gauge(
+            "heimdall_ready",
+            "1 while the instance is ready (model warmed up, loop running).",
+            registry=registry,
+        )
         self.model_loaded = Gauge(
             "heimdall_model_loaded", "1 when a model is loaded and warmed up.", registry=registry
         )

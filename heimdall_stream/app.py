@@ -313,14 +313,24 @@ class StreamApp:
         headers: list[tuple[str, str | bytes | None]] | None,
         on_delivery: Any,
     ) -> None:
-        while True:
-            try:
-                self.producer.produce(topic, key=key, value=value, headers=headers, on_delivery=on_delivery)
-                return
-            except BufferError:
-                # Local queue full: serve delivery reports until there is room (backpressure).
-                self.metrics.paused.set(1)
-                self.producer.poll(0.05)
+        paused: list[TopicPartition] = []
+        try:
+            while True:
+                try:
+                    self.producer.produce(
+                        topic, key=key, value=value, headers=headers, on_delivery=on_delivery
+                    )
+                    return
+                except BufferError:
+                    # Producer queue full: stop fetching input until delivery reports make room.
+                    if not paused:
+                        paused = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+                        self.consumer.pause(paused)
+                        self.metrics.paused.set(1)
+                    self.producer.poll(0.05)
+        finally:
+            if paused:
+                self.consumer.resume(paused)
                 self.metrics.paused.set(0)
 
     def _rewind(self, records: Sequence[InputRecord]) -> None:

@@ -18,7 +18,7 @@ presence           0/1      1 where SNR exceeds ``PRESENCE_SNR_DB``
 tdoa_us            µs       arrival time against the mean arrival at all valid receivers, from
                             cross-correlation with the strongest one, corrected by the clock
                             offsets; 0 if invalid
-tdoa_valid         0/1      1 where both receivers are present, heard and clock-synchronised
+tdoa_valid         0/1      1 where the receiver is heard above 10 dB SNR and clock-synchronised
 =================  =======  ====================================================================
 
 Absent slots (mask 0) are all zeros.  Deterministic: no randomness, no state.
@@ -48,6 +48,7 @@ FEATURE_NAMES: tuple[str, ...] = (
 PRESENCE_SNR_DB = 3.0
 NOISE_QUANTILE = 0.2
 MAX_TDOA_S = 1.5e-3
+TDOA_SNR_DB = 10.0
 _TINY = 1e-20
 
 F32 = npt.NDArray[np.float32]
@@ -123,7 +124,8 @@ def _tdoa(
     ``MAX_TDOA_S`` (longer than any baseline of a regional network).
     """
     batch, _slots, _ = z.shape
-    synced = heard & np.isfinite(offsets)
+    # Below ~10 dB the FM discriminator clicks and the correlation peak is unreliable.
+    synced = heard & np.isfinite(offsets) & (snr_db > TDOA_SNR_DB)
     ranked = np.where(synced, snr_db, -np.inf)
     reference = np.argmax(ranked, axis=1)  # (B,)
     rows = np.arange(batch)

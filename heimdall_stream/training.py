@@ -31,12 +31,16 @@ from heimdall_stream.features import FEATURE_NAMES, assemble_batch, extract_feat
 from heimdall_stream.geo import LocalFrame, chi2_2_scale
 from heimdall_stream.network import Network
 from heimdall_stream.simulator import IqSimulator
+from heimdall_stream.tdoa_grid import GRID_FEATURES, SHARE_COLUMN, UNIT_M, grid_nodes, run_grid
 
 POSITION_SCALE_M = 100_000.0
 ERROR_SCALE_M = 1_000.0
 # E[log χ²₁] = ψ(1/2) + ln 2: the mean of log(r²) sits this far below log(σ²).
 LOG_CHI2_1_MEAN = -1.2703628454614782
 RHO_LIMIT = 0.9
+Calibration = tuple[tuple[float, float], tuple[float, float]]
+# With four or more synchronised receivers the TDOA grid pins the transmitter down.
+MIN_TDOA_RECEIVERS = 4
 OPSET = 17
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
@@ -59,7 +63,8 @@ class EvaluationReport:
     n_train: int
     n_calibration: int
     n_test: int
-    sigma_calibration: tuple[float, float]  # log σ ← shift + slope · log σ_predicted
+    # log σ ← shift + slope · log σ_predicted, for the TDOA-grid and the power-MLP regime
+    sigma_calibration: Calibration
     coverage_68: float
     coverage_95: float
     median_error_m: float
@@ -115,15 +120,17 @@ def normalisation(data: Dataset) -> tuple[F64, F64]:
     return mean, np.where(std > 1e-6, std, 1.0)
 
 
-def model_input(features: F32, mask: F32, mean: F64, std: F64) -> F32:
-    """The regressors' input: normalised features flattened, the mask, and per-feature sums.
+def model_input(features: F32, mask: F32, mean: F64, std: F64, contract: ModelContract) -> F32:
+    """The regressors' input: normalised features, mask, per-receiver sums, TDOA grid summary.
 
-    The sums over receivers (how many heard the signal, how many have a valid TDOA, total SNR)
-    are what the uncertainty depends on most; trees cannot easily add up 7 columns themselves.
+    The grid summary is computed by the same ONNX nodes the exported model contains.  The sums
+    over receivers (how many heard the signal, how many have a valid TDOA, total SNR) are what
+    the uncertainty depends on most; trees cannot easily add up 7 columns themselves.
     """
     normalised = normalise_features(features, mask, mean, std)
     flat = normalised.reshape(len(features), -1)
-    return np.concatenate([flat, mask, normalised.sum(axis=1)], axis=1).astype(np.float32)
+    grid = run_grid(contract, normalised, mask)
+    return np.concatenate([flat, mask, normalised.sum(axis=1), grid], axis=1).astype(np.float32)
 
 
 def train_features_model(
@@ -145,7 +152,25 @@ def train_features_model(
     calib = simulate_dataset(simulator, n_calibration, n_train, progress=progress)
     test = simulate_dataset(simulator, n_test, n_train + n_calibration, progress=progress)
     mean, std = normalisation(train)
-    x_train = model_input(train.features, train.mask, mean, std)
+    lat0, lon0 = network.centroid()
+    contract = ModelContract(
+        input_kind="features",
+        network=network,
+        reference_latitude=lat0,
+        reference_longitude=lon0,
+        sample_rate_hz=simulator.sample_rate_hz,
+        sample_count=simulator.sample_count,
+        feature_names=FEATURE_NAMES,
+        feature_mean=tuple(map(float, mean)),
+        feature_std=tuple(map(float, std)),
+        description="reference features localizer: TDOA grid + MLP position, boosted log-variance, "
+        "calibrated ellipses",
+    )
+
+    def inputs(data: Dataset) -> F32:
+        return model_input(data.features, data.mask, mean, std, contract)
+
+    x_train = inputs(train)
 
     def mlp(hidden: tuple[int, ...], alpha: float) -> MLPRegressor:
         return MLPRegressor(
@@ -167,10 +192,13 @@ def train_features_model(
             random_state=seed,
         )
 
+    # Where enough receivers are synchronised the TDOA grid's posterior mean is the position;
+    # elsewhere an MLP estimates it (mostly from power).
     y_pos = train.target_enu / POSITION_SCALE_M
     position = mlp((256, 256), 1e-4).fit(x_train, y_pos)
     # Out-of-fold residuals: errors the position model makes on captures it did not see.
-    oof = cross_val_predict(mlp((256, 256), 1e-4), x_train, y_pos, cv=4) * POSITION_SCALE_M
+    oof_mlp = cross_val_predict(mlp((256, 256), 1e-4), x_train, y_pos, cv=4)
+    oof = combine(x_train, oof_mlp, len(network.receivers)) * POSITION_SCALE_M
     residual = (train.target_enu - oof) / ERROR_SCALE_M
     log_r2 = np.log(residual**2 + 1e-4)
     log_var = [boosted().fit(x_train, log_r2[:, axis]) for axis in (0, 1)]
@@ -178,31 +206,31 @@ def train_features_model(
     t = np.clip(residual[:, 0] * residual[:, 1] / (sigma_oof[:, 0] * sigma_oof[:, 1]), -3, 3)
     correlation = mlp((32,), 1e-2).fit(x_train, t)
 
-    def predict(data: Dataset, calibration: tuple[float, float]) -> tuple[F64, F64]:
-        x = model_input(data.features, data.mask, mean, std)
-        pos = position.predict(x) * POSITION_SCALE_M
+    slots = len(network.receivers)
+
+    def predict(data: Dataset, calibration: Calibration) -> tuple[F64, F64, npt.NDArray[np.bool_]]:
+        x = inputs(data)
+        grid_rows = uses_grid(x, slots)
+        pos = combine(x, position.predict(x), slots) * POSITION_SCALE_M
         log_sigma = 0.5 * (_predict_log_var(log_var, x) - LOG_CHI2_1_MEAN) + math.log(ERROR_SCALE_M)
-        shift, slope = calibration
-        sig = np.exp(shift + slope * log_sigma)
+        (grid_shift, grid_slope), (mlp_shift, mlp_slope) = calibration
+        sig = np.exp(
+            np.where(
+                grid_rows[:, None], grid_shift + grid_slope * log_sigma, mlp_shift + mlp_slope * log_sigma
+            )
+        )
         rho = np.clip(correlation.predict(x), -RHO_LIMIT, RHO_LIMIT)
-        return pos, np.column_stack([sig, rho])
+        return pos, np.column_stack([sig, rho]), grid_rows
 
-    pos_c, cov_c = predict(calib, (0.0, 1.0))
-    calibration = calibrate_sigmas(calib.target_enu - pos_c, cov_c)
-
-    lat0, lon0 = network.centroid()
-    contract = ModelContract(
-        input_kind="features",
-        network=network,
-        reference_latitude=lat0,
-        reference_longitude=lon0,
-        sample_rate_hz=simulator.sample_rate_hz,
-        sample_count=simulator.sample_count,
-        feature_names=FEATURE_NAMES,
-        feature_mean=tuple(map(float, mean)),
-        feature_std=tuple(map(float, std)),
-        description="reference features localizer (MLP position, boosted log-variance, calibrated)",
+    # The two regimes (TDOA grid, power MLP) err differently: each gets its own calibration.
+    pos_c, cov_c, grid_c = predict(calib, ((0.0, 1.0), (0.0, 1.0)))
+    residual_c = calib.target_enu - pos_c
+    overall = calibrate_sigmas(residual_c, cov_c)
+    calibration: Calibration = (
+        calibrate_sigmas(residual_c[grid_c], cov_c[grid_c]) if grid_c.sum() >= 100 else overall,
+        calibrate_sigmas(residual_c[~grid_c], cov_c[~grid_c]) if (~grid_c).sum() >= 100 else overall,
     )
+
     model = _export_features_model(
         position, log_var, correlation, contract=contract, width=x_train.shape[1], calibration=calibration
     )
@@ -246,6 +274,19 @@ def _set_contract(model: Any, contract: ModelContract) -> None:
 
     del model.metadata_props[:]
     helper.set_model_props(model, {CONTRACT_KEY: contract.to_json()})
+
+
+def uses_grid(x: F32, slots: int) -> npt.NDArray[np.bool_]:
+    """Rows where ``MIN_TDOA_RECEIVERS`` or more receivers take part in the TDOA grid."""
+    share = np.asarray(x[:, -GRID_FEATURES + SHARE_COLUMN], dtype=np.float64)
+    return np.asarray(share * slots > MIN_TDOA_RECEIVERS - 0.5)
+
+
+def combine(x: F32, mlp_position: F64, slots: int) -> F64:
+    """Grid posterior mean where enough receivers take part, else the MLP's estimate."""
+    grid_mean = np.asarray(x[:, -GRID_FEATURES : -GRID_FEATURES + 2], dtype=np.float64)
+    chosen = np.where(uses_grid(x, slots)[:, None], grid_mean * (UNIT_M / POSITION_SCALE_M), mlp_position)
+    return np.asarray(chosen)
 
 
 def _predict_log_var(models: list[Any], x: F32) -> F64:
@@ -315,7 +356,7 @@ def _export_features_model(
     *,
     contract: ModelContract,
     width: int,
-    calibration: tuple[float, float],
+    calibration: Calibration,
 ) -> Any:
     """One ONNX ModelProto: flatten → four regressors → position and covariance, contract inside."""
     import onnx
@@ -332,23 +373,38 @@ def _export_features_model(
         "pos_shape": np.array([-1, 2], np.int64),
         # log σ = shift + slope · (½ (log_var − E[log χ²₁]) + log ERROR_SCALE_M)
         "lv_shift": np.array([-LOG_CHI2_1_MEAN + 2.0 * math.log(ERROR_SCALE_M)], np.float32),
-        "half_slope": np.array([0.5 * calibration[1]], np.float32),
-        "cal_shift": np.array([calibration[0]], np.float32),
+        "half_slope_grid": np.array([0.5 * calibration[0][1]], np.float32),
+        "cal_shift_grid": np.array([calibration[0][0]], np.float32),
+        "half_slope_mlp": np.array([0.5 * calibration[1][1]], np.float32),
+        "cal_shift_mlp": np.array([calibration[1][0]], np.float32),
         "rho_min": np.array(-RHO_LIMIT, np.float32),
         "rho_max": np.array(RHO_LIMIT, np.float32),
         "rho_shape": np.array([-1, 1], np.int64),
     }
+    grid_nodes_list, grid_initializers, grid_output = grid_nodes(contract)
     # The consumer normalises with the contract's statistics; the graph only flattens.
     nodes = [
         helper.make_node("Unsqueeze", ["receiver_mask", "axis_last"], ["mask3"]),
         helper.make_node("Mul", ["receiver_features", "mask3"], ["masked"]),
         helper.make_node("Reshape", ["masked", "flat_shape"], ["flat"]),
         helper.make_node("ReduceSum", ["masked", "axis_slots"], ["sums"], keepdims=0),
-        helper.make_node("Concat", ["flat", "receiver_mask", "sums"], ["x"], axis=1),
+        *grid_nodes_list,
+        helper.make_node("Concat", ["flat", "receiver_mask", "sums", grid_output], ["x"], axis=1),
     ]
     initializers = [numpy_helper.from_array(v, k) for k, v in consts.items()]
     initializers.append(numpy_helper.from_array(np.array([-1], np.int64), "axis_last"))
     initializers.append(numpy_helper.from_array(np.array([1], np.int64), "axis_slots"))
+    initializers.extend(grid_initializers)
+    for name, value in (
+        ("zero_i", 0),
+        ("two_i", 2),
+        ("one_i", 1),
+        ("share_i", SHARE_COLUMN),
+        ("share_end_i", SHARE_COLUMN + 1),
+    ):
+        initializers.append(numpy_helper.from_array(np.array([value], np.int64), name))
+    min_share = (MIN_TDOA_RECEIVERS - 0.5) / slots
+    initializers.append(numpy_helper.from_array(np.array([min_share], np.float32), "min_share"))
     opsets = {"": OPSET}
     for part in parts.values():
         nodes.extend(part.graph.node)
@@ -357,14 +413,21 @@ def _export_features_model(
             opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
     nodes += [
         # skl2onnx declares a multi-output MLP as (-1, 1): restore (B, 2) before scaling.
-        helper.make_node("Reshape", [_output(parts["pos"]), "pos_shape"], ["pos_unit"]),
+        helper.make_node("Reshape", [_output(parts["pos"]), "pos_shape"], ["pos_mlp"]),
+        helper.make_node("Slice", [grid_output, "zero_i", "two_i", "one_i"], ["grid_mean_unit"]),
+        helper.make_node("Slice", [grid_output, "share_i", "share_end_i", "one_i"], ["grid_share"]),
+        helper.make_node("Greater", ["grid_share", "min_share"], ["use_grid"]),
+        helper.make_node("Where", ["use_grid", "grid_mean_unit", "pos_mlp"], ["pos_unit"]),
         helper.make_node("Mul", ["pos_unit", "pos_scale"], ["position_enu_m"]),
         helper.make_node("Reshape", [_output(parts["lve"]), "rho_shape"], ["lve_col"]),
         helper.make_node("Reshape", [_output(parts["lvn"]), "rho_shape"], ["lvn_col"]),
         helper.make_node("Concat", ["lve_col", "lvn_col"], ["lv"], axis=1),
         helper.make_node("Add", ["lv", "lv_shift"], ["log_var"]),
-        helper.make_node("Mul", ["log_var", "half_slope"], ["log_sigma_raw"]),
-        helper.make_node("Add", ["log_sigma_raw", "cal_shift"], ["log_sigma"]),
+        helper.make_node("Mul", ["log_var", "half_slope_grid"], ["log_sigma_grid_raw"]),
+        helper.make_node("Add", ["log_sigma_grid_raw", "cal_shift_grid"], ["log_sigma_grid"]),
+        helper.make_node("Mul", ["log_var", "half_slope_mlp"], ["log_sigma_mlp_raw"]),
+        helper.make_node("Add", ["log_sigma_mlp_raw", "cal_shift_mlp"], ["log_sigma_mlp"]),
+        helper.make_node("Where", ["use_grid", "log_sigma_grid", "log_sigma_mlp"], ["log_sigma"]),
         helper.make_node("Exp", ["log_sigma"], ["sigmas"]),
         helper.make_node("Reshape", [_output(parts["rho"]), "rho_shape"], ["rho_raw"]),
         helper.make_node("Clip", ["rho_raw", "rho_min", "rho_max"], ["rho"]),

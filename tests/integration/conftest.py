@@ -21,7 +21,6 @@ from confluent_kafka import Consumer, Producer
 
 from heimdall_stream.codec import localization_codec
 from heimdall_stream.config import Settings
-from heimdall_stream.features import FEATURE_NAMES
 from heimdall_stream.messages import Localization
 from heimdall_stream.network import load_network
 from heimdall_stream.publisher import SimulationPlan, publish
@@ -35,8 +34,11 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def model_uri(mlflow_uri: str, tmp_path_factory) -> str:
     """A small trained features model registered under a session-unique name, @champion."""
-    # Cached across sessions on this machine; the name changes whenever the features do.
-    digest = hashlib.sha256(",".join(FEATURE_NAMES).encode()).hexdigest()[:8]
+    # Cached across sessions on this machine; the name changes whenever the model code does.
+    sources = ("features.py", "training.py", "tdoa_grid.py", "contract.py")
+    digest = hashlib.sha256(
+        b"".join((REPO / "heimdall_stream" / f).read_bytes() for f in sources)
+    ).hexdigest()[:8]
     cache = REPO / ".local-stack" / "cache" / f"test-model-1200-{digest}.onnx"
     if cache.exists():
         onnx_bytes = cache.read_bytes()

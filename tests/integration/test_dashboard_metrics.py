@@ -18,8 +18,11 @@ SUFFIXES = ("_bucket", "_sum", "_count", "_total", "_created")
 
 
 def _referenced() -> set[str]:
-    exprs = [t["expr"] for p in json.loads((REPO / "deploy/grafana/dashboards/heimdall-stream.json").read_text())
-             ["panels"] for t in p["targets"]]
+    exprs = [
+        t["expr"]
+        for p in json.loads((REPO / "deploy/grafana/dashboards/heimdall-stream.json").read_text())["panels"]
+        for t in p["targets"]
+    ]
     rules = yaml.safe_load((REPO / "deploy/prometheus/alerts.yml").read_text())
     exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
     return {name for expr in exprs for name in re.findall(r"\b(heimdall_[a-z_]+)\b", expr)}

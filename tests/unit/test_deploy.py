@@ -40,9 +40,17 @@ def test_compose_file_matches_the_compose_specification():
 
 def test_compose_brings_up_the_whole_stack_in_order():
     services = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
-    assert {"kafka", "topics", "redis", "mlflow", "trainer", "consumer", "simulator", "prometheus", "grafana"} <= set(
-        services
-    )
+    assert {
+        "kafka",
+        "topics",
+        "redis",
+        "mlflow",
+        "trainer",
+        "consumer",
+        "simulator",
+        "prometheus",
+        "grafana",
+    } <= set(services)
     assert services["consumer"]["deploy"]["replicas"] == 2
     assert services["simulator"]["profiles"] == ["simulate"]
     consumer_deps = services["consumer"]["depends_on"]
@@ -57,14 +65,19 @@ def test_compose_brings_up_the_whole_stack_in_order():
 
 def test_prometheus_config_and_rules_pass_promtool():
     promtool = _tool("promtool")
-    for args in (["check", "config", "prometheus.yml"], ["check", "rules", "alerts.yml"],
-                 ["test", "rules", "alerts_test.yml"]):
+    for args in (
+        ["check", "config", "prometheus.yml"],
+        ["check", "rules", "alerts.yml"],
+        ["test", "rules", "alerts_test.yml"],
+    ):
         result = subprocess.run([promtool, *args], cwd=PROM, capture_output=True, text=True, check=False)
         assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_every_alert_has_a_rule_test_and_a_runbook_entry():
-    alerts = {r["alert"] for g in yaml.safe_load((PROM / "alerts.yml").read_text())["groups"] for r in g["rules"]}
+    alerts = {
+        r["alert"] for g in yaml.safe_load((PROM / "alerts.yml").read_text())["groups"] for r in g["rules"]
+    }
     tested = set(re.findall(r"alertname: (\w+)", (PROM / "alerts_test.yml").read_text()))
     runbook = (REPO / "deploy" / "README.md").read_text().lower()
     assert alerts == tested
@@ -97,7 +110,9 @@ def test_deployment_probes_grace_and_autoscaling_bound():
     assert pod["terminationGracePeriodSeconds"] > 30
     scaled = next(yaml.safe_load_all((K8S / "keda-scaledobject.yaml").read_text()))
     topics = list(yaml.safe_load_all((K8S / "strimzi-topics.yaml").read_text()))
-    partitions = next(t["spec"]["partitions"] for t in topics if t["metadata"]["name"] == "heimdall.iq.captures")
+    partitions = next(
+        t["spec"]["partitions"] for t in topics if t["metadata"]["name"] == "heimdall.iq.captures"
+    )
     assert scaled["spec"]["maxReplicaCount"] == partitions
     assert scaled["spec"]["triggers"][0]["type"] == "kafka"
 

@@ -59,7 +59,8 @@ def register_onnx(
     client = MlflowClient(tracking_uri)
     with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_name=run_name) as run:
         local = Path(tmp) / "model"
-        mlflow.onnx.save_model(onnx.load_from_string(onnx_bytes), str(local))
+        # One self-contained file: the sha256 then covers every weight the consumer loads.
+        mlflow.onnx.save_model(onnx.load_from_string(onnx_bytes), str(local), save_as_external_data=False)
         sha = file_sha256(local / "model.onnx")
         mlflow.log_artifacts(str(local), artifact_path="model")
         if metrics:

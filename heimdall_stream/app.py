@@ -414,6 +414,8 @@ class StreamApp:
         self.metrics.model_loaded.set(1)
         self.metrics.ready.set(1)
         self.metrics.model_weight.labels(model.name, model.version).set(1.0)
+        # Generation 0: the model named in configuration, before any deployment applies.
+        self.metrics.model_generation.labels(model.name).set(0)
         self.health.update(model_loaded=True, model=model.label, model_sha256=model.sha256)
 
 

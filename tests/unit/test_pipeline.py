@@ -37,6 +37,25 @@ def _captures(n, offline=0.0, seed=0):
     return [sim.generate(i).capture for i in range(n)]
 
 
+def _run(model, captures, cache=None, *, batch_id="b", timer=lambda: 0.0, now=None):
+    """Decode, validate and complete one batch; return the outcome."""
+    good, bad = decode_and_validate(
+        _records([capture_codec().encode(c) for c in captures]), model.contract, LIMITS
+    )
+    assert not bad
+    prepared = model.prepare([g.capture for g in good])
+    return complete_batch(
+        good,
+        prepared,
+        cache or {},
+        model=model,
+        confidence=0.95,
+        batch_id=batch_id,
+        timer=timer,
+        wall_now=lambda: now or datetime.now(UTC),
+    )
+
+
 def test_every_fault_kind_becomes_a_dead_letter_with_its_reason(model):
     base = _captures(1)[0]
     rng = np.random.default_rng(0)
@@ -57,20 +76,13 @@ def test_every_fault_kind_becomes_a_dead_letter_with_its_reason(model):
 
 
 def test_results_carry_geometry_lineage_and_timings(model):
-    captures = _captures(4)
-    records = _records([capture_codec().encode(c) for c in captures])
-    good, _ = decode_and_validate(records, model.contract, LIMITS)
-    prepared = model.prepare([g.capture for g in good])
-    now = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=10)
-    outcome = complete_batch(
-        good,
-        prepared,
-        {},
-        model=model,
-        confidence=0.95,
+    records = _records([capture_codec().encode(c) for c in _captures(4)])
+    outcome = _run(
+        model,
+        _captures(4),
         batch_id="b-1",
         timer=lambda: 1.0,
-        wall_now=lambda: now,
+        now=datetime(2026, 1, 1, tzinfo=UTC) + timedelta(seconds=10),
     )
     assert not outcome.dead_letters and len(outcome.results) == 4
     for result, record in zip(outcome.results, records, strict=True):
@@ -90,31 +102,8 @@ def test_results_carry_geometry_lineage_and_timings(model):
 
 def test_cache_hits_skip_inference(model):
     captures = _captures(3)
-    good, _ = decode_and_validate(
-        _records([capture_codec().encode(c) for c in captures]), model.contract, LIMITS
-    )
-    prepared = model.prepare([g.capture for g in good])
-    first = complete_batch(
-        good,
-        prepared,
-        {},
-        model=model,
-        confidence=0.95,
-        batch_id="a",
-        timer=lambda: 0.0,
-        wall_now=lambda: datetime.now(UTC),
-    )
-    cache = {r.cache_key: r.prediction for r in first.results}
-    second = complete_batch(
-        good,
-        prepared,
-        cache,
-        model=model,
-        confidence=0.95,
-        batch_id="b",
-        timer=lambda: 0.0,
-        wall_now=lambda: datetime.now(UTC),
-    )
+    first = _run(model, captures, batch_id="a")
+    second = _run(model, captures, {r.cache_key: r.prediction for r in first.results})
     assert second.cache_hits == 3
     assert all(localization_codec().decode(r.value).cache_hit for r in second.results)
     assert [r.localization.latitude for r in second.results] == [
@@ -125,22 +114,7 @@ def test_cache_hits_skip_inference(model):
 def test_bisection_isolates_poisonous_captures_and_keeps_the_rest(model):
     full = _captures(6)
     sparse = [dataclasses.replace(c, receivers=c.receivers[:3]) for c in _captures(2, seed=9)]
-    batch = [full[0], sparse[0], *full[1:4], sparse[1], *full[4:]]
-    good, bad = decode_and_validate(
-        _records([capture_codec().encode(c) for c in batch]), model.contract, LIMITS
-    )
-    assert not bad
-    prepared = model.prepare([g.capture for g in good])
-    outcome = complete_batch(
-        good,
-        prepared,
-        {},
-        model=model,
-        confidence=0.95,
-        batch_id="x",
-        timer=lambda: 0.0,
-        wall_now=lambda: datetime.now(UTC),
-    )
+    outcome = _run(model, [full[0], sparse[0], *full[1:4], sparse[1], *full[4:]])
     assert sorted(d.record.offset for d in outcome.dead_letters) == [101, 105]
     assert {d.reason for d in outcome.dead_letters} == {"inference"}
     assert len(outcome.results) == 6
@@ -159,20 +133,6 @@ def test_cache_keys_depend_on_the_input_and_the_model(model, tmp_path):
 
 def test_identical_inputs_in_one_batch_are_inferred_once(model):
     capture = _captures(1)[0]
-    copies = [dataclasses.replace(capture, capture_id=f"copy-{i}") for i in range(3)]
-    good, _ = decode_and_validate(
-        _records([capture_codec().encode(c) for c in copies]), model.contract, LIMITS
-    )
-    prepared = model.prepare([g.capture for g in good])
-    outcome = complete_batch(
-        good,
-        prepared,
-        {},
-        model=model,
-        confidence=0.95,
-        batch_id="x",
-        timer=lambda: 0.0,
-        wall_now=lambda: datetime.now(UTC),
-    )
+    outcome = _run(model, [dataclasses.replace(capture, capture_id=f"copy-{i}") for i in range(3)])
     assert outcome.cache_hits == 2
     assert [r.localization.cache_hit for r in outcome.results] == [False, True, True]

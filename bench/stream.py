@@ -67,7 +67,7 @@ class Bench:
         return names
 
     def start_consumer(self, topics: dict[str, str], batch_size: int, port: int) -> subprocess.Popen[bytes]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("HEIMDALL_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("HEIMDALL_", "MLFLOW_"))}
         env.update(self.env)
         env.update(
             {

@@ -139,9 +139,12 @@ class ModelRegistry:
         target = self._version_dir(name, version)
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            # Resolve the version's artifact location through *this* registry: a models:/ URI
+            # handed to download_artifacts would be resolved against the process-wide default.
+            source = self._client().get_model_version_download_uri(name, version)
             local = Path(
                 mlflow.artifacts.download_artifacts(
-                    artifact_uri=f"models:/{name}/{version}", dst_path=tmp, tracking_uri=self.tracking_uri
+                    artifact_uri=source, dst_path=tmp, tracking_uri=self.tracking_uri
                 )
             )
             candidates = sorted(local.rglob("*.onnx"))

@@ -33,16 +33,10 @@ from heimdall_stream.config import Settings
 from heimdall_stream.dedup import Store
 from heimdall_stream.errors import ConfigurationError
 from heimdall_stream.health import Health
-from heimdall_stream.inference import LoadedModel
 from heimdall_stream.metrics import Metrics
-from heimdall_stream.pipeline import (
-    BatchOutcome,
-    DeadLetter,
-    Decoded,
-    InputRecord,
-    complete_batch,
-    decode_and_validate,
-)
+from heimdall_stream.pipeline import BatchOutcome, DeadLetter, Decoded, InputRecord, decode_all
+from heimdall_stream.routing import ModelSet
+from heimdall_stream.scoring import ScoredBatch, score
 
 log = logging.getLogger(__name__)
 LAG_INTERVAL_S = 10.0
@@ -59,7 +53,7 @@ class StreamApp:
     def __init__(
         self,
         settings: Settings,
-        model: LoadedModel,
+        models: ModelSet,
         store: Store,
         metrics: Metrics,
         health: Health,
@@ -68,7 +62,7 @@ class StreamApp:
         wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
-        self.model = model
+        self.models = models
         self.store = store
         self.metrics = metrics
         self.health = health
@@ -85,6 +79,8 @@ class StreamApp:
         self._fatal: str | None = None
         self._assigned: set[tuple[str, int]] = set()
         self._next_lag_at = 0.0
+        self._swap_lock = threading.Lock()
+        self._pending: tuple[ModelSet, threading.Event] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -105,7 +101,7 @@ class StreamApp:
             self.settings.instance_id,
             self.settings.kafka.group_id,
             self.settings.kafka.delivery,
-            self.model.label,
+            ", ".join(m.label for m in self.models.models),
         )
         try:
             while not stop.is_set():
@@ -119,6 +115,7 @@ class StreamApp:
         if self._fatal:
             raise FatalKafkaError(self._fatal)
         self.health.beat()
+        self._swap_if_offered()
         if self.batcher.ready():
             self._process(self.batcher.take())
         messages = self._consume()
@@ -184,31 +181,50 @@ class StreamApp:
 
     # ------------------------------------------------------------------ processing
 
+    def offer(self, models: ModelSet) -> threading.Event:
+        """Hand over a new model set; the loop swaps it in between two batches."""
+        swapped = threading.Event()
+        with self._swap_lock:
+            self._pending = (models, swapped)
+        return swapped
+
+    def current(self) -> ModelSet:
+        """The model set in force."""
+        return self.models
+
+    def _swap_if_offered(self) -> None:
+        with self._swap_lock:
+            pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        models, swapped = pending
+        old = self.models
+        self.models = models
+        for model in old.models:
+            with contextlib.suppress(KeyError):
+                self.metrics.model_weight.remove(model.name, model.version)
+        self._publish_model_metrics()
+        swapped.set()
+
     def _process(self, records: list[InputRecord]) -> None:
         if not records:
             return
         self._batch_seq += 1
-        batch_id = f"{self.settings.instance_id}-{self._batch_seq}"
-        good, bad = decode_and_validate(records, self.model.contract, self.settings.limits)
-        fresh = self._dedup(good)
-        outcome = BatchOutcome()
-        if fresh:
-            prepared = self.model.prepare([item.capture for item in fresh])
-            cached = self.store.get_many(prepared.cache_keys)
-            outcome = complete_batch(
-                fresh,
-                prepared,
-                cached,
-                model=self.model,
-                confidence=self.settings.model.confidence,
-                batch_id=batch_id,
-                timer=self.clock,
-                wall_now=self.wall,
-            )
-        outcome.dead_letters.extend(bad)
-        if not self._commit(records, outcome):
+        decoded, bad = decode_all(records, self.settings.limits)
+        scored = score(
+            self.models,
+            self._dedup(decoded),
+            self.store,
+            settings=self.settings,
+            metrics=self.metrics,
+            batch_id=f"{self.settings.instance_id}-{self._batch_seq}",
+            clock=self.clock,
+            wall=self.wall,
+        )
+        scored.outcome.dead_letters.extend(bad)
+        if not self._commit(records, scored.outcome):
             return  # aborted: the consumer was rewound and the batch will run again
-        self._after_commit(outcome, len(fresh))
+        self._after_commit(scored)
 
     def _dedup(self, items: list[Decoded]) -> list[Decoded]:
         """Drop captures already done (Redis) or repeated within the batch."""
@@ -226,26 +242,25 @@ class StreamApp:
             self.metrics.dedup_hits.inc(duplicates)
         return fresh
 
-    def _after_commit(self, outcome: BatchOutcome, fresh: int) -> None:
-        model = self.model
-        now = self.wall()
+    def _after_commit(self, scored: ScoredBatch) -> None:
+        outcome = scored.outcome
         self.store.mark_done([r.localization.capture_id for r in outcome.results])
         self.store.put_many(
             {r.cache_key: r.prediction for r in outcome.results if not r.localization.cache_hit}
         )
-        version = model.version
-        self.metrics.record_cache(version, outcome.cache_hits, fresh - outcome.cache_hits)
-        if fresh:
-            self.metrics.batch_size.labels(version).observe(fresh)
-        if outcome.inference_s:
-            self.metrics.inference_latency.labels(version).observe(outcome.inference_s)
-        if outcome.results:
-            self.metrics.results_produced.labels(version).inc(len(outcome.results))
-        done_at = self.clock()
-        for result in outcome.results:
-            lag = (now - result.captured_at).total_seconds()
-            self.metrics.end_to_end_latency.labels(version).observe(max(lag, 0.0))
-            self.metrics.processing_latency.observe(max(done_at - result.record.consumed_at, 0.0))
+        now, done_at = self.wall(), self.clock()
+        for stats in scored.versions:
+            version = stats.model.version
+            self.metrics.record_cache(version, stats.cache_hits, stats.fresh - stats.cache_hits)
+            self.metrics.batch_size.labels(version).observe(stats.fresh)
+            if stats.inference_s:
+                self.metrics.inference_latency.labels(version).observe(stats.inference_s)
+            if stats.results:
+                self.metrics.results_produced.labels(version).inc(len(stats.results))
+            for result in stats.results:
+                lag = (now - result.captured_at).total_seconds()
+                self.metrics.end_to_end_latency.labels(version).observe(max(lag, 0.0))
+                self.metrics.processing_latency.observe(max(done_at - result.record.consumed_at, 0.0))
         for letter in outcome.dead_letters:
             self.metrics.dead_letters.labels(letter.reason).inc()
 
@@ -410,13 +425,21 @@ class StreamApp:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(high - tp.offset, 0))
 
     def _publish_model_metrics(self) -> None:
-        model = self.model
+        models = self.models
         self.metrics.model_loaded.set(1)
         self.metrics.ready.set(1)
-        self.metrics.model_weight.labels(model.name, model.version).set(1.0)
-        # Generation 0: the model named in configuration, before any deployment applies.
-        self.metrics.model_generation.labels(model.name).set(0)
-        self.health.update(model_loaded=True, model=model.label, model_sha256=model.sha256)
+        for model, weight in models.primaries:
+            self.metrics.model_weight.labels(model.name, model.version).set(weight)
+        for model in models.shadows:
+            self.metrics.model_weight.labels(model.name, model.version).set(0.0)
+        # Generation 0 is the model named in configuration, before any deployment applies.
+        self.metrics.model_generation.labels(models.model_name).set(models.generation)
+        self.health.update(
+            model_loaded=True,
+            generation=models.generation,
+            models={m.label: w for m, w in models.primaries},
+            shadows=[m.label for m in models.shadows],
+        )
 
 
 def next_offsets(records: Sequence[InputRecord]) -> list[TopicPartition]:

@@ -10,6 +10,7 @@ command does, not where the services are.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -156,6 +157,72 @@ def train_reference(n_train: int, seed: int, if_absent: bool, no_iq: bool) -> No
         )
     click.echo(f"registered {registered.name}/{registered.version} @{registered.alias}")
     click.echo(report_json(report))
+
+
+@main.command()
+@click.option("--model", "model_name", required=True, help="Registered model name.")
+@click.option(
+    "--version", "versions", multiple=True, required=True, help="URI=WEIGHT, repeated; weights sum to 1."
+)
+@click.option("--shadow", "shadows", multiple=True, help="URI scored for comparison only, repeated.")
+@click.option("--issued-by", default=lambda: os.environ.get("USER", "operator"), show_default="$USER")
+@click.option(
+    "--wait/--no-wait", default=True, show_default=True, help="Wait until every live instance applied it."
+)
+@click.option("--timeout", default=180.0, show_default=True, help="Seconds to wait.")
+def deploy(
+    model_name: str,
+    versions: tuple[str, ...],
+    shadows: tuple[str, ...],
+    issued_by: str,
+    wait: bool,
+    timeout: float,
+) -> None:
+    """Publish a signed deployment (weights, shadows) and wait until the instances apply it."""
+    from heimdall_stream.deployments import parse_versions, publish_deployment, wait_applied
+
+    settings = _settings()
+    try:
+        deployment = publish_deployment(settings, model_name, parse_versions(versions), shadows, issued_by)
+    except HeimdallError as exc:
+        click.echo(f"not published: {exc}", err=True)
+        sys.exit(2)
+    click.echo(f"published {model_name} generation {deployment.generation}")
+    if not wait:
+        return
+    with tqdm(total=0, unit="instance", desc="applied", disable=None) as bar:
+
+        def show(done: int, live: int) -> None:
+            bar.total = live
+            bar.n = done
+            bar.refresh()
+
+        applied, errors = wait_applied(settings, model_name, deployment.generation, timeout, show)
+    for instance, error in sorted(errors.items()):
+        click.echo(f"{instance}: {error}", err=True)
+    click.echo(
+        f"{len(applied)} instance(s) applied generation {deployment.generation}, {len(errors)} refused it"
+    )
+    if errors or not applied:
+        sys.exit(1)
+
+
+@main.command()
+def status() -> None:
+    """Show what every live instance has applied: generation, versions, weights, errors."""
+    from heimdall_stream.deployments import live_instances, statuses
+
+    settings = _settings()
+    live = live_instances(settings)
+    for instance, report in sorted(statuses(settings).items()):
+        state = "live" if instance in live else "gone"
+        versions = ", ".join(
+            f"{v.version}{' (shadow)' if v.shadow else f'={v.weight:g}'} sha256:{v.sha256[:12]}"
+            for v in report.versions
+        )
+        click.echo(f"{instance} [{state}] {report.model_name} generation {report.generation}: {versions}")
+        if report.error:
+            click.echo(f"    error: {report.error}")
 
 
 @main.command("check-model")

@@ -112,6 +112,15 @@ class ModelSettings(_Section):
     control_hmac_key: SecretStr | None = Field(
         None, description="Key that signs ModelDeployment messages (secret)."
     )
+    control_enabled: bool = Field(
+        True, description="Follow the model-control topic (deployments, weights, shadows, rollbacks)."
+    )
+
+    @field_validator("control_hmac_key")
+    @classmethod
+    def _empty_key_is_no_key(cls, value: SecretStr | None) -> SecretStr | None:
+        # An empty key would "sign" with b"": treat it as missing, so nothing is signed with it.
+        return value if value is not None and value.get_secret_value() else None
 
 
 class BatchingSettings(_Section):

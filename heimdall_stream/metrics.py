@@ -106,6 +106,39 @@ class Metrics:
             ["model_name"],
             registry=registry,
         )
+        self.control_rejections = Counter(
+            "heimdall_control_rejections_total",
+            "Model-control messages rejected, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        self.shadow_position_delta = Histogram(
+            "heimdall_shadow_position_delta_meters",
+            "Distance between shadow and primary positions.",
+            ["model_version"],
+            buckets=(10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000),
+            registry=registry,
+        )
+        self.shadow_overlap = Histogram(
+            "heimdall_shadow_ellipse_overlap",
+            "Bhattacharyya overlap of shadow and primary Gaussians (1 = same).",
+            ["model_version"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0),
+            registry=registry,
+        )
+        self.shadow_latency = Histogram(
+            "heimdall_shadow_inference_duration_seconds",
+            "Shadow inference time per batch.",
+            ["model_version"],
+            buckets=INFERENCE_BUCKETS,
+            registry=registry,
+        )
+        self.shadow_errors = Counter(
+            "heimdall_shadow_errors_total",
+            "Shadow batches or comparisons that failed.",
+            ["model_version"],
+            registry=registry,
+        )
         self.ready = Gauge(
             "heimdall_ready",
             "1 while the instance is ready (model warmed up, loop running).",

@@ -179,24 +179,44 @@ def validate(capture: IqCapture, contract: ModelContract, limits: LimitsSettings
             )
 
 
-def decode_and_validate(
-    records: Sequence[InputRecord], contract: ModelContract, limits: LimitsSettings
+def decode_all(
+    records: Sequence[InputRecord], limits: LimitsSettings
 ) -> tuple[list[Decoded], list[DeadLetter]]:
-    """Split records into valid captures and dead letters."""
+    """Split records into decoded captures and dead letters (no model needed yet)."""
     good: list[Decoded] = []
     bad: list[DeadLetter] = []
     for record in records:
         capture = decode(record, limits)
         if isinstance(capture, DeadLetter):
             bad.append(capture)
-            continue
-        try:
-            validate(capture, contract, limits)
-        except InvalidCaptureError as exc:
-            bad.append(DeadLetter.of(record, exc))
-            continue
-        good.append(Decoded(record, capture))
+        else:
+            good.append(Decoded(record, capture))
     return good, bad
+
+
+def validate_all(
+    items: Sequence[Decoded], contract: ModelContract, limits: LimitsSettings
+) -> tuple[list[Decoded], list[DeadLetter]]:
+    """Split decoded captures into those the model can localise and dead letters."""
+    good: list[Decoded] = []
+    bad: list[DeadLetter] = []
+    for item in items:
+        try:
+            validate(item.capture, contract, limits)
+        except InvalidCaptureError as exc:
+            bad.append(DeadLetter.of(item.record, exc))
+            continue
+        good.append(item)
+    return good, bad
+
+
+def decode_and_validate(
+    records: Sequence[InputRecord], contract: ModelContract, limits: LimitsSettings
+) -> tuple[list[Decoded], list[DeadLetter]]:
+    """Split records into valid captures and dead letters."""
+    decoded, bad = decode_all(records, limits)
+    good, invalid = validate_all(decoded, contract, limits)
+    return good, bad + invalid
 
 
 # --------------------------------------------------------------------------- inference

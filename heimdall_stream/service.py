@@ -17,12 +17,14 @@ from prometheus_client import CollectorRegistry
 
 from heimdall_stream.app import StreamApp, check_connectivity
 from heimdall_stream.config import Settings
+from heimdall_stream.control import ControlPlane
 from heimdall_stream.dedup import RedisStore
 from heimdall_stream.errors import ConfigurationError
 from heimdall_stream.health import Health, serve
 from heimdall_stream.inference import LoadedModel, load_model
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.registry import ModelRegistry
+from heimdall_stream.routing import ModelSet
 
 log = logging.getLogger(__name__)
 
@@ -37,18 +39,32 @@ class ConsumerService:
         self.health = Health()
         self._server = serve(settings.metrics.host, settings.metrics.port, self.registry, self.health)
         self.port = int(self._server.server_address[1])
+        self.control: ControlPlane | None = None
         log.info("metrics, /healthz and /readyz on port %d", self.port)
 
     def run(self, stop: threading.Event) -> None:
         """Connect, load the model, and consume until ``stop`` is set."""
+        control: ControlPlane | None = None
         try:
             check_connectivity(self.settings)
             model = self.load_model()
             store = self._store()
-            StreamApp(self.settings, model, store, self.metrics, self.health).run(stop)
+            app = StreamApp(self.settings, ModelSet.single(model), store, self.metrics, self.health)
+            if self.settings.model.control_enabled:
+                control = ControlPlane(self.settings, self.metrics, app.current, app.offer)
+                control.start()
+                self.control = control
+            app.run(stop)
         finally:
+            if control is not None:
+                control.stop()
             self._server.shutdown()
             self._server.server_close()
+
+    def request_reapply(self) -> None:
+        """Re-apply the deployment in force and re-resolve aliases (SIGHUP)."""
+        if self.control is not None:
+            self.control.request_reapply()
 
     def load_model(self) -> LoadedModel:
         """Fetch (or take from the cache) and load the configured model."""
@@ -99,4 +115,6 @@ def run_service(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    ConsumerService(settings).run(stop)
+    service = ConsumerService(settings)
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: service.request_reapply())
+    service.run(stop)

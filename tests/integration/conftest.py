@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer
+from pydantic import SecretStr
 
 from heimdall_stream.codec import localization_codec
 from heimdall_stream.config import Settings
@@ -29,6 +30,7 @@ from heimdall_stream.service import ConsumerService
 from heimdall_stream.training import train_features_model
 
 REPO = Path(__file__).resolve().parents[2]
+CONTROL_KEY = "integration-test-control-key"
 
 
 @pytest.fixture(scope="session")
@@ -64,6 +66,8 @@ def make_settings(services, model_uri, new_topic, new_group_id, tmp_path) -> Cal
                 input_topic=new_topic("captures", partitions=3),
                 output_topic=new_topic("localizations", partitions=3),
                 dlq_topic=new_topic("dlq", partitions=1),
+                control_topic=new_topic("control", partitions=1, config={"cleanup.policy": "compact"}),
+                status_topic=new_topic("status", partitions=1, config={"cleanup.policy": "compact"}),
             )
         kafka = {
             "bootstrap_servers": services.kafka,
@@ -81,7 +85,7 @@ def make_settings(services, model_uri, new_topic, new_group_id, tmp_path) -> Cal
                 **overrides.pop("redis", {}),
             },
             "mlflow": {"tracking_uri": services.mlflow, "cache_dir": str(tmp_path / "models")},
-            "model": {"uri": model_uri, **overrides.pop("model", {})},
+            "model": {"uri": model_uri, "control_hmac_key": CONTROL_KEY, **overrides.pop("model", {})},
             "metrics": {"host": "127.0.0.1", "port": 0},
             "batching": {"max_batch_size": 16, "max_wait_ms": 20, **overrides.pop("batching", {})},
             **overrides,
@@ -149,17 +153,20 @@ def start_consumer() -> Iterator[Callable[[Settings], ConsumerThread]]:
 
 def settings_env(settings: Settings) -> dict[str, str]:
     """HEIMDALL_* variables that rebuild ``settings`` in a child process."""
+
+    def text(item: Any) -> str:
+        if isinstance(item, SecretStr):
+            return item.get_secret_value()
+        return json.dumps(item) if isinstance(item, dict | list) else str(item)
+
     env: dict[str, str] = {}
-    for key, value in settings.model_dump(mode="json").items():
+    for key, value in settings.model_dump().items():
         if isinstance(value, dict):
             for inner, item in value.items():
-                if item is None:
-                    continue
-                env[f"HEIMDALL_{key.upper()}__{inner.upper()}"] = (
-                    json.dumps(item) if isinstance(item, dict | list) else str(item)
-                )
+                if item is not None:
+                    env[f"HEIMDALL_{key.upper()}__{inner.upper()}"] = text(item)
         elif value is not None:
-            env[f"HEIMDALL_{key.upper()}"] = str(value)
+            env[f"HEIMDALL_{key.upper()}"] = text(value)
     return env
 
 

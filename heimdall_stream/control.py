@@ -1,0 +1,268 @@
+"""The control plane: signed desired-state deployments in, applied model sets and status out.
+
+``heimdall.model-control`` is a compacted topic of ``ModelDeployment`` records keyed by model
+name.  Every instance reads it from the beginning (assign, no consumer group), applies the newest
+valid deployment for its model, then follows the topic live.  A deployment is applied only if it
+is signed with the configured HMAC key, names this instance's model, has a generation newer than
+the one in force, and has weights that sum to 1.  Its versions are fetched, checked and warmed up
+on this thread; the app swaps the whole model set between two batches.  Whatever happens, the
+instance publishes a ``ModelStatus`` (key = instance id) to ``heimdall.model-status``; a failure
+leaves the previous model set serving.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import logging
+import math
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
+
+from heimdall_stream.clients import reader_config
+from heimdall_stream.codec import deployment_codec, status_codec
+from heimdall_stream.config import Settings
+from heimdall_stream.errors import ControlMessageError, DecodeError, HeimdallError
+from heimdall_stream.inference import LoadedModel, load_model
+from heimdall_stream.messages import LoadedVersion, ModelDeployment, ModelStatus
+from heimdall_stream.metrics import Metrics
+from heimdall_stream.registry import ModelRef, ModelRegistry
+from heimdall_stream.routing import ModelSet
+
+log = logging.getLogger(__name__)
+APPLY_TIMEOUT_S = 120.0
+
+
+def sign(deployment: ModelDeployment, key: bytes) -> str:
+    """Hex HMAC-SHA256 over the deployment encoded with an empty signature."""
+    body = deployment_codec().encode(dataclasses.replace(deployment, signature=""))
+    return hmac.new(key, body, hashlib.sha256).hexdigest()
+
+
+def signed(deployment: ModelDeployment, key: bytes) -> ModelDeployment:
+    """The deployment with its signature filled in."""
+    return dataclasses.replace(deployment, signature=sign(deployment, key))
+
+
+def verify(deployment: ModelDeployment, key: bytes | None, model_name: str, applied_generation: int) -> None:
+    """Raise ``ControlMessageError`` unless this deployment may be applied here."""
+    if key is None:
+        raise ControlMessageError(
+            "no control HMAC key configured: deployments cannot be verified", reason="unsigned"
+        )
+    if not deployment.signature:
+        raise ControlMessageError("deployment is not signed", reason="unsigned")
+    if not hmac.compare_digest(deployment.signature, sign(deployment, key)):
+        raise ControlMessageError("deployment signature does not match", reason="bad_signature")
+    if deployment.model_name != model_name:
+        raise ControlMessageError(
+            f"deployment is for {deployment.model_name}, not {model_name}", reason="other_model"
+        )
+    if deployment.generation <= applied_generation:
+        raise ControlMessageError(
+            f"stale generation {deployment.generation} (in force: {applied_generation})", reason="stale"
+        )
+    if not deployment.versions:
+        raise ControlMessageError("deployment has no versions", reason="malformed")
+    weights = [v.weight for v in deployment.versions]
+    if any(not (0.0 <= w <= 1.0) for w in weights) or not math.isclose(sum(weights), 1.0, abs_tol=1e-6):
+        raise ControlMessageError(
+            f"weights must be in [0, 1] and sum to 1, got {weights}", reason="malformed"
+        )
+    for uri in [v.model_uri for v in deployment.versions] + list(deployment.shadow):
+        try:
+            ref = ModelRef.parse(uri)
+        except HeimdallError as exc:
+            raise ControlMessageError(str(exc), reason="malformed") from exc
+        if ref.name != model_name:
+            raise ControlMessageError(f"{uri} is not a version of {model_name}", reason="malformed")
+
+
+class ControlPlane:
+    """Follows the control topic on its own thread and hands applied model sets to the app."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        current: Callable[[], ModelSet],
+        offer: Callable[[ModelSet], threading.Event],
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self._current = current
+        self._offer = offer
+        key = settings.model.control_hmac_key
+        self._key = key.get_secret_value().encode() if key else None
+        self._registry = ModelRegistry(settings.mlflow.tracking_uri, settings.mlflow.cache_dir)
+        self._producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True})
+        self._stop = threading.Event()
+        self._reapply = threading.Event()
+        self._last: ModelDeployment | None = None
+        self._requested = 0
+        self._thread = threading.Thread(target=self._run, name="heimdall-control", daemon=True)
+        self.caught_up = threading.Event()
+
+    def start(self) -> None:
+        """Report the configured model, then follow the control topic."""
+        self._publish_status(self._current(), None)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop following; waits for an apply in progress."""
+        self._stop.set()
+        self._thread.join(APPLY_TIMEOUT_S)
+        self._producer.flush(10)
+
+    def request_reapply(self) -> None:
+        """Re-apply the deployment in force, re-resolving aliases (SIGHUP)."""
+        self._reapply.set()
+
+    # ------------------------------------------------------------------ the thread
+
+    def _run(self) -> None:
+        consumer = Consumer(
+            {
+                **reader_config(self.settings, f"heimdall-control-{self.settings.instance_id}"),
+                "enable.partition.eof": True,
+            }
+        )
+        consumer.assign([TopicPartition(self.settings.kafka.control_topic, 0, OFFSET_BEGINNING)])
+        newest: ModelDeployment | None = None
+        try:
+            while not self._stop.is_set():
+                message = consumer.poll(0.5)
+                if message is not None:
+                    error = message.error()
+                    if error is not None and error.code() == KafkaError._PARTITION_EOF:
+                        if not self.caught_up.is_set():
+                            self.caught_up.set()
+                            if newest is not None:  # only the newest state matters at start-up
+                                self._apply(newest)
+                    elif error is None:
+                        deployment = self._accept(message.value())
+                        if deployment is not None:
+                            if self.caught_up.is_set():
+                                self._apply(deployment)
+                            else:
+                                newest = deployment
+                if self._reapply.is_set():
+                    self._reapply.clear()
+                    if self._last is not None:
+                        log.info("re-applying generation %d (aliases re-resolved)", self._last.generation)
+                        self._apply(self._last, force=True)
+                    else:
+                        self._reload_configured()
+        finally:
+            consumer.close()
+
+    def _accept(self, value: bytes | None) -> ModelDeployment | None:
+        """Decode and verify a control message; count and report what is rejected."""
+        applied = self._current().generation
+        try:
+            deployment = deployment_codec().decode(value or b"")
+        except DecodeError as exc:
+            self._reject(ControlMessageError(f"malformed control message: {exc}", reason="malformed"))
+            return None
+        self._requested = max(self._requested, deployment.generation)
+        try:
+            verify(deployment, self._key, self._current().model_name, applied)
+        except ControlMessageError as exc:
+            if exc.reason != "other_model":
+                self._reject(exc)
+            return None
+        return deployment
+
+    def _reject(self, error: ControlMessageError) -> None:
+        self.metrics.control_rejections.labels(error.reason).inc()
+        log.warning("control message rejected: %s", error)
+        if self.caught_up.is_set():  # history replayed at start-up is not news
+            self._publish_status(self._current(), f"rejected: {error}")
+
+    def _apply(self, deployment: ModelDeployment, *, force: bool = False) -> None:
+        previous = self._current()
+        if not force and deployment.generation <= previous.generation:
+            return
+        try:
+            model_set = self._load(deployment)
+        except HeimdallError as exc:
+            self.metrics.model_reloads.labels("failure").inc()
+            log.error(
+                "generation %d not applied, keeping %d: %s", deployment.generation, previous.generation, exc
+            )
+            self._publish_status(previous, f"generation {deployment.generation} not applied: {exc}")
+            return
+        swapped = self._offer(model_set)
+        if not swapped.wait(APPLY_TIMEOUT_S):
+            self._publish_status(
+                previous, f"generation {deployment.generation} loaded but not swapped in time"
+            )
+            return
+        self._last = deployment
+        self.metrics.model_reloads.labels("success").inc()
+        log.info(
+            "applied generation %d: %s%s",
+            deployment.generation,
+            ", ".join(f"{m.version}={w:g}" for m, w in model_set.primaries),
+            f" shadows {[m.version for m in model_set.shadows]}" if model_set.shadows else "",
+        )
+        self._publish_status(model_set, None)
+
+    def _load(self, deployment: ModelDeployment) -> ModelSet:
+        primaries = tuple((self._load_one(v.model_uri), v.weight) for v in deployment.versions)
+        shadows = tuple(self._load_one(uri) for uri in deployment.shadow)
+        return ModelSet(deployment.model_name, deployment.generation, primaries, shadows)
+
+    def _load_one(self, uri: str) -> LoadedModel:
+        fetched = self._registry.fetch(uri)
+        model = self.settings.model
+        return load_model(
+            fetched.path,
+            name=fetched.name,
+            version=fetched.version,
+            uri=uri,
+            sha256=fetched.sha256,
+            intra_op_threads=model.intra_op_threads,
+            inter_op_threads=model.inter_op_threads,
+            warm_up_batch=self.settings.batching.max_batch_size,
+        )
+
+    def _reload_configured(self) -> None:
+        """SIGHUP without any deployment: re-resolve the configured URI (e.g. a moved alias)."""
+        current = self._current()
+        try:
+            model = self._load_one(self.settings.model.uri)
+        except HeimdallError as exc:
+            self.metrics.model_reloads.labels("failure").inc()
+            self._publish_status(current, f"reload of {self.settings.model.uri} failed: {exc}")
+            return
+        serving = current.primaries[0][0]
+        if len(current.primaries) == 1 and (model.version, model.sha256) == (serving.version, serving.sha256):
+            return
+        if self._offer(ModelSet.single(model, current.generation)).wait(APPLY_TIMEOUT_S):
+            self.metrics.model_reloads.labels("success").inc()
+            self._publish_status(self._current(), None)
+
+    def _publish_status(self, model_set: ModelSet, error: str | None) -> None:
+        versions = tuple(
+            LoadedVersion(m.uri, m.version, m.sha256, w, False) for m, w in model_set.primaries
+        ) + tuple(LoadedVersion(m.uri, m.version, m.sha256, 0.0, True) for m in model_set.shadows)
+        status = ModelStatus(
+            instance_id=self.settings.instance_id,
+            model_name=model_set.model_name,
+            generation=model_set.generation,
+            versions=versions,
+            reported_at=datetime.now(UTC),
+            error=error,
+            requested_generation=max(self._requested, model_set.generation),
+        )
+        self._producer.produce(
+            self.settings.kafka.status_topic,
+            key=self.settings.instance_id.encode(),
+            value=status_codec().encode(status),
+        )
+        self._producer.poll(0)

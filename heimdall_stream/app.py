@@ -213,13 +213,14 @@ class StreamApp:
         decoded, bad = decode_all(records, self.settings.limits)
         scored = score(
             self.models,
-            self._dedup(decoded),
+            decoded,
             self.store,
             settings=self.settings,
             metrics=self.metrics,
             batch_id=f"{self.settings.instance_id}-{self._batch_seq}",
             clock=self.clock,
             wall=self.wall,
+            dedup=self._dedup,
         )
         scored.outcome.dead_letters.extend(bad)
         if not self._commit(records, scored.outcome):

@@ -56,14 +56,25 @@ def score(
     batch_id: str,
     clock: Callable[[], float],
     wall: Callable[[], datetime],
+    dedup: Callable[[list[Decoded]], list[Decoded]],
 ) -> ScoredBatch:
-    """Route ``items`` to their versions and score each group; shadows compare afterwards."""
+    """Route ``items`` to their versions, validate, drop duplicates, score; shadows compare.
+
+    Validation comes before dedup, so a malformed copy of a capture can never stand in for the
+    valid one: every invalid message goes to the DLQ, and only valid captures count as done.
+    """
     scored = ScoredBatch()
     groups = models.split([item.capture.capture_id for item in items])
+    valid: dict[int, list[Decoded]] = {}
     for slot, rows in sorted(groups.items()):
         model = models.primaries[slot][0]
         good, invalid = validate_all([items[r] for r in rows], model.contract, settings.limits)
         scored.outcome.dead_letters.extend(invalid)
+        valid[slot] = good
+    fresh = {id(item) for item in dedup([item for slot in sorted(valid) for item in valid[slot]])}
+    for slot, candidates in sorted(valid.items()):
+        model = models.primaries[slot][0]
+        good = [item for item in candidates if id(item) in fresh]
         if not good:
             continue
         prepared = model.prepare([item.capture for item in good])

@@ -137,3 +137,35 @@ def test_at_least_once_mode_delivers_every_capture(make_settings, start_consumer
     )
     consumer.stop()
     assert {r.capture_id for r in results} == set(truth)
+
+
+def test_a_malformed_copy_never_stands_in_for_the_valid_capture(make_settings, start_consumer):
+    from confluent_kafka import Producer
+
+    from heimdall_stream.codec import capture_codec
+    from heimdall_stream.faults import nan_samples, unknown_receiver
+    from heimdall_stream.network import load_network
+    from heimdall_stream.simulator import IqSimulator
+
+    settings = make_settings()
+    producer = Producer(
+        {"bootstrap.servers": settings.kafka.bootstrap_servers, "message.max.bytes": 8_000_000}
+    )
+    rng = np.random.default_rng(0)
+    sim = IqSimulator(load_network(), seed=77)
+    captures = [sim.generate(i).capture for i in range(10)]
+    for capture in captures:  # same capture_id, same key and partition: malformed first, then valid
+        key = capture.capture_id.encode()
+        producer.produce(settings.kafka.input_topic, key=key, value=nan_samples(capture, rng))
+        producer.produce(settings.kafka.input_topic, key=key, value=unknown_receiver(capture, rng))
+        producer.produce(settings.kafka.input_topic, key=key, value=capture_codec().encode(capture))
+    producer.flush(30)
+    consumer = start_consumer(settings)
+    results = results_of(
+        read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=10)
+    )
+    letters = read_topic(settings.kafka.bootstrap_servers, settings.kafka.dlq_topic, expected=20)
+    consumer.stop()
+    assert sorted(r.capture_id for r in results) == sorted(c.capture_id for c in captures)
+    assert len(letters) == 20
+    assert consumer.metric("heimdall_dedup_hits_total") == 0

@@ -79,6 +79,7 @@ class StreamApp:
         self._fatal: str | None = None
         self._assigned: set[tuple[str, int]] = set()
         self._next_lag_at = 0.0
+        self._renew_producer = False
         self._swap_lock = threading.Lock()
         self._pending: tuple[ModelSet, threading.Event] | None = None
 
@@ -289,6 +290,7 @@ class StreamApp:
         return True
 
     def _commit_transaction(self, outcome: BatchOutcome, offsets: list[TopicPartition]) -> None:
+        self._renew_producer_if_needed()
         producer = self.producer
         producer.begin_transaction()
         self._produce_outcome(outcome)
@@ -407,7 +409,25 @@ class StreamApp:
             self._fatal = f"authentication failed: {error.str()}"
             log.error("%s", self._fatal)
         else:
+            if error.code() == KafkaError._ALL_BROKERS_DOWN:
+                self._renew_producer = True
             log.warning("Kafka: %s", error.str())
+
+    def _renew_producer_if_needed(self) -> None:
+        """After every broker was down, start the next transaction on a fresh producer.
+
+        librdkafka can keep a stale group-coordinator entry across a cluster outage, and then
+        ``send_offsets_to_transaction`` waits forever (librdkafka issue 5511).  A new producer with
+        the same ``transactional.id`` has no such cache, and ``init_transactions`` fences the old
+        one and aborts whatever transaction it left open.
+        """
+        if not (self._renew_producer and self.exactly_once):
+            return
+        self._renew_producer = False
+        log.warning("renewing the transactional producer after a broker outage")
+        self.producer = Producer({**producer_config(self.settings), "error_cb": self._on_kafka_error})
+        self._call(self.producer.init_transactions, KAFKA_TIMEOUT_S)
+        self.metrics.transactions.labels("producer_renewed").inc()
 
     def _update_lag(self) -> None:
         assigned = [TopicPartition(t, p) for t, p in sorted(self._assigned)]

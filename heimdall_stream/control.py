@@ -56,7 +56,8 @@ def verify(deployment: ModelDeployment, key: bytes | None, model_name: str, appl
         )
     if not deployment.signature:
         raise ControlMessageError("deployment is not signed", reason="unsigned")
-    if not hmac.compare_digest(deployment.signature, sign(deployment, key)):
+    # Compare bytes: compare_digest refuses non-ASCII str, and a forged signature may be anything.
+    if not hmac.compare_digest(deployment.signature.encode(), sign(deployment, key).encode()):
         raise ControlMessageError("deployment signature does not match", reason="bad_signature")
     if deployment.model_name != model_name:
         raise ControlMessageError(

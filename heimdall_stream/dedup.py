@@ -118,11 +118,11 @@ class RedisStore:
         """PING now (used at start-up and by the degraded-mode probe)."""
         try:
             self._client.ping()
+        except redis.AuthenticationError:
+            raise  # a subclass of ConnectionError in redis-py: wrong credentials are not an outage
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self._fail(exc)
             return False
-        except redis.AuthenticationError:
-            raise
         self._recover()
         return True
 

@@ -1,0 +1,76 @@
+"""Wrong credentials fail fast with a clear error; secrets never reach logs or /metrics."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from heimdall_stream.errors import ConfigurationError
+from tests.integration.conftest import ConsumerThread, scrape
+
+pytestmark = pytest.mark.integration
+SECRET = "do-not-leak-4f2a"
+
+
+@pytest.fixture
+def redis_with_password(tmp_path):
+    """A Redis of this test's own that requires a password (the shared one has none)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not installed")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    proc = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--requirepass",
+            "the-right-one",
+            "--save",
+            "",
+            "--dir",
+            str(tmp_path),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.1)
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_a_refused_redis_password_is_a_clear_start_up_error_without_the_secret(
+    make_settings, redis_with_password, caplog
+):
+    settings = make_settings(redis={"url": redis_with_password, "password": SECRET})
+    caplog.set_level(logging.DEBUG)
+    consumer = ConsumerThread(settings)
+    consumer.thread.join(60)
+    assert not consumer.thread.is_alive()
+    assert isinstance(consumer.error, ConfigurationError)
+    assert "Redis refused the credentials" in str(consumer.error)
+    assert SECRET not in str(consumer.error) and SECRET not in caplog.text
+
+
+def test_metrics_and_readiness_never_show_secrets(make_settings, start_consumer):
+    settings = make_settings(model={"control_hmac_key": SECRET})
+    consumer = start_consumer(settings)
+    text = scrape(consumer.service.port)
+    ready = str(consumer.service.health.ready())
+    consumer.stop()
+    assert SECRET not in text and SECRET not in ready and SECRET not in repr(settings)

@@ -1,0 +1,41 @@
+"""Settings: environment parsing, and secrets that never show outside the client configuration."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from heimdall_stream.config import Settings
+
+SECRETS = {
+    "HEIMDALL_KAFKA__SASL_PASSWORD": "kafka-s3cret",
+    "HEIMDALL_REDIS__PASSWORD": "redis-s3cret",
+    "HEIMDALL_MODEL__CONTROL_HMAC_KEY": "hmac-s3cret",
+}
+
+
+def test_nested_environment_variables_and_secret_masking(monkeypatch):
+    for key, value in {
+        **SECRETS,
+        "HEIMDALL_KAFKA__BOOTSTRAP_SERVERS": "b:9093",
+        "HEIMDALL_BATCHING__MAX_BATCH_SIZE": "8",
+        "HEIMDALL_KAFKA__CLIENT_OPTIONS": '{"socket.keepalive.enable": "true"}',
+    }.items():
+        monkeypatch.setenv(key, value)
+    settings = Settings()
+    assert settings.kafka.bootstrap_servers == "b:9093" and settings.batching.max_batch_size == 8
+    for text in (repr(settings), str(settings), settings.model_dump_json()):
+        for secret in SECRETS.values():
+            assert secret not in text
+    config = settings.kafka.client_config()
+    assert config["sasl.password"] == "kafka-s3cret" and config["socket.keepalive.enable"] == "true"
+
+
+def test_settings_are_frozen_and_validated(monkeypatch):
+    monkeypatch.setenv("HEIMDALL_BATCHING__MAX_BATCH_SIZE", "0")
+    with pytest.raises(ValidationError):
+        Settings()
+    monkeypatch.delenv("HEIMDALL_BATCHING__MAX_BATCH_SIZE")
+    settings = Settings()
+    with pytest.raises(ValidationError):
+        settings.log_level = "DEBUG"  # type: ignore[misc]

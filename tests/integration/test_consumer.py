@@ -38,7 +38,7 @@ def test_n_captures_give_exactly_n_results_with_geometry_and_lineage(make_settin
         polygon = shapely.geometry.shape(json.loads(loc.geojson)["geometry"])
         assert polygon.is_valid and polygon.contains(shapely.geometry.Point(loc.longitude, loc.latitude))
         assert loc.model_name.startswith("it_localization_") and loc.model_version
-        assert loc.timings.end_to_end_ms > 0 and loc.timings.inference_ms > 0
+        assert all(value > 0 for value in (loc.timings.end_to_end_ms, loc.timings.inference_ms))
     assert consumer.metric("heimdall_dedup_hits_total") == len(inputs) - 60
     assert consumer.metric("heimdall_captures_consumed_total") == len(inputs)
 

@@ -1,18 +1,14 @@
-"""The consume → process → produce → commit loop: the only place with Kafka I/O and signals.
+"""The consume → process → commit loop: consuming, batching, rebalances and model swaps.
 
 One iteration: consume at most as many captures as fit in the current micro-batch (so in-flight
 work is bounded by ``max_batch_size``, and librdkafka's prefetch by ``queued.max.messages.kbytes``);
-when the batch is due, run the pure pipeline and commit:
-
-* ``exactly_once``: one transaction carries the results, the dead letters and the input offsets
-  (``send_offsets_to_transaction``); if it must abort, the consumer seeks back to the batch's
-  first offsets and the batch runs again;
-* ``at_least_once``: results are flushed, and offsets committed only once every delivery is
-  confirmed.
+when the batch is due, score it (``scoring``) and hand the outputs to ``delivery``, which writes
+them and commits the input offsets exactly once (or at least once).
 
 Redis dedup marks and cache entries are written only after the commit.  Rebalances: pending
 captures are processed and committed in ``on_revoke`` (never for partitions no longer owned);
-on ``on_lost`` they are dropped uncommitted, for the new owner to process.
+on ``on_lost`` they are dropped uncommitted, for the new owner to process.  A new model set
+offered by the control plane is swapped in between two batches.
 """
 
 from __future__ import annotations
@@ -21,30 +17,24 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from heimdall_stream.batching import MicroBatcher
-from heimdall_stream.clients import consumer_config, producer_config
+from heimdall_stream.clients import consumer_config
 from heimdall_stream.config import Settings
 from heimdall_stream.dedup import Store
-from heimdall_stream.errors import ConfigurationError
+from heimdall_stream.delivery import Delivery, FatalKafkaError
 from heimdall_stream.health import Health
 from heimdall_stream.metrics import Metrics
-from heimdall_stream.pipeline import BatchOutcome, DeadLetter, Decoded, InputRecord, decode_all
+from heimdall_stream.pipeline import Decoded, InputRecord, decode_all
 from heimdall_stream.routing import ModelSet
 from heimdall_stream.scoring import ScoredBatch, score
 
 log = logging.getLogger(__name__)
 LAG_INTERVAL_S = 10.0
-KAFKA_TIMEOUT_S = 30.0
-
-
-class FatalKafkaError(RuntimeError):
-    """The producer or consumer cannot go on (fenced, authorization, fatal idempotence error)."""
 
 
 class StreamApp:
@@ -72,14 +62,14 @@ class StreamApp:
         self.batcher: MicroBatcher[InputRecord] = MicroBatcher(
             batching.max_batch_size, batching.max_wait_ms / 1000.0, clock
         )
-        self.exactly_once = settings.kafka.delivery == "exactly_once"
         self.consumer = Consumer({**consumer_config(settings), "error_cb": self._on_kafka_error})
-        self.producer = Producer({**producer_config(settings), "error_cb": self._on_kafka_error})
+        self.delivery = Delivery(
+            settings, self.consumer, metrics, self._on_kafka_error, lambda: self._assigned
+        )
         self._batch_seq = 0
         self._fatal: str | None = None
         self._assigned: set[tuple[str, int]] = set()
         self._next_lag_at = 0.0
-        self._renew_producer = False
         self._swap_lock = threading.Lock()
         self._pending: tuple[ModelSet, threading.Event] | None = None
 
@@ -87,8 +77,7 @@ class StreamApp:
 
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set; then finish the pending batch and leave the group."""
-        if self.exactly_once:
-            self._call(self.producer.init_transactions, KAFKA_TIMEOUT_S)
+        self.delivery.start()
         self.consumer.subscribe(
             [self.settings.kafka.input_topic],
             on_assign=self._on_assign,
@@ -138,7 +127,7 @@ class StreamApp:
             self.consumer.close()
         except (KafkaException, RuntimeError) as exc:
             log.warning("consumer close failed: %s", exc)
-        self.producer.flush(10)
+        self.delivery.close()
         log.info("stopped %s", self.settings.instance_id)
 
     # ------------------------------------------------------------------ consuming
@@ -224,7 +213,7 @@ class StreamApp:
             dedup=self._dedup,
         )
         scored.outcome.dead_letters.extend(bad)
-        if not self._commit(records, scored.outcome):
+        if not self.delivery.commit(records, scored.outcome):
             return  # aborted: the consumer was rewound and the batch will run again
         self._after_commit(scored)
 
@@ -266,110 +255,6 @@ class StreamApp:
         for letter in outcome.dead_letters:
             self.metrics.dead_letters.labels(letter.reason).inc()
 
-    # ------------------------------------------------------------------ committing
-
-    def _commit(self, records: Sequence[InputRecord], outcome: BatchOutcome) -> bool:
-        offsets = next_offsets(records)
-        try:
-            if self.exactly_once:
-                self._commit_transaction(outcome, offsets)
-            else:
-                self._commit_at_least_once(outcome, offsets)
-        except KafkaException as exc:
-            error = exc.args[0]
-            if error.fatal():
-                self.metrics.transactions.labels("fatal").inc()
-                raise FatalKafkaError(f"fatal Kafka error: {error.str()}") from exc
-            self.metrics.transactions.labels("aborted").inc()
-            log.warning("batch not committed (%s); rewinding to reprocess it", error.str())
-            if self.exactly_once and error.txn_requires_abort():
-                self._call(self.producer.abort_transaction, KAFKA_TIMEOUT_S)
-            self._rewind(records)
-            return False
-        self.metrics.transactions.labels("committed").inc()
-        return True
-
-    def _commit_transaction(self, outcome: BatchOutcome, offsets: list[TopicPartition]) -> None:
-        self._renew_producer_if_needed()
-        producer = self.producer
-        producer.begin_transaction()
-        self._produce_outcome(outcome)
-        producer.send_offsets_to_transaction(
-            offsets, self.consumer.consumer_group_metadata(), KAFKA_TIMEOUT_S
-        )
-        self._call(producer.commit_transaction, KAFKA_TIMEOUT_S)
-
-    def _commit_at_least_once(self, outcome: BatchOutcome, offsets: list[TopicPartition]) -> None:
-        failures: list[KafkaError] = []
-
-        def on_delivery(error: KafkaError | None, _message: Message) -> None:
-            if error is not None:
-                failures.append(error)
-
-        self._produce_outcome(outcome, on_delivery)
-        remaining = self.producer.flush(KAFKA_TIMEOUT_S)
-        if remaining or failures:
-            reason = failures[0] if failures else KafkaError(KafkaError._TIMED_OUT, "flush timed out")
-            raise KafkaException(reason)
-        self.consumer.commit(offsets=offsets, asynchronous=False)
-
-    def _produce_outcome(self, outcome: BatchOutcome, on_delivery: Any = None) -> None:
-        kafka = self.settings.kafka
-        for result in outcome.results:
-            self._produce(
-                kafka.output_topic, result.localization.capture_id.encode(), result.value, None, on_delivery
-            )
-        for letter in outcome.dead_letters:
-            value, headers = dead_letter_message(letter, self.settings)
-            self._produce(kafka.dlq_topic, letter.record.key, value, headers, on_delivery)
-
-    def _produce(
-        self,
-        topic: str,
-        key: bytes | None,
-        value: bytes | None,
-        headers: list[tuple[str, str | bytes | None]] | None,
-        on_delivery: Any,
-    ) -> None:
-        paused: list[TopicPartition] = []
-        try:
-            while True:
-                try:
-                    self.producer.produce(
-                        topic, key=key, value=value, headers=headers, on_delivery=on_delivery
-                    )
-                    return
-                except BufferError:
-                    # Producer queue full: stop fetching input until delivery reports make room.
-                    if not paused:
-                        paused = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
-                        self.consumer.pause(paused)
-                        self.metrics.paused.set(1)
-                    self.producer.poll(0.05)
-        finally:
-            if paused:
-                self.consumer.resume(paused)
-                self.metrics.paused.set(0)
-
-    def _rewind(self, records: Sequence[InputRecord]) -> None:
-        for tp in first_offsets(records):
-            if (tp.topic, tp.partition) in self._assigned:
-                try:
-                    self.consumer.seek(tp)
-                except KafkaException as exc:
-                    log.warning("seek %s[%d] failed: %s", tp.topic, tp.partition, exc)
-
-    def _call(self, method: Callable[[float], Any], timeout: float) -> Any:
-        """Call a transactional API, retrying while librdkafka says the error is retriable."""
-        for _attempt in range(5):
-            try:
-                return method(timeout)
-            except KafkaException as exc:
-                if not exc.args[0].retriable():
-                    raise
-                log.warning("retrying %s: %s", method.__name__, exc.args[0].str())
-        return method(timeout)
-
     # ------------------------------------------------------------------ rebalances, errors
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -410,24 +295,8 @@ class StreamApp:
             log.error("%s", self._fatal)
         else:
             if error.code() == KafkaError._ALL_BROKERS_DOWN:
-                self._renew_producer = True
+                self.delivery.outage()
             log.warning("Kafka: %s", error.str())
-
-    def _renew_producer_if_needed(self) -> None:
-        """After every broker was down, start the next transaction on a fresh producer.
-
-        librdkafka can keep a stale group-coordinator entry across a cluster outage, and then
-        ``send_offsets_to_transaction`` waits forever (librdkafka issue 5511).  A new producer with
-        the same ``transactional.id`` has no such cache, and ``init_transactions`` fences the old
-        one and aborts whatever transaction it left open.
-        """
-        if not (self._renew_producer and self.exactly_once):
-            return
-        self._renew_producer = False
-        log.warning("renewing the transactional producer after a broker outage")
-        self.producer = Producer({**producer_config(self.settings), "error_cb": self._on_kafka_error})
-        self._call(self.producer.init_transactions, KAFKA_TIMEOUT_S)
-        self.metrics.transactions.labels("producer_renewed").inc()
 
     def _update_lag(self) -> None:
         assigned = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
@@ -461,61 +330,3 @@ class StreamApp:
             models={m.label: w for m, w in models.primaries},
             shadows=[m.label for m in models.shadows],
         )
-
-
-def next_offsets(records: Sequence[InputRecord]) -> list[TopicPartition]:
-    """Offsets to commit: one past the highest consumed offset of each partition."""
-    highest: dict[tuple[str, int], int] = {}
-    for record in records:
-        key = (record.topic, record.partition)
-        highest[key] = max(highest.get(key, -1), record.offset)
-    return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(highest.items())]
-
-
-def first_offsets(records: Sequence[InputRecord]) -> list[TopicPartition]:
-    """Where to seek back to re-consume a batch: its lowest offset of each partition."""
-    lowest: dict[tuple[str, int], int] = {}
-    for record in records:
-        key = (record.topic, record.partition)
-        lowest[key] = min(lowest.get(key, record.offset), record.offset)
-    return [TopicPartition(t, p, o) for (t, p), o in sorted(lowest.items())]
-
-
-def dead_letter_message(
-    letter: DeadLetter, settings: Settings
-) -> tuple[bytes | None, list[tuple[str, str | bytes | None]]]:
-    """The original value (unless too large for the DLQ) and Kafka-Connect-style error headers."""
-    record = letter.record
-    headers: list[tuple[str, str | bytes | None]] = [
-        ("heimdall.error.class", letter.error_class.encode()),
-        ("heimdall.error.reason", letter.reason.encode()),
-        ("heimdall.error.message", letter.message.encode()[:2048]),
-        ("heimdall.source.topic", record.topic.encode()),
-        ("heimdall.source.partition", str(record.partition).encode()),
-        ("heimdall.source.offset", str(record.offset).encode()),
-        ("heimdall.instance.id", settings.instance_id.encode()),
-    ]
-    value = record.value
-    if value is not None and len(value) > settings.kafka.dlq_max_value_bytes:
-        headers.append(("heimdall.value-omitted", str(len(value)).encode()))
-        value = None
-    return value, headers
-
-
-def check_connectivity(settings: Settings, timeout_s: float = 15.0) -> None:
-    """Fail fast with a clear error when the brokers cannot be reached or refuse us."""
-    from confluent_kafka.admin import AdminClient
-
-    errors: list[str] = []
-
-    def on_error(error: KafkaError) -> None:
-        errors.append(error.str())
-
-    admin = AdminClient({**settings.kafka.client_config(), "error_cb": on_error})  # type: ignore[dict-item]
-    try:
-        admin.list_topics(timeout=timeout_s)
-    except KafkaException as exc:
-        detail = "; ".join(errors[-3:]) or exc.args[0].str()
-        raise ConfigurationError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {detail}"
-        ) from exc

@@ -102,3 +102,22 @@ def ensure_topics(settings: Settings, partitions: int = 6, timeout_s: float = 30
             error = exc.args[0]
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise ConfigurationError(f"cannot create topic {topic}: {error.str()}") from exc
+
+
+def check_connectivity(settings: Settings, timeout_s: float = 15.0) -> None:
+    """Fail fast with a clear error when the brokers cannot be reached or refuse us."""
+    from confluent_kafka.admin import AdminClient
+
+    errors: list[str] = []
+
+    def on_error(error: KafkaError) -> None:
+        errors.append(error.str())
+
+    admin = AdminClient({**settings.kafka.client_config(), "error_cb": on_error})  # type: ignore[dict-item]
+    try:
+        admin.list_topics(timeout=timeout_s)
+    except KafkaException as exc:
+        detail = "; ".join(errors[-3:]) or exc.args[0].str()
+        raise ConfigurationError(
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {detail}"
+        ) from exc

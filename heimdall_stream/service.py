@@ -15,7 +15,8 @@ from types import FrameType
 import redis
 from prometheus_client import CollectorRegistry
 
-from heimdall_stream.app import StreamApp, check_connectivity
+from heimdall_stream.app import StreamApp
+from heimdall_stream.clients import check_connectivity
 from heimdall_stream.config import Settings
 from heimdall_stream.control import ControlPlane
 from heimdall_stream.dedup import RedisStore

@@ -248,6 +248,11 @@ class ControlPlane:
             self.metrics.model_reloads.labels("success").inc()
             self._publish_status(self._current(), None)
 
+    def _status_delivered(self, error: KafkaError | None, _message: object) -> None:
+        if error is not None:  # operators would see a stale status: count it and say so
+            self.metrics.kafka_errors.labels(error.name()).inc()
+            log.warning("model status not delivered to %s: %s", self.settings.kafka.status_topic, error.str())
+
     def _publish_status(self, model_set: ModelSet, error: str | None) -> None:
         versions = tuple(
             LoadedVersion(m.uri, m.version, m.sha256, w, False) for m, w in model_set.primaries
@@ -265,5 +270,6 @@ class ControlPlane:
             self.settings.kafka.status_topic,
             key=self.settings.instance_id.encode(),
             value=status_codec().encode(status),
+            on_delivery=self._status_delivered,
         )
         self._producer.poll(0)

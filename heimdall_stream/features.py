@@ -183,7 +183,7 @@ def assemble_batch(
         fs[b] = capture.receivers[0].sample_rate_hz
         for receiver in capture.receivers:
             slot = slots[receiver.receiver_id]
-            iq[b, slot] = receiver.iq()
+            receiver.write_iq(iq[b, slot])  # straight from the message bytes into the batch
             mask[b, slot] = 1.0
             if receiver.timestamp_offset_ns is not None:
                 offsets[b, slot] = receiver.timestamp_offset_ns * 1e-9

@@ -48,12 +48,18 @@ class ReceiverIq:
 
         CI16 is scaled to [-1, 1) so both formats share one amplitude scale.
         """
+        out = np.empty((2, self.sample_count), dtype=np.float32)
+        self.write_iq(out)
+        return out
+
+    def write_iq(self, out: npt.NDArray[np.float32]) -> None:
+        """Write ``iq()`` into a preallocated (2, L) array without intermediate copies."""
         count = self.sample_count
         if self.sample_format is SampleFormat.CI16:
-            raw = np.frombuffer(self.samples, dtype="<i2", count=2 * count)
-            return (raw.reshape(count, 2).T * np.float32(1.0 / 32768.0)).astype(np.float32)
-        raw32 = np.frombuffer(self.samples, dtype="<f4", count=2 * count)
-        return np.ascontiguousarray(raw32.reshape(count, 2).T)
+            raw = np.frombuffer(self.samples, dtype="<i2", count=2 * count).reshape(count, 2).T
+            np.multiply(raw, np.float32(1.0 / 32768.0), out=out, casting="unsafe")
+        else:
+            out[...] = np.frombuffer(self.samples, dtype="<f4", count=2 * count).reshape(count, 2).T
 
 
 @dataclass(frozen=True, slots=True)

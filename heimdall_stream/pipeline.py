@@ -280,6 +280,7 @@ def infer_isolating(
 def finish(
     item: Decoded,
     prediction: tuple[np.ndarray, np.ndarray],
+    latlon: tuple[float, float],
     *,
     model: LoadedModel,
     confidence: float,
@@ -292,13 +293,16 @@ def finish(
     inference_ms: float,
     now: datetime,
 ) -> Result | DeadLetter:
-    """Position and covariance → ``Localization`` with ellipse and GeoJSON, or a dead letter."""
+    """Position and covariance → ``Localization`` with ellipse and GeoJSON, or a dead letter.
+
+    ``latlon`` is the position already converted from the model's east/north frame (the batch
+    converts all its positions in one pyproj call).
+    """
     position, covariance = prediction
+    latitude, longitude = latlon
     try:
         cov = Covariance(float(covariance[0]), float(covariance[1]), float(covariance[2]))
         ellipse = ellipse_from_covariance(cov, confidence)
-        lat, lon = model.contract.frame.to_latlon(position[0], position[1])
-        latitude, longitude = float(lat), float(lon)
         geojson = geojson_feature(
             latitude,
             longitude,
@@ -379,6 +383,9 @@ def complete_batch(
             predictions[row] = inferred[source]
     outcome.inference_s = spent
     now = wall_now()
+    east = np.array([predictions[r][0][0] if r in predictions else 0.0 for r in range(len(items))])
+    north = np.array([predictions[r][0][1] if r in predictions else 0.0 for r in range(len(items))])
+    lats, lons = model.contract.frame.to_latlon(east, north)
     for row, item in enumerate(items):
         if row in errors:
             outcome.dead_letters.append(DeadLetter.of(item.record, errors[row]))
@@ -386,6 +393,7 @@ def complete_batch(
         result = finish(
             item,
             predictions[row],
+            (float(lats[row]), float(lons[row])),
             model=model,
             confidence=confidence,
             cache_key=prepared.cache_keys[row],

@@ -47,16 +47,6 @@ class ModelSet:
         """All traffic to one model."""
         return cls(model.name, generation, ((model, 1.0),))
 
-    def route(self, capture_id: str) -> LoadedModel:
-        """The primary that scores this capture."""
-        point = route_point(capture_id)
-        cumulative = 0.0
-        for model, weight in self.primaries:
-            cumulative += weight
-            if point < cumulative:
-                return model
-        return self.primaries[-1][0]
-
     def split(self, capture_ids: Sequence[str]) -> dict[int, list[int]]:
         """Row indices per primary (by position in ``primaries``), in input order."""
         points = np.array([route_point(c) for c in capture_ids])

@@ -8,6 +8,11 @@ the one in force, and has weights that sum to 1.  Its versions are fetched, chec
 on this thread; the app swaps the whole model set between two batches.  Whatever happens, the
 instance publishes a ``ModelStatus`` (key = instance id) to ``heimdall.model-status``; a failure
 leaves the previous model set serving.
+
+A deployment that fails only because the registry is unreachable (``RegistryUnavailableError``)
+stays pending: the status says so once, and the load is retried with a doubling delay
+(``REGISTRY_RETRY_FIRST_S`` up to ``REGISTRY_RETRY_MAX_S``) until it succeeds or a newer
+deployment replaces it.  Any other failure (bad URI, sha256 mismatch, broken contract) is final.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import hmac
 import logging
 import math
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -26,7 +32,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from heimdall_stream.clients import reader_config
 from heimdall_stream.codec import deployment_codec, status_codec
 from heimdall_stream.config import Settings
-from heimdall_stream.errors import ControlMessageError, DecodeError, HeimdallError
+from heimdall_stream.errors import (
+    ControlMessageError,
+    DecodeError,
+    HeimdallError,
+    RegistryUnavailableError,
+)
 from heimdall_stream.inference import LoadedModel, load_model
 from heimdall_stream.messages import LoadedVersion, ModelDeployment, ModelStatus
 from heimdall_stream.metrics import Metrics
@@ -35,6 +46,10 @@ from heimdall_stream.routing import ModelSet
 
 log = logging.getLogger(__name__)
 APPLY_TIMEOUT_S = 120.0
+REGISTRY_RETRY_FIRST_S = 2.0
+REGISTRY_RETRY_MAX_S = 30.0
+# Status errors that begin with this are not final: the instance is still trying.
+PENDING_PREFIX = "pending: "
 
 
 def sign(deployment: ModelDeployment, key: bytes) -> str:
@@ -105,6 +120,11 @@ class ControlPlane:
         self._reapply = threading.Event()
         self._last: ModelDeployment | None = None
         self._requested = 0
+        # A deployment waiting for the registry to come back, and when to try it again.
+        self._pending: ModelDeployment | None = None
+        self._pending_force = False
+        self._retry_delay = REGISTRY_RETRY_FIRST_S
+        self._retry_at = 0.0
         self._thread = threading.Thread(target=self._run, name="heimdall-control", daemon=True)
         self.caught_up = threading.Event()
 
@@ -151,6 +171,8 @@ class ControlPlane:
                                 self._apply(deployment)
                             else:
                                 newest = deployment
+                if self._pending is not None and time.monotonic() >= self._retry_at:
+                    self._apply(self._pending, force=self._pending_force)
                 if self._reapply.is_set():
                     self._reapply.clear()
                     if self._last is not None:
@@ -186,17 +208,26 @@ class ControlPlane:
 
     def _apply(self, deployment: ModelDeployment, *, force: bool = False) -> None:
         previous = self._current()
+        if self._pending is not None and deployment is not self._pending:
+            if deployment.generation < self._pending.generation:
+                return
+            self._pending = None  # a newer (or re-applied) deployment supersedes the waiting one
         if not force and deployment.generation <= previous.generation:
             return
         try:
             model_set = self._load(deployment)
+        except RegistryUnavailableError as exc:
+            self._wait_for_registry(deployment, force, previous, exc)
+            return
         except HeimdallError as exc:
+            self._pending = None
             self.metrics.model_reloads.labels("failure").inc()
             log.error(
                 "generation %d not applied, keeping %d: %s", deployment.generation, previous.generation, exc
             )
             self._publish_status(previous, f"generation {deployment.generation} not applied: {exc}")
             return
+        self._pending = None
         swapped = self._offer(model_set)
         if not swapped.wait(APPLY_TIMEOUT_S):
             self._publish_status(
@@ -213,6 +244,32 @@ class ControlPlane:
         )
         self._publish_status(model_set, None)
 
+    def _wait_for_registry(
+        self, deployment: ModelDeployment, force: bool, previous: ModelSet, exc: RegistryUnavailableError
+    ) -> None:
+        """Keep the deployment pending and schedule the next attempt (status reported once)."""
+        self.metrics.model_reloads.labels("failure").inc()
+        first = self._pending is not deployment
+        if first:
+            self._pending, self._pending_force = deployment, force
+            self._retry_delay = REGISTRY_RETRY_FIRST_S
+        else:
+            self._retry_delay = min(self._retry_delay * 2, REGISTRY_RETRY_MAX_S)
+        self._retry_at = time.monotonic() + self._retry_delay
+        log.warning(
+            "generation %d waits for the registry, keeping %d; retry in %.0f s: %s",
+            deployment.generation,
+            previous.generation,
+            self._retry_delay,
+            exc,
+        )
+        if first:
+            self._publish_status(
+                previous,
+                f"{PENDING_PREFIX}generation {deployment.generation} waits for the registry "
+                f"(retrying): {exc}",
+            )
+
     def _load(self, deployment: ModelDeployment) -> ModelSet:
         primaries = tuple((self._load_one(v.model_uri), v.weight) for v in deployment.versions)
         shadows = tuple(self._load_one(uri) for uri in deployment.shadow)
@@ -220,6 +277,12 @@ class ControlPlane:
 
     def _load_one(self, uri: str) -> LoadedModel:
         fetched = self._registry.fetch(uri)
+        if fetched.from_cache and ModelRef.parse(uri).version is None:
+            # A pinned version never changes, but an alias or stage may have moved since it was
+            # cached: applying the old resolution would report a change that did not happen.
+            raise RegistryUnavailableError(
+                f"registry {self._registry.tracking_uri} unreachable: cannot resolve {uri} now"
+            )
         model = self.settings.model
         return load_model(
             fetched.path,

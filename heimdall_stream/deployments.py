@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient
 
 from heimdall_stream.codec import deployment_codec, status_codec
 from heimdall_stream.config import Settings
-from heimdall_stream.control import signed
+from heimdall_stream.control import PENDING_PREFIX, signed
 from heimdall_stream.errors import ConfigurationError, DecodeError
 from heimdall_stream.messages import ModelDeployment, ModelStatus, WeightedVersion
 
@@ -146,24 +146,28 @@ def wait_applied(
 ) -> tuple[set[str], dict[str, str]]:
     """Wait until every live instance applied ``generation`` (or reported why not).
 
-    Returns the instances that applied it and the errors of those that did not.
+    Returns the instances that applied it and the errors of those that did not.  An instance
+    whose error says the deployment is pending (registry unreachable, retrying) is waited for;
+    if the timeout comes first, its pending error is returned.
     """
     deadline = time.monotonic() + timeout_s
     applied: set[str] = set()
     errors: dict[str, str] = {}
+    pending: dict[str, str] = {}
     while time.monotonic() < deadline:
         live = live_instances(settings)
-        applied, errors = set(), {}
+        applied, errors, pending = set(), {}, {}
         for instance, status in statuses(settings).items():
             if instance not in live or status.model_name != model_name:
                 continue
             if status.generation >= generation:
                 applied.add(instance)
             elif status.error and status.requested_generation >= generation:
-                errors[instance] = status.error
+                target = pending if status.error.startswith(PENDING_PREFIX) else errors
+                target[instance] = status.error
         if progress is not None:
             progress(len(applied), len(live))
         if live and len(applied) + len(errors) >= len(live):
             break
         time.sleep(1.0)
-    return applied, errors
+    return applied, {**pending, **errors}

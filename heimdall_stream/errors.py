@@ -54,6 +54,12 @@ class ModelLoadError(HeimdallError):
     reason = "model_load"
 
 
+class RegistryUnavailableError(ModelLoadError):
+    """The model registry could not be reached and no usable cached copy exists (transient)."""
+
+    reason = "registry_unavailable"
+
+
 class InferenceError(HeimdallError):
     """onnxruntime failed or returned outputs of the wrong shape or with non-finite values."""
 

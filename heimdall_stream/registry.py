@@ -8,7 +8,9 @@ the manifest on every load, *before* onnxruntime opens the file.
 
 If the registry cannot be reached, the last resolution of that URI that worked is served from
 the cache (``FetchedModel.from_cache``), so a restart during an MLflow outage keeps serving the
-last-known-good model.
+last-known-good model.  Without a cached copy, ``RegistryUnavailableError`` says the failure is
+transient (the control plane retries it), unlike a plain ``ModelLoadError`` (bad URI, missing
+version, sha256 mismatch), which retrying cannot fix.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from heimdall_stream.errors import ModelLoadError
+from heimdall_stream.errors import ModelLoadError, RegistryUnavailableError
 from heimdall_stream.inference import file_sha256
 
 SHA_TAG = "heimdall.sha256"
@@ -92,12 +94,22 @@ class ModelRegistry:
         except Exception as exc:  # MlflowException, requests errors: the registry is unreachable
             cached = self._last_known_good(uri)
             if cached is None:
-                raise ModelLoadError(
+                raise RegistryUnavailableError(
                     f"registry {self.tracking_uri} unreachable ({type(exc).__name__}) and no cached "
                     f"copy of {uri}"
                 ) from exc
             return cached
-        fetched = self._cached_version(uri, ref.name, version) or self._download(uri, ref.name, version)
+        fetched = self._cached_version(uri, ref.name, version)
+        if fetched is None:
+            try:
+                fetched = self._download(uri, ref.name, version)
+            except ModelLoadError:
+                raise
+            except Exception as exc:  # the registry or its artifact store went away mid-download
+                raise RegistryUnavailableError(
+                    f"download of {ref.name}/{version} from {self.tracking_uri} failed "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
         if expected_sha and fetched.sha256 != expected_sha:
             raise ModelLoadError(
                 f"{ref.name}/{version}: file sha256 {fetched.sha256[:12]}… does not match the "

@@ -25,7 +25,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from heimdall_stream.batching import MicroBatcher
 from heimdall_stream.clients import consumer_config
 from heimdall_stream.config import Settings
-from heimdall_stream.dedup import Store
+from heimdall_stream.dedup import RecentIds, Store
 from heimdall_stream.delivery import Delivery, FatalKafkaError
 from heimdall_stream.health import Health
 from heimdall_stream.metrics import Metrics
@@ -54,6 +54,7 @@ class StreamApp:
         self.settings = settings
         self.models = models
         self.store = store
+        self.recent = RecentIds(settings.redis.recent_ids)
         self.metrics = metrics
         self.health = health
         self.clock = clock
@@ -218,24 +219,32 @@ class StreamApp:
         self._after_commit(scored)
 
     def _dedup(self, items: list[Decoded]) -> list[Decoded]:
-        """Drop captures already done (Redis) or repeated within the batch."""
+        """Drop captures already done (Redis, else recent memory) or repeated within the batch."""
         done = self.store.filter_done(sorted({item.capture.capture_id for item in items}))
         fresh: list[Decoded] = []
         seen: set[str] = set()
+        memory_only = 0
         for item in items:
             capture_id = item.capture.capture_id
             if capture_id in done or capture_id in seen:
+                continue
+            if capture_id in self.recent:
+                memory_only += 1  # Redis forgot it (down, restarted, evicted): a duplicate averted
                 continue
             seen.add(capture_id)
             fresh.append(item)
         duplicates = len(items) - len(fresh)
         if duplicates:
             self.metrics.dedup_hits.inc(duplicates)
+        if memory_only:
+            self.metrics.dedup_memory_hits.inc(memory_only)
         return fresh
 
     def _after_commit(self, scored: ScoredBatch) -> None:
         outcome = scored.outcome
-        self.store.mark_done([r.localization.capture_id for r in outcome.results])
+        done = [r.localization.capture_id for r in outcome.results]
+        self.recent.add(done)
+        self.store.mark_done(done)
         self.store.put_many(
             {r.cache_key: r.prediction for r in outcome.results if not r.localization.cache_hit}
         )

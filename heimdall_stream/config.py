@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DeliveryMode = Literal["exactly_once", "at_least_once"]
@@ -77,8 +77,13 @@ class KafkaSettings(_Section):
 class RedisSettings(_Section):
     """Dedup and result-cache store."""
 
-    url: str = Field("redis://localhost:6379/0", description="Redis URL, without the password.")
+    url: str = Field(
+        "redis://localhost:6379/0", description="Redis URL, without the password; rediss:// for TLS."
+    )
     password: SecretStr | None = Field(None, description="Redis password (secret).")
+    ssl_ca_certs: str | None = Field(
+        None, description="CA bundle that signs the Redis server certificate (rediss:// URLs only)."
+    )
     key_prefix: str = Field("heimdall:", description="Prefix of every key this service writes.")
     dedup_ttl_s: int = Field(
         86_400, ge=1, description="How long a processed capture_id suppresses duplicates."
@@ -88,6 +93,19 @@ class RedisSettings(_Section):
         0.5, gt=0, description="Per-command timeout; beyond it Redis counts as down."
     )
     retry_interval_s: float = Field(2.0, gt=0, description="How often to probe Redis again while degraded.")
+
+    recent_ids: int = Field(
+        100_000,
+        ge=0,
+        description="Committed capture ids also remembered in process (about 100 B each), so repeats "
+        "are caught while Redis is down or after it lost its keyspace; 0 turns this off.",
+    )
+
+    @model_validator(mode="after")
+    def _tls_options_need_tls(self) -> RedisSettings:
+        if self.ssl_ca_certs and not self.url.startswith("rediss://"):
+            raise ValueError("redis.ssl_ca_certs is set but redis.url is not a rediss:// (TLS) URL")
+        return self
 
 
 class MlflowSettings(_Section):

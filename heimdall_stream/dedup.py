@@ -4,13 +4,21 @@ Redis is an optimisation here, never a dependency of correctness: when a command
 store goes *degraded* (dedup and cache are skipped, a metric and ``/readyz`` say so) and probes
 Redis again every ``retry_interval_s``; when Redis answers, it recovers by itself.  A capture id
 is marked done only after its result is committed, so a crash can cause a re-run, never a loss.
+
+Behind Redis sits ``RecentIds``, a bounded in-process memory of the ids this instance committed:
+it catches repeats while Redis is down or after Redis lost its keyspace (a restart without
+persistence, an eviction), and the consumer counts every repeat only it caught.  The Redis store
+notices a restart by the server's ``run_id``, read on every new connection (redis-py reconnects
+silently after a restart), and counts it, because every mark written before it is gone.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import redis
 from redis.backoff import NoBackoff
@@ -20,6 +28,7 @@ from heimdall_stream.config import RedisSettings
 from heimdall_stream.metrics import Metrics
 
 Clock = Callable[[], float]
+log = logging.getLogger(__name__)
 
 
 class Store(Protocol):
@@ -40,6 +49,30 @@ class Store(Protocol):
 
     def put_many(self, items: Mapping[str, bytes]) -> None:
         """Cache values."""
+
+
+class RecentIds:
+    """The most recent ``capacity`` committed capture ids, oldest forgotten first."""
+
+    def __init__(self, capacity: int) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._capacity = capacity
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __contains__(self, capture_id: object) -> bool:
+        return capture_id in self._ids
+
+    def add(self, capture_ids: Sequence[str]) -> None:
+        """Remember ids (refreshing ones already known) and forget beyond the capacity."""
+        if self._capacity <= 0:
+            return
+        for capture_id in capture_ids:
+            self._ids[capture_id] = None
+            self._ids.move_to_end(capture_id)
+        while len(self._ids) > self._capacity:
+            self._ids.popitem(last=False)
 
 
 class InMemoryStore:
@@ -88,15 +121,18 @@ class RedisStore:
 
     def __init__(self, settings: RedisSettings, metrics: Metrics, clock: Clock = time.monotonic) -> None:
         password = settings.password.get_secret_value() if settings.password else None
+        tls: dict[str, str] = {"ssl_ca_certs": settings.ssl_ca_certs} if settings.ssl_ca_certs else {}
         self._client = redis.Redis.from_url(
             settings.url,
             password=password,
+            **tls,
             socket_timeout=settings.socket_timeout_s,
             socket_connect_timeout=settings.socket_timeout_s,
             # redis-py retries with seconds of backoff by default; here a failed command must
             # fail fast, because the store then degrades and probes on its own schedule.
             retry=Retry(NoBackoff(), retries=0),
             retry_on_timeout=False,
+            redis_connect_func=self._on_connect,
         )
         self._prefix = settings.key_prefix
         self._dedup_ttl_ms = settings.dedup_ttl_s * 1000
@@ -106,6 +142,7 @@ class RedisStore:
         self._clock = clock
         self._healthy = True
         self._retry_at = 0.0
+        self._run_id: str | None = None
         self.last_error: str | None = None
         metrics.redis_up.set(1)
 
@@ -187,7 +224,11 @@ class RedisStore:
             return True
         if self._clock() < self._retry_at:
             return False
-        return self.check()
+        try:
+            return self.check()
+        except redis.AuthenticationError as exc:  # password changed under a running consumer
+            self._fail(exc)
+            return False
 
     def _fail(self, exc: Exception) -> None:
         self._metrics.redis_errors.inc()
@@ -196,6 +237,27 @@ class RedisStore:
         if self._healthy:
             self._healthy = False
             self._metrics.redis_up.set(0)
+
+    def _on_connect(self, connection: Any) -> None:
+        """redis-py's connect hook: authenticate as usual, then read the server's run_id."""
+        connection.on_connect()
+        connection.send_command("INFO", "server")
+        info = connection.read_response()
+        text = info.decode() if isinstance(info, bytes) else str(info)
+        run_id = next((line[7:].strip() for line in text.splitlines() if line.startswith("run_id:")), "")
+        self._note_run_id(run_id)
+
+    def _note_run_id(self, run_id: str) -> None:
+        # A new run_id is a new server process: without persistence, every mark is gone.
+        if self._run_id is not None and run_id and run_id != self._run_id:
+            self._metrics.redis_restarts.inc()
+            log.warning(
+                "Redis restarted (run_id %s… → %s…): dedup marks written before may be lost; "
+                "repeats of recent captures are still caught in memory",
+                self._run_id[:8],
+                run_id[:8],
+            )
+        self._run_id = run_id or self._run_id
 
     def _recover(self) -> None:
         if not self._healthy:

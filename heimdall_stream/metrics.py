@@ -40,6 +40,12 @@ class Metrics:
             "Captures skipped because their capture_id was already done.",
             registry=registry,
         )
+        self.dedup_memory_hits = Counter(
+            "heimdall_dedup_memory_hits_total",
+            "Repeats caught only by the in-process recent-id memory (Redis down, restarted empty or "
+            "evicted); each would have been a duplicate result.",
+            registry=registry,
+        )
         self.cache_hits = Counter(
             "heimdall_cache_hits_total",
             "Results served from the result cache.",
@@ -158,6 +164,11 @@ class Metrics:
         self.redis_errors = Counter(
             "heimdall_redis_errors_total",
             "Redis commands that failed (dedup and cache skipped).",
+            registry=registry,
+        )
+        self.redis_restarts = Counter(
+            "heimdall_redis_restarts_total",
+            "Redis server restarts noticed (new run_id): dedup marks written before may be gone.",
             registry=registry,
         )
         self.transactions = Counter(

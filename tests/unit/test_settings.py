@@ -39,3 +39,11 @@ def test_settings_are_frozen_and_validated(monkeypatch):
     settings = Settings()
     with pytest.raises(ValidationError):
         settings.log_level = "DEBUG"  # type: ignore[misc]
+
+
+def test_a_redis_ca_bundle_needs_a_tls_url(monkeypatch):
+    monkeypatch.setenv("HEIMDALL_REDIS__SSL_CA_CERTS", "/etc/ca.pem")
+    with pytest.raises(ValidationError, match="rediss://"):
+        Settings()
+    monkeypatch.setenv("HEIMDALL_REDIS__URL", "rediss://cache:6380/0")
+    assert Settings().redis.ssl_ca_certs == "/etc/ca.pem"

@@ -81,6 +81,8 @@ class Bench:
                 "HEIMDALL_METRICS__PORT": str(port),
                 "HEIMDALL_METRICS__HOST": "127.0.0.1",
                 "HEIMDALL_INSTANCE_ID": f"bench-{batch_size}",
+                # No control topic on these fresh topics: the benchmark serves one fixed model.
+                "HEIMDALL_MODEL__CONTROL_ENABLED": "false",
             }
         )
         log = (self.log_dir / f"consumer-{topics['input']}.log").open("ab")

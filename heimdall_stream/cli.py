@@ -31,6 +31,17 @@ def _settings() -> Settings:
     return settings
 
 
+def _connect_or_exit(settings: Settings) -> None:
+    """Stop with the reason (exit 2) when Kafka is unreachable or refuses the credentials."""
+    from heimdall_stream.clients import check_connectivity
+
+    try:
+        check_connectivity(settings)
+    except HeimdallError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
 @click.group()
 @click.version_option(package_name="heimdall-stream")
 def main() -> None:
@@ -93,6 +104,7 @@ def simulate(
     if output is not None:
         stats = write_file(output, network, plan)
     else:
+        _connect_or_exit(settings)
         producer = Producer(
             {
                 **settings.kafka.client_config(),
@@ -182,6 +194,7 @@ def deploy(
     from heimdall_stream.deployments import parse_versions, publish_deployment, wait_applied
 
     settings = _settings()
+    _connect_or_exit(settings)
     try:
         deployment = publish_deployment(settings, model_name, parse_versions(versions), shadows, issued_by)
     except HeimdallError as exc:
@@ -213,6 +226,7 @@ def status() -> None:
     from heimdall_stream.deployments import live_instances, statuses
 
     settings = _settings()
+    _connect_or_exit(settings)
     live = live_instances(settings)
     for instance, report in sorted(statuses(settings).items()):
         state = "live" if instance in live else "gone"
@@ -253,7 +267,9 @@ def topics(partitions: int) -> None:
     """Create the input, output, DLQ, control and status topics if missing."""
     from heimdall_stream.clients import ensure_topics
 
-    ensure_topics(_settings(), partitions)
+    settings = _settings()
+    _connect_or_exit(settings)
+    ensure_topics(settings, partitions)
     click.echo("topics ready")
 
 

@@ -8,6 +8,7 @@ auto-commit, read_committed), the transactional or idempotent producer, and plai
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
@@ -21,6 +22,9 @@ log = logging.getLogger(__name__)
 # Prefetched input per partition is bounded so a flood cannot grow memory without limit.
 QUEUED_KBYTES = 16_384
 DLQ_HEADROOM = 64 * 1024
+# Errors that retrying cannot fix: stop at once instead of waiting out the connect timeout.
+REFUSALS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED})
+CONNECT_PROBE_S = 1.0
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
@@ -105,19 +109,65 @@ def ensure_topics(settings: Settings, partitions: int = 6, timeout_s: float = 30
 
 
 def check_connectivity(settings: Settings, timeout_s: float = 15.0) -> None:
-    """Fail fast with a clear error when the brokers cannot be reached or refuse us."""
-    from confluent_kafka.admin import AdminClient
+    """Fail fast with a clear error when the brokers cannot be reached or refuse us.
 
-    errors: list[str] = []
+    librdkafka retries a refused login or a failed TLS handshake forever in the background;
+    here the first such error ends the check at once (``ConfigurationError``), so wrong
+    credentials or a wrong CA never turn into a silent retry loop.
+    """
+    kafka = settings.kafka
+    errors: list[KafkaError] = []
+    admin = AdminClient({**kafka.client_config(), "error_cb": errors.append})  # type: ignore[dict-item]
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin.list_topics(timeout=min(CONNECT_PROBE_S, max(deadline - time.monotonic(), 0.1)))
+            return
+        except KafkaException as exc:
+            last = exc.args[0]
+        admin.poll(0)  # serves error_cb
+        refused = [e for e in errors if e.code() in REFUSALS]
+        if refused:
+            raise ConfigurationError(_refusal_message(settings, refused[-1]))
+        if time.monotonic() >= deadline:
+            detail = "; ".join(e.str() for e in errors[-3:]) or last.str()
+            hint = ""
+            if kafka.security_protocol in (None, "PLAINTEXT") and "APIVERSION_QUERY" in detail:
+                hint = " (the listener may expect TLS or SASL: check HEIMDALL_KAFKA__SECURITY_PROTOCOL)"
+            raise ConfigurationError(f"cannot reach Kafka at {kafka.bootstrap_servers}: {detail}{hint}")
 
-    def on_error(error: KafkaError) -> None:
-        errors.append(error.str())
 
-    admin = AdminClient({**settings.kafka.client_config(), "error_cb": on_error})  # type: ignore[dict-item]
+def check_topics(settings: Settings, timeout_s: float = 15.0) -> None:
+    """Fail at start when a topic the consumer writes to or follows does not exist.
+
+    A missing output or dead-letter topic would otherwise abort every transaction and rewind
+    the same batch forever; ``heimdall-stream topics`` creates them.
+    """
+    kafka = settings.kafka
+    needed = [kafka.input_topic, kafka.output_topic, kafka.dlq_topic]
+    if settings.model.control_enabled:
+        needed += [kafka.control_topic, kafka.status_topic]
+    admin = AdminClient(kafka.client_config())
     try:
-        admin.list_topics(timeout=timeout_s)
+        present = set(admin.list_topics(timeout=timeout_s).topics)
     except KafkaException as exc:
-        detail = "; ".join(errors[-3:]) or exc.args[0].str()
+        raise ConfigurationError(f"cannot list Kafka topics: {exc.args[0].str()}") from exc
+    missing = [topic for topic in needed if topic not in present]
+    if missing:
         raise ConfigurationError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {detail}"
-        ) from exc
+            f"topic(s) {', '.join(missing)} do not exist on {kafka.bootstrap_servers}; "
+            "create them with `heimdall-stream topics` (or your platform's topic tooling)"
+        )
+
+
+def _refusal_message(settings: Settings, error: KafkaError) -> str:
+    kafka = settings.kafka
+    if error.code() == KafkaError._SSL:
+        return (
+            f"TLS handshake with Kafka at {kafka.bootstrap_servers} failed (check "
+            f"HEIMDALL_KAFKA__SSL_CA_LOCATION={kafka.ssl_ca_location}): {error.str()}"
+        )
+    return (
+        f"Kafka at {kafka.bootstrap_servers} refused the credentials of user {kafka.sasl_username!r} "
+        f"({kafka.sasl_mechanism}): {error.str()}"
+    )

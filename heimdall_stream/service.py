@@ -1,8 +1,9 @@
 """Start-up of ``heimdall-stream run``: settings → model → store → metrics → the loop.
 
 Fails fast, with one clear message, when Kafka is unreachable or refuses the credentials,
-when no model can be had (neither from MLflow nor from the on-disk cache), or when Redis refuses
-the password.  An unreachable Redis is not fatal: the consumer starts degraded.
+when a topic it needs is missing, when no model can be had (neither from MLflow nor from the
+on-disk cache), or when Redis refuses the password.  An unreachable Redis is not fatal: the
+consumer starts degraded.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import redis
 from prometheus_client import CollectorRegistry
 
 from heimdall_stream.app import StreamApp
-from heimdall_stream.clients import check_connectivity
+from heimdall_stream.clients import check_connectivity, check_topics
 from heimdall_stream.config import Settings
 from heimdall_stream.control import ControlPlane
 from heimdall_stream.dedup import RedisStore
@@ -48,6 +49,7 @@ class ConsumerService:
         control: ControlPlane | None = None
         try:
             check_connectivity(self.settings)
+            check_topics(self.settings)
             model = self.load_model()
             store = self._store()
             app = StreamApp(self.settings, ModelSet.single(model), store, self.metrics, self.health)

@@ -8,6 +8,14 @@ stack is made of plain processes:
 * Debian's ``redis-server``, without persistence;
 * ``mlflow server`` with a sqlite backend and a local artifact root.
 
+With ``--secure`` (or ``HEIMDALL_STACK_SECURE=1``) the state directory gets a secured stack
+instead: a test CA and a server certificate are generated with ``openssl`` (valid two days, SAN
+127.0.0.1 and localhost), Kafka listens only on SASL_SSL with SCRAM-SHA-512 users created at
+format time, and Redis speaks only TLS and requires a password.  Random passwords are kept in
+``secure.json`` (mode 600); ``stack.env`` then carries every setting a client needs.  Use a
+separate state directory for it (``HEIMDALL_STACK_DIR``): a broker formatted without SCRAM users
+cannot be secured in place.
+
 Every service binds a loopback port that is chosen once (free port, or the one given in
 ``HEIMDALL_STACK_<SERVICE>_PORT``) and remembered in the state directory, so that a restart
 finds Kafka's data again at the same address.  ``up`` waits until each service really
@@ -17,7 +25,7 @@ answers (Kafka: a metadata request; Redis: PING; MLflow: /health) and writes the
 
 Usage::
 
-    python deploy/local/stack.py up [kafka|redis|mlflow ...]
+    python deploy/local/stack.py up [--secure] [kafka|redis|mlflow ...]
     python deploy/local/stack.py down [SERVICE ...]
     python deploy/local/stack.py kill SERVICE        # SIGKILL, for fault-injection tests
     python deploy/local/stack.py status
@@ -37,9 +45,11 @@ import contextlib
 import functools
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -69,6 +79,21 @@ class Paths:
         state = Path(os.environ.get("HEIMDALL_STACK_DIR", REPO / ".local-stack")).resolve()
         cache = Path(os.environ.get("HEIMDALL_STACK_CACHE", REPO / ".local-stack" / "cache"))
         return cls(state=state, cache=cache.resolve())
+
+    @property
+    def secure(self) -> bool:
+        """Whether this state directory holds a secured (SASL_SSL, TLS, passwords) stack."""
+        return self.secrets_file.exists()
+
+    @property
+    def secrets_file(self) -> Path:
+        """Generated passwords of a secured stack."""
+        return self.state / "secure.json"
+
+    @property
+    def tls(self) -> Path:
+        """The test CA and server certificate of a secured stack."""
+        return self.state / "tls"
 
     def pidfile(self, service: str) -> Path:
         """The pid file of one service."""
@@ -221,6 +246,80 @@ def _group_alive(pgid: int) -> bool:
     return False
 
 
+# --------------------------------------------------------------------------- secured stack
+
+KAFKA_ADMIN_USER = "admin"
+KAFKA_CLIENT_USER = "heimdall"
+
+
+def make_secure(paths: Paths) -> None:
+    """Create passwords and TLS material for a secured stack once (idempotent)."""
+    paths.state.mkdir(parents=True, exist_ok=True)
+    if (paths.state / "kafka" / "data" / "meta.properties").exists() and not paths.secure:
+        raise RuntimeError(
+            f"{paths.state} holds a broker formatted without SCRAM users; use another HEIMDALL_STACK_DIR"
+        )
+    if not paths.secrets_file.exists():
+        # Hex tokens: safe inside JAAS strings, URLs and shell lines without quoting.
+        values = {
+            name: secrets.token_hex(16)
+            for name in ("kafka_admin_password", "kafka_password", "redis_password", "keystore_password")
+        }
+        paths.secrets_file.touch(mode=0o600)
+        paths.secrets_file.write_text(json.dumps(values, indent=2))
+    if not (paths.tls / "broker.p12").exists():
+        generate_tls(paths.tls, load_secrets(paths)["keystore_password"])
+
+
+def load_secrets(paths: Paths) -> dict[str, str]:
+    """The generated passwords of a secured stack."""
+    return {k: str(v) for k, v in json.loads(paths.secrets_file.read_text()).items()}
+
+
+def generate_tls(directory: Path, keystore_password: str) -> None:
+    """A test CA, a server key and certificate for 127.0.0.1/localhost, and a PKCS#12 keystore."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise RuntimeError("openssl is needed for the secured stack; install it (apt-get install openssl)")
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    (directory / "server.ext").write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
+        "extendedKeyUsage=serverAuth,clientAuth\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+    )
+    steps = [
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+         "-days", "2", "-subj", "/CN=heimdall-stream local test CA",
+         "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+         "-subj", "/CN=localhost"],
+        ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+         "-out", "server.pem", "-days", "2", "-extfile", "server.ext"],
+        ["pkcs12", "-export", "-in", "server.pem", "-inkey", "server.key", "-certfile", "ca.pem",
+         "-name", "broker", "-out", "broker.p12", "-passout", f"pass:{keystore_password}"],
+    ]  # fmt: skip
+    for step in steps:
+        subprocess.run([openssl, *step], cwd=directory, check=True, capture_output=True)
+    for key in ("ca.key", "server.key", "broker.p12"):
+        os.chmod(directory / key, 0o600)
+    log(f"generated a test CA and server certificate in {directory}")
+
+
+def kafka_client_options(paths: Paths, *, admin: bool = False) -> dict[str, str]:
+    """The librdkafka options for this stack's Kafka (empty for the plain stack)."""
+    if not paths.secure:
+        return {}
+    values = load_secrets(paths)
+    return {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": KAFKA_ADMIN_USER if admin else KAFKA_CLIENT_USER,
+        "sasl.password": values["kafka_admin_password" if admin else "kafka_password"],
+        "ssl.ca.location": str(paths.tls / "ca.pem"),
+    }
+
+
 # --------------------------------------------------------------------------- kafka
 
 
@@ -270,15 +369,16 @@ def kafka_config(paths: Paths, ports: dict[str, int]) -> Path:
     kdir = paths.state / "kafka"
     kdir.mkdir(parents=True, exist_ok=True)
     broker, controller = ports["kafka"], ports["kafka_controller"]
+    listener = "SASL_SSL" if paths.secure else "PLAINTEXT"
     props = f"""# Generated by deploy/local/stack.py: single-node KRaft broker for tests and the demo.
 process.roles=broker,controller
 node.id=1
 controller.quorum.voters=1@127.0.0.1:{controller}
-listeners=PLAINTEXT://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller}
-advertised.listeners=PLAINTEXT://127.0.0.1:{broker}
+listeners={listener}://127.0.0.1:{broker},CONTROLLER://127.0.0.1:{controller}
+advertised.listeners={listener}://127.0.0.1:{broker}
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name={listener}
+listener.security.protocol.map={listener}:{listener},CONTROLLER:PLAINTEXT
 log.dirs={kdir / "data"}
 num.partitions=3
 auto.create.topics.enable=false
@@ -298,6 +398,9 @@ message.max.bytes=8388608
 log.retention.hours=24
 log.segment.bytes=67108864
 """
+    if paths.secure:
+        props += secure_kafka_properties(paths)
+    (kdir / "server.properties").touch(mode=0o600)
     (kdir / "server.properties").write_text(props)
     (kdir / "log4j2.yaml").write_text(
         f"""Configuration:
@@ -323,6 +426,27 @@ log.segment.bytes=67108864
     return kdir
 
 
+def secure_kafka_properties(paths: Paths) -> str:
+    """SASL_SSL with SCRAM-SHA-512 on the client listener; the broker authenticates as admin."""
+    values = load_secrets(paths)
+    jaas = (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f'username="{KAFKA_ADMIN_USER}" password="{values["kafka_admin_password"]}";'
+    )
+    return f"""# Secured stack: TLS with the generated test CA, SCRAM-SHA-512 users created at format time.
+sasl.enabled.mechanisms=SCRAM-SHA-512
+sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
+listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config={jaas}
+ssl.keystore.type=PKCS12
+ssl.keystore.location={paths.tls / "broker.p12"}
+ssl.keystore.password={values["keystore_password"]}
+ssl.key.password={values["keystore_password"]}
+ssl.truststore.type=PEM
+ssl.truststore.location={paths.tls / "ca.pem"}
+ssl.client.auth=none
+"""
+
+
 def start_kafka(paths: Paths, ports: dict[str, int]) -> int:
     """Format the storage once and start ``kafka.Kafka``."""
     classpath = kafka_classpath(paths)
@@ -331,8 +455,17 @@ def start_kafka(paths: Paths, ports: dict[str, int]) -> int:
     props = kdir / "server.properties"
     if not (kdir / "data" / "meta.properties").exists():
         cluster_id = new_cluster_id()
+        users: list[str] = []
+        if paths.secure:
+            values = load_secrets(paths)
+            for user, key in (
+                (KAFKA_ADMIN_USER, "kafka_admin_password"),
+                (KAFKA_CLIENT_USER, "kafka_password"),
+            ):
+                users += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={values[key]}]"]
+        storage = [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id]
         subprocess.run(
-            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)],
+            [*storage, "-c", str(props), *users],
             check=True,
             stdout=subprocess.DEVNULL,
         )
@@ -360,7 +493,7 @@ def new_cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
-def kafka_ready(port: int) -> bool:
+def kafka_ready(paths: Paths, port: int) -> bool:
     """A metadata request answered with one broker (TCP alone when confluent-kafka is absent)."""
     if not port_open(port):
         return False
@@ -369,7 +502,8 @@ def kafka_ready(port: int) -> bool:
     except ImportError:
         return True
     try:
-        admin = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}", "log_level": 0})
+        options: dict[str, str | int] = {"bootstrap.servers": f"127.0.0.1:{port}", "log_level": 0}
+        admin = AdminClient({**options, **kafka_client_options(paths, admin=True)})
         metadata = admin.list_topics(timeout=2)
         return len(metadata.brokers) >= 1
     except Exception:
@@ -406,15 +540,27 @@ def start_redis(paths: Paths, ports: dict[str, int]) -> int:
         str(rdir / "redis.log"),
     ]
     password = os.environ.get("HEIMDALL_STACK_REDIS_PASSWORD")
+    if paths.secure:
+        password = load_secrets(paths)["redis_password"]
+        tls = paths.tls
+        # TLS only: the plain port is closed; clients need not present a certificate.
+        argv[argv.index("--port") + 1] = "0"
+        argv += ["--tls-port", str(ports["redis"]), "--tls-cert-file", str(tls / "server.pem")]
+        argv += ["--tls-key-file", str(tls / "server.key"), "--tls-ca-cert-file", str(tls / "ca.pem")]
+        argv += ["--tls-auth-clients", "no"]
     if password:
         argv += ["--requirepass", password]
     return spawn(paths, "redis", argv)
 
 
-def redis_ready(port: int) -> bool:
-    """PING answered (or NOAUTH, which also proves a live Redis)."""
+def redis_ready(paths: Paths, port: int) -> bool:
+    """PING answered (or NOAUTH, which also proves a live Redis), over TLS when secured."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as sock:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as raw:
+            sock: socket.socket = raw
+            if paths.secure:
+                context = ssl.create_default_context(cafile=str(paths.tls / "ca.pem"))
+                sock = context.wrap_socket(raw, server_hostname="127.0.0.1")
             sock.sendall(b"PING\r\n")
             reply = sock.recv(64)
     except OSError:
@@ -452,7 +598,7 @@ def start_mlflow(paths: Paths, ports: dict[str, int]) -> int:
     )
 
 
-def mlflow_ready(port: int) -> bool:
+def mlflow_ready(_paths: Paths, port: int) -> bool:
     """GET /health answered with 200."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as resp:
@@ -466,7 +612,7 @@ STARTERS: dict[str, Callable[[Paths, dict[str, int]], int]] = {
     "redis": start_redis,
     "mlflow": start_mlflow,
 }
-READY: dict[str, Callable[[int], bool]] = {
+READY: dict[str, Callable[[Paths, int], bool]] = {
     "kafka": kafka_ready,
     "redis": redis_ready,
     "mlflow": mlflow_ready,
@@ -479,7 +625,7 @@ READY: dict[str, Callable[[int], bool]] = {
 def write_env(paths: Paths, ports: dict[str, int]) -> None:
     """Write the addresses for tests (HEIMDALL_TEST_*) and the consumer (HEIMDALL_*)."""
     kafka = f"127.0.0.1:{ports['kafka']}"
-    redis = f"redis://127.0.0.1:{ports['redis']}/0"
+    redis = f"{'rediss' if paths.secure else 'redis'}://127.0.0.1:{ports['redis']}/0"
     mlflow = f"http://127.0.0.1:{ports['mlflow']}"
     lines = [
         f"HEIMDALL_TEST_KAFKA={kafka}",
@@ -490,16 +636,31 @@ def write_env(paths: Paths, ports: dict[str, int]) -> None:
         f"HEIMDALL_MLFLOW__TRACKING_URI={mlflow}",
         f"MLFLOW_TRACKING_URI={mlflow}",
     ]
+    if paths.secure:
+        values = load_secrets(paths)
+        kafka_options = kafka_client_options(paths)
+        lines += [
+            f"HEIMDALL_KAFKA__SECURITY_PROTOCOL={kafka_options['security.protocol']}",
+            f"HEIMDALL_KAFKA__SASL_MECHANISM={kafka_options['sasl.mechanism']}",
+            f"HEIMDALL_KAFKA__SASL_USERNAME={kafka_options['sasl.username']}",
+            f"HEIMDALL_KAFKA__SASL_PASSWORD={kafka_options['sasl.password']}",
+            f"HEIMDALL_KAFKA__SSL_CA_LOCATION={kafka_options['ssl.ca.location']}",
+            f"HEIMDALL_REDIS__PASSWORD={values['redis_password']}",
+            f"HEIMDALL_REDIS__SSL_CA_CERTS={paths.tls / 'ca.pem'}",
+        ]
+    paths.env_file.touch(mode=0o600)
     paths.env_file.write_text("\n".join(lines) + "\n")
 
 
-def up(paths: Paths, services: list[str]) -> None:
+def up(paths: Paths, services: list[str], *, secure: bool = False) -> None:
     """Start each service unless it already runs and answers; then write the env file."""
+    if secure or paths.secure:
+        make_secure(paths)
     ports = load_ports(paths)
     for service in services:
         port = ports[service]
         pid = read_pid(paths, service)
-        if pid is not None and READY[service](port):
+        if pid is not None and READY[service](paths, port):
             log(f"{service} already up on 127.0.0.1:{port} (pid {pid})")
             continue
         if pid is not None:
@@ -510,7 +671,7 @@ def up(paths: Paths, services: list[str]) -> None:
                 f"free it or set HEIMDALL_STACK_{service.upper()}_PORT"
             )
         pid = STARTERS[service](paths, ports)
-        took = wait_until(functools.partial(READY[service], port), READY_TIMEOUT_S, service, pid)
+        took = wait_until(functools.partial(READY[service], paths, port), READY_TIMEOUT_S, service, pid)
         log(f"{service} ready on 127.0.0.1:{port} (pid {pid}) after {took:.1f}s")
     write_env(paths, ports)
 
@@ -533,7 +694,7 @@ def status(paths: Paths) -> int:
     for service in SERVICES:
         pid = read_pid(paths, service)
         port = ports.get(service)
-        ready = port is not None and READY[service](int(port))
+        ready = port is not None and READY[service](paths, int(port))
         healthy &= ready
         state = "ready" if ready else ("started, not answering" if pid else "stopped")
         print(f"{service:7s} {state:24s} port={port} pid={pid}")
@@ -545,7 +706,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["up", "down", "kill", "status", "env"])
     parser.add_argument("services", nargs="*", metavar="SERVICE", help="kafka, redis, mlflow")
-    args = parser.parse_args(argv)
+    parser.add_argument(
+        "--secure",
+        action="store_true",
+        default=os.environ.get("HEIMDALL_STACK_SECURE") == "1",
+        help="up: Kafka on SASL_SSL/SCRAM-SHA-512 and Redis on TLS with a password (new state dir)",
+    )
+    args = parser.parse_intermixed_args(argv)
     unknown = set(args.services) - set(SERVICES)
     if unknown:
         parser.error(f"unknown service(s): {', '.join(sorted(unknown))}")
@@ -553,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
     services = [s for s in SERVICES if s in args.services] or list(SERVICES)
     try:
         if args.command == "up":
-            up(paths, services)
+            up(paths, services, secure=args.secure)
         elif args.command == "down":
             down(paths, services)
         elif args.command == "kill":

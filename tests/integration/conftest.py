@@ -237,10 +237,15 @@ def read_topic(
     timeout: float = 60,
     idle: float = 3.0,
     read_committed: bool = True,
+    options: dict[str, str] | None = None,
 ) -> list[Any]:
-    """All messages of a topic from the beginning: until ``expected`` arrived and ``idle`` s passed."""
+    """All messages of a topic from the beginning: until ``expected`` arrived and ``idle`` s passed.
+
+    ``options`` adds librdkafka settings (e.g. SASL/TLS for a secured broker).
+    """
     consumer = Consumer(
         {
+            **(options or {}),
             "bootstrap.servers": bootstrap,
             "group.id": f"reader-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",

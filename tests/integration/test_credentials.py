@@ -1,4 +1,5 @@
-"""Wrong credentials fail fast with a clear error; secrets never reach logs or /metrics."""
+"""Start-up refuses what cannot work (a wrong password, a missing topic) with a clear error;
+secrets never reach logs or /metrics."""
 
 from __future__ import annotations
 
@@ -74,3 +75,12 @@ def test_metrics_and_readiness_never_show_secrets(make_settings, start_consumer)
     ready = str(consumer.service.health.ready())
     consumer.stop()
     assert SECRET not in text and SECRET not in ready and SECRET not in repr(settings)
+
+
+def test_a_missing_dead_letter_topic_is_a_clear_start_up_error(make_settings):
+    settings = make_settings(kafka={"dlq_topic": "no-such-dlq-topic"})
+    consumer = ConsumerThread(settings)
+    consumer.thread.join(60)
+    assert not consumer.thread.is_alive()
+    assert isinstance(consumer.error, ConfigurationError)
+    assert "no-such-dlq-topic" in str(consumer.error) and "heimdall-stream topics" in str(consumer.error)

@@ -16,9 +16,10 @@ import pytest
 
 from tests.integration.conftest import ConsumerProcess, read_topic, results_of, send_captures
 
-pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 SECONDS = float(os.environ.get("HEIMDALL_SOAK_SECONDS", "120"))
 RATE = 40.0
+# The suite-wide per-test timeout is 600 s; a long soak gets its own length plus slack.
+pytestmark = [pytest.mark.reliability, pytest.mark.slow, pytest.mark.timeout(int(SECONDS) + 420)]
 
 
 def _slope_per_minute(samples: list[tuple[float, float]]) -> float:

@@ -3,22 +3,34 @@
 A model carries ``heimdall.contract`` in its ONNX ``metadata_props``: JSON with the contract
 version, the input kind, the receiver slots (ids and coordinates), the reference point of its
 east/north frame, the IQ geometry it expects and, for ``features`` models, the feature names
-and normalisation statistics.  ``validate_contract`` checks that JSON *and* the graph's inputs
-and outputs against it, and raises ``ModelContractError`` naming the first thing that does not
-fit, so a bad model is refused at load time instead of producing nonsense at run time.
+and normalisation statistics.
+
+A model may also declare its ``coverage``: at which Mahalanobis radius (in its own predicted
+sigmas) the truth lies with probability p, measured on a calibration split.  Real localization
+errors are heavier-tailed than a Gaussian, so no single covariance puts the 68 % and the 95 %
+ellipse right at once; with ``coverage`` the ellipse for a requested confidence uses the
+declared radius, interpolated between the declared levels (beyond them, scaled like the
+Gaussian's).  Without it the radius is sqrt(chi2_2(p)).
+
+``validate_contract`` checks that JSON *and* the graph's inputs and outputs against it, and
+raises ``ModelContractError`` naming the first thing that does not fit, so a bad model is
+refused at load time instead of producing nonsense at run time.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 from heimdall_stream.errors import ModelContractError
 from heimdall_stream.features import FEATURE_NAMES
-from heimdall_stream.geo import LocalFrame
+from heimdall_stream.geo import LocalFrame, chi2_2_scale
 from heimdall_stream.network import Network
 
 CONTRACT_KEY = "heimdall.contract"
@@ -55,7 +67,22 @@ class ModelContract:
     feature_std: tuple[float, ...] = ()
     benchmark_only: bool = False
     description: str = ""
+    # (confidence, Mahalanobis radius) pairs, increasing in both; empty = Gaussian radii.
+    coverage: tuple[tuple[float, float], ...] = ()
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def radius(self, confidence: float) -> float:
+        """Mahalanobis radius of the ellipse that holds the truth with probability ``confidence``."""
+        gaussian = chi2_2_scale(confidence)
+        if not self.coverage:
+            return gaussian
+        levels = [level for level, _ in self.coverage]
+        radii = [radius for _, radius in self.coverage]
+        if confidence < levels[0]:
+            return radii[0] * gaussian / chi2_2_scale(levels[0])
+        if confidence > levels[-1]:
+            return radii[-1] * gaussian / chi2_2_scale(levels[-1])
+        return float(np.interp(confidence, levels, radii))
 
     @property
     def slots(self) -> dict[str, int]:
@@ -85,6 +112,11 @@ class ModelContract:
             "description": self.description,
             **self.extra,
         }
+        if self.coverage:
+            body["coverage"] = {
+                "levels": [level for level, _ in self.coverage],
+                "radii": [radius for _, radius in self.coverage],
+            }
         if self.input_kind == "features":
             body["features"] = {
                 "names": list(self.feature_names),
@@ -142,7 +174,26 @@ def parse_contract(text: str | None) -> ModelContract:
         feature_std=std,
         benchmark_only=bool(body.get("benchmark_only", False)),
         description=str(body.get("description", "")),
+        coverage=_parse_coverage(body.get("coverage")),
     )
+
+
+def _parse_coverage(spec: Any) -> tuple[tuple[float, float], ...]:
+    if spec is None:
+        return ()
+    try:
+        levels = [float(v) for v in spec["levels"]]
+        radii = [float(v) for v in spec["radii"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelContractError(f"coverage must have numeric 'levels' and 'radii': {exc!r}") from exc
+    if not levels or len(levels) != len(radii):
+        raise ModelContractError(f"coverage: {len(levels)} levels but {len(radii)} radii")
+    if not all(0.0 < p < 1.0 for p in levels) or not all(math.isfinite(r) and r > 0 for r in radii):
+        raise ModelContractError("coverage levels must lie in (0, 1) and radii be finite and positive")
+    pairs = list(zip(levels, radii, strict=True))
+    if any(b[0] <= a[0] or b[1] <= a[1] for a, b in itertools.pairwise(pairs)):
+        raise ModelContractError("coverage levels and radii must both increase strictly")
+    return tuple(pairs)
 
 
 def _parse_features(spec: Any) -> tuple[tuple[str, ...], tuple[float, ...], tuple[float, ...]]:

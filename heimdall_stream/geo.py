@@ -86,13 +86,19 @@ def check_covariance(cov: Covariance) -> None:
         raise GeometryError(f"covariance is degenerate: rho must be in (-1, 1), got {cov.rho}")
 
 
-def ellipse_from_covariance(cov: Covariance, confidence: float) -> Ellipse:
+def ellipse_from_covariance(cov: Covariance, confidence: float, *, radius: float | None = None) -> Ellipse:
     """Confidence ellipse of a 2-D Gaussian: eigen-decomposition scaled by sqrt(chi2_2).
 
-    Orientation is the direction of the major axis, clockwise from true north, in [0, 180).
+    ``radius`` replaces sqrt(chi2_2(confidence)) when the model declares a calibrated
+    Mahalanobis radius for this confidence (see ``ModelContract.radius``).  Orientation is the
+    direction of the major axis, clockwise from true north, in [0, 180).
     """
     check_covariance(cov)
     scale = chi2_2_scale(confidence)
+    if radius is not None:
+        if not (math.isfinite(radius) and radius > 0):
+            raise GeometryError(f"ellipse radius must be finite and positive, got {radius}")
+        scale = radius
     se, sn, rho = cov.sigma_east_m, cov.sigma_north_m, cov.rho
     matrix = np.array([[se * se, rho * se * sn], [rho * se * sn, sn * sn]])
     eigenvalues, eigenvectors = np.linalg.eigh(matrix)  # ascending

@@ -302,7 +302,7 @@ def finish(
     latitude, longitude = latlon
     try:
         cov = Covariance(float(covariance[0]), float(covariance[1]), float(covariance[2]))
-        ellipse = ellipse_from_covariance(cov, confidence)
+        ellipse = ellipse_from_covariance(cov, confidence, radius=model.contract.radius(confidence))
         geojson = geojson_feature(
             latitude,
             longitude,

@@ -7,10 +7,13 @@ import json
 
 import onnx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from heimdall_stream.contract import CONTRACT_KEY, TensorSpec, parse_contract, validate_contract
 from heimdall_stream.errors import ModelContractError
 from heimdall_stream.features import FEATURE_NAMES
+from heimdall_stream.geo import chi2_2_scale
 from heimdall_stream.inference import file_sha256, load_model
 from tests.helpers import NETWORK, features_contract, tiny_features_model
 
@@ -102,3 +105,40 @@ def test_load_model_refuses_a_model_whose_graph_breaks_its_contract(tmp_path):
     path.write_bytes(model.SerializeToString())
     with pytest.raises(ModelContractError, match=f"dimension 2 is {WIDTH}, the contract needs 1"):
         load_model(path, name="m", version="1", uri="u", sha256=file_sha256(path))
+
+
+COVERAGE = ((0.5, 1.1), (0.6827, 1.4), (0.95, 2.9))
+
+
+def test_declared_coverage_round_trips_and_sets_the_ellipse_radius():
+    contract = parse_contract(features_contract(coverage=COVERAGE).to_json())
+    assert contract.coverage == COVERAGE
+    assert contract.radius(0.6827) == pytest.approx(1.4) and contract.radius(0.95) == pytest.approx(2.9)
+    assert 1.4 < contract.radius(0.8) < 2.9
+    # Beyond the declared levels the radius scales like the Gaussian's from the nearest level.
+    assert contract.radius(0.99) == pytest.approx(2.9 * chi2_2_scale(0.99) / chi2_2_scale(0.95))
+    assert contract.radius(0.2) == pytest.approx(1.1 * chi2_2_scale(0.2) / chi2_2_scale(0.5))
+    assert features_contract().radius(0.95) == pytest.approx(chi2_2_scale(0.95))
+
+
+@given(st.floats(0.001, 0.999))
+def test_the_declared_radius_is_monotone_and_positive(confidence):
+    contract = features_contract(coverage=COVERAGE)
+    assert 0 < contract.radius(confidence) <= contract.radius(min(confidence + 0.0005, 0.9995))
+
+
+@pytest.mark.parametrize(
+    ("coverage", "message"),
+    [
+        ({"levels": [0.5, 0.9], "radii": [1.0]}, "2 levels but 1 radii"),
+        ({"levels": [0.9, 0.5], "radii": [1.0, 2.0]}, "increase strictly"),
+        ({"levels": [0.5, 0.9], "radii": [2.0, 1.0]}, "increase strictly"),
+        ({"levels": [0.0, 0.9], "radii": [1.0, 2.0]}, "lie in"),
+        ({"levels": [0.5], "radii": ["x"]}, "numeric"),
+    ],
+)
+def test_bad_declared_coverage_is_refused(coverage, message):
+    body = json.loads(features_contract().to_json())
+    body["coverage"] = coverage
+    with pytest.raises(ModelContractError, match=message):
+        parse_contract(json.dumps(body))

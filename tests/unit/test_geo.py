@@ -44,6 +44,22 @@ def test_circular_covariance_gives_a_circle(sigma, confidence):
     assert 0.0 <= ellipse.orientation_deg < 180.0
 
 
+@given(se=sigmas, sn=sigmas, rho=rhos, radius=st.floats(min_value=0.1, max_value=10.0))
+def test_a_declared_radius_scales_the_axes_in_place_of_chi2(se, sn, rho, radius):
+    gaussian = ellipse_from_covariance(Covariance(se, sn, rho), 0.95)
+    declared = ellipse_from_covariance(Covariance(se, sn, rho), 0.95, radius=radius)
+    factor = radius / chi2_2_scale(0.95)
+    assert declared.semi_major_m == pytest.approx(gaussian.semi_major_m * factor, rel=1e-9)
+    assert declared.semi_minor_m == pytest.approx(gaussian.semi_minor_m * factor, rel=1e-9)
+    assert declared.orientation_deg == gaussian.orientation_deg and declared.confidence == 0.95
+
+
+@pytest.mark.parametrize("radius", [0.0, -1.0, math.nan, math.inf])
+def test_a_bad_declared_radius_raises_a_clear_error(radius):
+    with pytest.raises(GeometryError, match="radius"):
+        ellipse_from_covariance(Covariance(100.0, 100.0, 0.0), 0.95, radius=radius)
+
+
 @given(se=sigmas, sn=sigmas, rho=rhos)
 def test_axes_are_ordered_and_preserve_the_determinant(se, sn, rho):
     ellipse = ellipse_from_covariance(Covariance(se, sn, rho), 0.95)

@@ -241,8 +241,11 @@ class RedisStore:
     def _on_connect(self, connection: Any) -> None:
         """redis-py's connect hook: authenticate as usual, then read the server's run_id."""
         connection.on_connect()
-        connection.send_command("INFO", "server")
-        info = connection.read_response()
+        try:
+            connection.send_command("INFO", "server")
+            info = connection.read_response()
+        except redis.ResponseError:  # INFO renamed or refused (some managed Redis): no detection
+            return
         text = info.decode() if isinstance(info, bytes) else str(info)
         run_id = next((line[7:].strip() for line in text.splitlines() if line.startswith("run_id:")), "")
         self._note_run_id(run_id)

@@ -9,7 +9,7 @@ stack is made of plain processes:
 * ``mlflow server`` with a sqlite backend and a local artifact root.
 
 With ``--secure`` (or ``HEIMDALL_STACK_SECURE=1``) the state directory gets a secured stack
-instead: a test CA and a server certificate are generated with ``openssl`` (valid two days, SAN
+instead: a test CA and a server certificate are generated with ``openssl`` (valid 30 days, SAN
 127.0.0.1 and localhost), Kafka listens only on SASL_SSL with SCRAM-SHA-512 users created at
 format time, and Redis speaks only TLS and requires a password.  Random passwords are kept in
 ``secure.json`` (mode 600); ``stack.env`` then carries every setting a client needs.  Use a
@@ -290,12 +290,12 @@ def generate_tls(directory: Path, keystore_password: str) -> None:
     )
     steps = [
         ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
-         "-days", "2", "-subj", "/CN=heimdall-stream local test CA",
+         "-days", "30", "-subj", "/CN=heimdall-stream local test CA",
          "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"],
         ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
          "-subj", "/CN=localhost"],
         ["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-         "-out", "server.pem", "-days", "2", "-extfile", "server.ext"],
+         "-out", "server.pem", "-days", "30", "-extfile", "server.ext"],
         ["pkcs12", "-export", "-in", "server.pem", "-inkey", "server.key", "-certfile", "ca.pem",
          "-name", "broker", "-out", "broker.p12", "-passout", f"pass:{keystore_password}"],
     ]  # fmt: skip

@@ -19,8 +19,6 @@ from heimdall_stream.errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
-# Prefetched input per partition is bounded so a flood cannot grow memory without limit.
-QUEUED_KBYTES = 16_384
 DLQ_HEADROOM = 64 * 1024
 # Errors that retrying cannot fix: stop at once instead of waiting out the connect timeout.
 REFUSALS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED})
@@ -41,7 +39,8 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "partition.assignment.strategy": "cooperative-sticky",
         "session.timeout.ms": kafka.session_timeout_ms,
         "max.poll.interval.ms": max(300_000, kafka.session_timeout_ms),
-        "queued.max.messages.kbytes": QUEUED_KBYTES,
+        # Prefetched input is bounded so a flood cannot grow memory without limit.
+        "queued.max.messages.kbytes": kafka.prefetch_kbytes,
         "fetch.max.bytes": max(settings.limits.max_message_bytes * 2, 52_428_800),
     }
     if kafka.static_membership:

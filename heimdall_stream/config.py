@@ -42,6 +42,12 @@ class KafkaSettings(_Section):
         False, description="Set group.instance.id to the instance id so a quick restart keeps partitions."
     )
     session_timeout_ms: int = Field(10_000, ge=1_000, description="Consumer group session timeout.")
+    prefetch_kbytes: int = Field(
+        16_384,
+        ge=1_024,
+        description="Most input librdkafka prefetches per partition (queued.max.messages.kbytes); "
+        "memory grows with it times the partitions assigned to the instance.",
+    )
     transaction_timeout_ms: int = Field(30_000, ge=1_000, description="Producer transaction timeout.")
     dlq_max_value_bytes: int = Field(
         983_040,

@@ -47,3 +47,14 @@ def test_a_redis_ca_bundle_needs_a_tls_url(monkeypatch):
         Settings()
     monkeypatch.setenv("HEIMDALL_REDIS__URL", "rediss://cache:6380/0")
     assert Settings().redis.ssl_ca_certs == "/etc/ca.pem"
+
+
+def test_prefetch_bound_reaches_the_consumer_configuration(monkeypatch):
+    from heimdall_stream.clients import consumer_config
+
+    assert consumer_config(Settings())["queued.max.messages.kbytes"] == 16_384
+    monkeypatch.setenv("HEIMDALL_KAFKA__PREFETCH_KBYTES", "2048")
+    assert consumer_config(Settings())["queued.max.messages.kbytes"] == 2048
+    monkeypatch.setenv("HEIMDALL_KAFKA__PREFETCH_KBYTES", "10")
+    with pytest.raises(ValidationError):
+        Settings()

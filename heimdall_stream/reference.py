@@ -18,9 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from heimdall_stream.inference import file_sha256
+from heimdall_stream.iq_benchmark import build_iq_benchmark_model
 from heimdall_stream.network import Network
 from heimdall_stream.registry import SHA_TAG
-from heimdall_stream.training import EvaluationReport, build_iq_benchmark_model, train_features_model
+from heimdall_stream.training import EvaluationReport, train_features_model
 
 log = logging.getLogger(__name__)
 FEATURES_MODEL = "localization_model"

@@ -1,7 +1,8 @@
-"""Reference models: a calibrated ``features`` localizer and a benchmark-only ``iq`` CNN.
+"""Training, calibration and evaluation of the reference ``features`` localizer.
 
-The features model is one ONNX graph made of a TDOA grid posterior (ONNX nodes, see
-``tdoa_grid``) and three scikit-learn regressors:
+The features model (graph built by ``localizer_graph``, data by ``training_data``) is one ONNX
+graph made of a TDOA grid posterior (ONNX nodes, see ``tdoa_grid``) and three scikit-learn
+regressors:
 
 * position: an MLP on normalised features + mask + grid summary → east/north (scaled to
   100 km); where four or more receivers have a usable TDOA the grid's posterior mean is used;
@@ -31,33 +32,21 @@ import numpy as np
 import numpy.typing as npt
 
 from heimdall_stream.contract import CONTRACT_KEY, ModelContract
-from heimdall_stream.features import FEATURE_NAMES, assemble_batch, extract_features, normalise_features
+from heimdall_stream.features import FEATURE_NAMES, normalise_features
 from heimdall_stream.geo import LocalFrame, chi2_2_scale
+from heimdall_stream.localizer_graph import (
+    ERROR_SCALE_M,
+    LOG_CHI2_1_MEAN,
+    MIN_TDOA_RECEIVERS,
+    POSITION_SCALE_M,
+    RHO_LIMIT,
+    Calibration,
+    export_features_model,
+)
 from heimdall_stream.network import Network
 from heimdall_stream.simulator import IqSimulator
-from heimdall_stream.tdoa_grid import GRID_FEATURES, SHARE_COLUMN, UNIT_M, grid_nodes, run_grid
-
-POSITION_SCALE_M = 100_000.0
-ERROR_SCALE_M = 1_000.0
-# E[log χ²₁] = ψ(1/2) + ln 2: the mean of log(r²) sits this far below log(σ²).
-LOG_CHI2_1_MEAN = -1.2703628454614782
-RHO_LIMIT = 0.9
-Calibration = tuple[tuple[float, float], tuple[float, float]]
-# With four or more synchronised receivers the TDOA grid pins the transmitter down.
-MIN_TDOA_RECEIVERS = 4
-OPSET = 17
-F32 = npt.NDArray[np.float32]
-F64 = npt.NDArray[np.float64]
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """Simulated captures reduced to model inputs and truth."""
-
-    features: F32  # (B, N, F) raw features
-    mask: F32  # (B, N)
-    target_enu: F64  # (B, 2) metres in the network frame
-    truth_latlon: F64  # (B, 2)
+from heimdall_stream.tdoa_grid import GRID_FEATURES, SHARE_COLUMN, UNIT_M
+from heimdall_stream.training_data import F32, F64, Dataset, model_input, normalisation, simulate_dataset
 
 
 @dataclass(frozen=True)
@@ -84,61 +73,6 @@ class EvaluationReport:
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form, as logged to MLflow."""
         return asdict(self)
-
-
-def simulate_dataset(
-    simulator: IqSimulator,
-    count: int,
-    start: int = 0,
-    batch: int = 64,
-    progress: Callable[[int], None] | None = None,
-) -> Dataset:
-    """Simulate captures ``start`` .. ``start + count`` and extract their features."""
-    network = simulator.network
-    frame = LocalFrame(*network.centroid())
-    features: list[F32] = []
-    masks: list[F32] = []
-    truths: list[tuple[float, float]] = []
-    for first in range(start, start + count, batch):
-        sims = [simulator.generate(i) for i in range(first, min(first + batch, start + count))]
-        iq, mask, fs, offsets = assemble_batch(
-            [s.capture for s in sims], network.index(), simulator.sample_count
-        )
-        features.append(extract_features(iq, mask, fs, offsets))
-        masks.append(mask)
-        truths.extend((s.transmitter.latitude, s.transmitter.longitude) for s in sims)
-        if progress is not None:
-            progress(len(sims))
-    truth = np.asarray(truths, dtype=np.float64)
-    east, north = frame.to_enu(truth[:, 0], truth[:, 1])
-    return Dataset(
-        features=np.concatenate(features),
-        mask=np.concatenate(masks),
-        target_enu=np.stack([east, north], axis=1),
-        truth_latlon=truth,
-    )
-
-
-def normalisation(data: Dataset) -> tuple[F64, F64]:
-    """Per-feature mean and std over present receiver slots."""
-    present = data.mask.astype(bool)
-    values = data.features[present].astype(np.float64)
-    mean = values.mean(axis=0)
-    std = values.std(axis=0)
-    return mean, np.where(std > 1e-6, std, 1.0)
-
-
-def model_input(features: F32, mask: F32, mean: F64, std: F64, contract: ModelContract) -> F32:
-    """The regressors' input: normalised features, mask, per-receiver sums, TDOA grid summary.
-
-    The grid summary is computed by the same ONNX nodes the exported model contains.  The sums
-    over receivers (how many heard the signal, how many have a valid TDOA, total SNR) are what
-    the uncertainty depends on most; trees cannot easily add up 7 columns themselves.
-    """
-    normalised = normalise_features(features, mask, mean, std)
-    flat = normalised.reshape(len(features), -1)
-    grid = run_grid(contract, normalised, mask)
-    return np.concatenate([flat, mask, normalised.sum(axis=1), grid], axis=1).astype(np.float32)
 
 
 def train_features_model(
@@ -246,7 +180,7 @@ def train_features_model(
         contract, coverage=coverage_radii(mahalanobis_sq(residual_c, cov_calibrated))
     )
 
-    model = _export_features_model(
+    model = export_features_model(
         position, log_var, correlation, contract=contract, width=x_train.shape[1], calibration=calibration
     )
     # The report describes the exported file itself, run by onnxruntime as the consumer runs it.
@@ -376,228 +310,6 @@ def pathloss_baseline(data: Dataset, network: Network, exponent: float = 2.8) ->
         sse = ((p0 - ld - s[None, :]) ** 2).sum(axis=1)
         out[b] = grid[int(np.argmin(sse))]
     return out
-
-
-def _export_features_model(
-    position: Any,
-    log_var: list[Any],
-    correlation: Any,
-    *,
-    contract: ModelContract,
-    width: int,
-    calibration: Calibration,
-) -> Any:
-    """One ONNX ModelProto: flatten → four regressors → position and covariance, contract inside."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    slots, n_features = len(contract.network.receivers), len(contract.feature_names)
-    parts = {
-        name: _sklearn_graph(model, width, name)
-        for name, model in (("pos", position), ("lve", log_var[0]), ("lvn", log_var[1]), ("rho", correlation))
-    }
-    consts: dict[str, npt.NDArray[Any]] = {
-        "flat_shape": np.array([-1, slots * n_features], np.int64),
-        "pos_scale": np.array([POSITION_SCALE_M], np.float32),
-        "pos_shape": np.array([-1, 2], np.int64),
-        # log σ = shift + slope · (½ (log_var − E[log χ²₁]) + log ERROR_SCALE_M)
-        "lv_shift": np.array([-LOG_CHI2_1_MEAN + 2.0 * math.log(ERROR_SCALE_M)], np.float32),
-        "half_slope_grid": np.array([0.5 * calibration[0][1]], np.float32),
-        "cal_shift_grid": np.array([calibration[0][0]], np.float32),
-        "half_slope_mlp": np.array([0.5 * calibration[1][1]], np.float32),
-        "cal_shift_mlp": np.array([calibration[1][0]], np.float32),
-        "rho_min": np.array(-RHO_LIMIT, np.float32),
-        "rho_max": np.array(RHO_LIMIT, np.float32),
-        "rho_shape": np.array([-1, 1], np.int64),
-    }
-    grid_nodes_list, grid_initializers, grid_output = grid_nodes(contract)
-    # The consumer normalises with the contract's statistics; the graph only flattens.
-    nodes = [
-        helper.make_node("Unsqueeze", ["receiver_mask", "axis_last"], ["mask3"]),
-        helper.make_node("Mul", ["receiver_features", "mask3"], ["masked"]),
-        helper.make_node("Reshape", ["masked", "flat_shape"], ["flat"]),
-        helper.make_node("ReduceSum", ["masked", "axis_slots"], ["sums"], keepdims=0),
-        *grid_nodes_list,
-        helper.make_node("Concat", ["flat", "receiver_mask", "sums", grid_output], ["x"], axis=1),
-    ]
-    initializers = [numpy_helper.from_array(v, k) for k, v in consts.items()]
-    initializers.append(numpy_helper.from_array(np.array([-1], np.int64), "axis_last"))
-    initializers.append(numpy_helper.from_array(np.array([1], np.int64), "axis_slots"))
-    initializers.extend(grid_initializers)
-    for name, value in (
-        ("zero_i", 0),
-        ("two_i", 2),
-        ("one_i", 1),
-        ("share_i", SHARE_COLUMN),
-        ("share_end_i", SHARE_COLUMN + 1),
-    ):
-        initializers.append(numpy_helper.from_array(np.array([value], np.int64), name))
-    min_share = (MIN_TDOA_RECEIVERS - 0.5) / slots
-    initializers.append(numpy_helper.from_array(np.array([min_share], np.float32), "min_share"))
-    opsets = {"": OPSET}
-    for part in parts.values():
-        nodes.extend(part.graph.node)
-        initializers.extend(part.graph.initializer)
-        for opset in part.opset_import:
-            opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
-    nodes += [
-        # skl2onnx declares a multi-output MLP as (-1, 1): restore (B, 2) before scaling.
-        helper.make_node("Reshape", [_output(parts["pos"]), "pos_shape"], ["pos_mlp"]),
-        helper.make_node("Slice", [grid_output, "zero_i", "two_i", "one_i"], ["grid_mean_unit"]),
-        helper.make_node("Slice", [grid_output, "share_i", "share_end_i", "one_i"], ["grid_share"]),
-        helper.make_node("Greater", ["grid_share", "min_share"], ["use_grid"]),
-        helper.make_node("Where", ["use_grid", "grid_mean_unit", "pos_mlp"], ["pos_unit"]),
-        helper.make_node("Mul", ["pos_unit", "pos_scale"], ["position_enu_m"]),
-        helper.make_node("Reshape", [_output(parts["lve"]), "rho_shape"], ["lve_col"]),
-        helper.make_node("Reshape", [_output(parts["lvn"]), "rho_shape"], ["lvn_col"]),
-        helper.make_node("Concat", ["lve_col", "lvn_col"], ["lv"], axis=1),
-        helper.make_node("Add", ["lv", "lv_shift"], ["log_var"]),
-        helper.make_node("Mul", ["log_var", "half_slope_grid"], ["log_sigma_grid_raw"]),
-        helper.make_node("Add", ["log_sigma_grid_raw", "cal_shift_grid"], ["log_sigma_grid"]),
-        helper.make_node("Mul", ["log_var", "half_slope_mlp"], ["log_sigma_mlp_raw"]),
-        helper.make_node("Add", ["log_sigma_mlp_raw", "cal_shift_mlp"], ["log_sigma_mlp"]),
-        helper.make_node("Where", ["use_grid", "log_sigma_grid", "log_sigma_mlp"], ["log_sigma"]),
-        helper.make_node("Exp", ["log_sigma"], ["sigmas"]),
-        helper.make_node("Reshape", [_output(parts["rho"]), "rho_shape"], ["rho_raw"]),
-        helper.make_node("Clip", ["rho_raw", "rho_min", "rho_max"], ["rho"]),
-        helper.make_node("Concat", ["sigmas", "rho"], ["covariance_enu"], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "heimdall_features_localizer",
-        [
-            helper.make_tensor_value_info(
-                "receiver_features", TensorProto.FLOAT, ["batch", slots, n_features]
-            ),
-            helper.make_tensor_value_info("receiver_mask", TensorProto.FLOAT, ["batch", slots]),
-        ],
-        [
-            helper.make_tensor_value_info("position_enu_m", TensorProto.FLOAT, ["batch", 2]),
-            helper.make_tensor_value_info("covariance_enu", TensorProto.FLOAT, ["batch", 3]),
-        ],
-        initializers,
-    )
-    model = helper.make_model(
-        graph,
-        opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()],
-        producer_name="heimdall-stream",
-    )
-    helper.set_model_props(model, {CONTRACT_KEY: contract.to_json()})
-    onnx.checker.check_model(model)
-    return model
-
-
-def _output(part: Any) -> str:
-    return str(part.graph.output[0].name)
-
-
-def _sklearn_graph(model: Any, width: int, prefix: str) -> Any:
-    """The ONNX model of one fitted regressor, every name prefixed and its input renamed 'x'."""
-    from onnx import compose
-    from skl2onnx import convert_sklearn
-    from skl2onnx.common.data_types import FloatTensorType
-
-    onx = convert_sklearn(model, initial_types=[("x", FloatTensorType([None, width]))], target_opset=OPSET)
-    onx = compose.add_prefix(onx, prefix=f"{prefix}_")
-    old_input = onx.graph.input[0].name
-    for node in onx.graph.node:
-        for i, name in enumerate(node.input):
-            if name == old_input:
-                node.input[i] = "x"
-    return onx
-
-
-def build_iq_benchmark_model(
-    network: Network, sample_count: int = 10_000, seed: int = 0, hidden: int = 2048
-) -> bytes:
-    """A 1-D CNN over raw IQ with untrained weights: for throughput benchmarks only.
-
-    Its contract says ``benchmark_only``; its outputs are finite but meaningless.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    slots = len(network.receivers)
-    channels = [2, 32, 64, 128]
-    inits: list[Any] = []
-    nodes = [helper.make_node("Reshape", ["iq", "iq_shape"], ["h0"])]
-    inits.append(numpy_helper.from_array(np.array([-1, 2, sample_count], np.int64), "iq_shape"))
-    for i in range(3):
-        w = rng.normal(0, math.sqrt(2.0 / (channels[i] * 9)), (channels[i + 1], channels[i], 9))
-        inits += [
-            numpy_helper.from_array(w.astype(np.float32), f"conv{i}_w"),
-            numpy_helper.from_array(np.zeros(channels[i + 1], np.float32), f"conv{i}_b"),
-        ]
-        nodes += [
-            helper.make_node(
-                "Conv",
-                [f"h{i}", f"conv{i}_w", f"conv{i}_b"],
-                [f"c{i}"],
-                kernel_shape=[9],
-                strides=[4],
-                pads=[4, 4],
-            ),
-            helper.make_node("Relu", [f"c{i}"], [f"h{i + 1}"]),
-        ]
-    dense_in = slots * channels[-1]
-    w1 = rng.normal(0, math.sqrt(2.0 / dense_in), (dense_in, hidden)).astype(np.float32)
-    w2 = rng.normal(0, 0.01, (hidden, 5)).astype(np.float32)
-    inits += [
-        numpy_helper.from_array(w1, "fc1_w"),
-        numpy_helper.from_array(np.zeros(hidden, np.float32), "fc1_b"),
-        numpy_helper.from_array(w2, "fc2_w"),
-        numpy_helper.from_array(np.array([0, 0, 8, 8, 0], np.float32), "fc2_b"),
-        numpy_helper.from_array(np.array([-1, slots, channels[-1]], np.int64), "pooled_shape"),
-        numpy_helper.from_array(np.array([-1, dense_in], np.int64), "dense_shape"),
-        numpy_helper.from_array(np.array([-1], np.int64), "axis_last"),
-        numpy_helper.from_array(np.array([1000.0], np.float32), "km"),
-    ]
-    nodes += [
-        helper.make_node("GlobalAveragePool", ["h3"], ["pooled"]),
-        helper.make_node("Reshape", ["pooled", "pooled_shape"], ["per_rx"]),
-        helper.make_node("Unsqueeze", ["receiver_mask", "axis_last"], ["mask3"]),
-        helper.make_node("Mul", ["per_rx", "mask3"], ["masked"]),
-        helper.make_node("Reshape", ["masked", "dense_shape"], ["dense"]),
-        helper.make_node("Gemm", ["dense", "fc1_w", "fc1_b"], ["fc1"]),
-        helper.make_node("Relu", ["fc1"], ["fc1r"]),
-        helper.make_node("Gemm", ["fc1r", "fc2_w", "fc2_b"], ["head"]),
-        helper.make_node("Split", ["head", "split_sizes"], ["pos_km", "log_sig", "rho_raw"], axis=1),
-        helper.make_node("Mul", ["pos_km", "km"], ["position_enu_m"]),
-        helper.make_node("Exp", ["log_sig"], ["sigmas"]),
-        helper.make_node("Tanh", ["rho_raw"], ["rho"]),
-        helper.make_node("Concat", ["sigmas", "rho"], ["covariance_enu"], axis=1),
-    ]
-    inits.append(numpy_helper.from_array(np.array([2, 2, 1], np.int64), "split_sizes"))
-    graph = helper.make_graph(
-        nodes,
-        "heimdall_iq_benchmark_cnn",
-        [
-            helper.make_tensor_value_info("iq", TensorProto.FLOAT, ["batch", slots, 2, sample_count]),
-            helper.make_tensor_value_info("receiver_mask", TensorProto.FLOAT, ["batch", slots]),
-        ],
-        [
-            helper.make_tensor_value_info("position_enu_m", TensorProto.FLOAT, ["batch", 2]),
-            helper.make_tensor_value_info("covariance_enu", TensorProto.FLOAT, ["batch", 3]),
-        ],
-        inits,
-    )
-    model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="heimdall-stream"
-    )
-    contract = ModelContract(
-        input_kind="iq",
-        network=network,
-        reference_latitude=network.centroid()[0],
-        reference_longitude=network.centroid()[1],
-        sample_rate_hz=50_000.0,
-        sample_count=sample_count,
-        benchmark_only=True,
-        description="BENCHMARK ONLY: 1-D CNN over raw IQ with untrained weights; outputs are meaningless",
-    )
-    helper.set_model_props(model, {CONTRACT_KEY: contract.to_json(), "heimdall.benchmark_only": "true"})
-    onnx.checker.check_model(model)
-    return bytes(model.SerializeToString())
 
 
 def report_json(report: EvaluationReport) -> str:

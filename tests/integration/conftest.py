@@ -37,7 +37,14 @@ CONTROL_KEY = "integration-test-control-key"
 def model_uri(mlflow_uri: str, tmp_path_factory) -> str:
     """A small trained features model registered under a session-unique name, @champion."""
     # Cached across sessions on this machine; the name changes whenever the model code does.
-    sources = ("features.py", "training.py", "tdoa_grid.py", "contract.py")
+    sources = (
+        "features.py",
+        "training.py",
+        "training_data.py",
+        "localizer_graph.py",
+        "tdoa_grid.py",
+        "contract.py",
+    )
     digest = hashlib.sha256(
         b"".join((REPO / "heimdall_stream" / f).read_bytes() for f in sources)
     ).hexdigest()[:8]

@@ -107,8 +107,10 @@ def ensure_topics(settings: Settings, partitions: int = 6, timeout_s: float = 30
                 raise ConfigurationError(f"cannot create topic {topic}: {error.str()}") from exc
 
 
-def check_connectivity(settings: Settings, timeout_s: float = 15.0) -> None:
+def check_connectivity(settings: Settings, timeout_s: float = 15.0) -> set[str]:
     """Fail fast with a clear error when the brokers cannot be reached or refuse us.
+
+    Returns the names of the topics the cluster has (the metadata answer of the check).
 
     librdkafka retries a refused login or a failed TLS handshake forever in the background;
     here the first such error ends the check at once (``ConfigurationError``), so wrong
@@ -120,8 +122,8 @@ def check_connectivity(settings: Settings, timeout_s: float = 15.0) -> None:
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            admin.list_topics(timeout=min(CONNECT_PROBE_S, max(deadline - time.monotonic(), 0.1)))
-            return
+            metadata = admin.list_topics(timeout=min(CONNECT_PROBE_S, max(deadline - time.monotonic(), 0.1)))
+            return set(metadata.topics)
         except KafkaException as exc:
             last = exc.args[0]
         admin.poll(0)  # serves error_cb
@@ -136,21 +138,17 @@ def check_connectivity(settings: Settings, timeout_s: float = 15.0) -> None:
             raise ConfigurationError(f"cannot reach Kafka at {kafka.bootstrap_servers}: {detail}{hint}")
 
 
-def check_topics(settings: Settings, timeout_s: float = 15.0) -> None:
+def check_topics(settings: Settings, present: set[str]) -> None:
     """Fail at start when a topic the consumer writes to or follows does not exist.
 
-    A missing output or dead-letter topic would otherwise abort every transaction and rewind
-    the same batch forever; ``heimdall-stream topics`` creates them.
+    ``present`` is what ``check_connectivity`` found.  A missing output or dead-letter topic
+    would otherwise abort every transaction and rewind the same batch forever;
+    ``heimdall-stream topics`` creates them.
     """
     kafka = settings.kafka
     needed = [kafka.input_topic, kafka.output_topic, kafka.dlq_topic]
     if settings.model.control_enabled:
         needed += [kafka.control_topic, kafka.status_topic]
-    admin = AdminClient(kafka.client_config())
-    try:
-        present = set(admin.list_topics(timeout=timeout_s).topics)
-    except KafkaException as exc:
-        raise ConfigurationError(f"cannot list Kafka topics: {exc.args[0].str()}") from exc
     missing = [topic for topic in needed if topic not in present]
     if missing:
         raise ConfigurationError(

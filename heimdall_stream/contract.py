@@ -19,6 +19,7 @@ refused at load time instead of producing nonsense at run time.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -84,9 +85,9 @@ class ModelContract:
             return radii[-1] * gaussian / chi2_2_scale(levels[-1])
         return float(np.interp(confidence, levels, radii))
 
-    @property
+    @functools.cached_property
     def slots(self) -> dict[str, int]:
-        """Receiver id → slot index."""
+        """Receiver id → slot index (built once: every capture is validated against it)."""
         return self.network.index()
 
     @property

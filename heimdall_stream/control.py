@@ -276,13 +276,9 @@ class ControlPlane:
         return ModelSet(deployment.model_name, deployment.generation, primaries, shadows)
 
     def _load_one(self, uri: str) -> LoadedModel:
-        fetched = self._registry.fetch(uri)
-        if fetched.from_cache and ModelRef.parse(uri).version is None:
-            # A pinned version never changes, but an alias or stage may have moved since it was
-            # cached: applying the old resolution would report a change that did not happen.
-            raise RegistryUnavailableError(
-                f"registry {self._registry.tracking_uri} unreachable: cannot resolve {uri} now"
-            )
+        # An alias may have moved since it was cached: applying the old resolution would report
+        # a change that did not happen, so the control plane waits for the registry instead.
+        fetched = self._registry.fetch(uri, stale_alias_ok=False)
         model = self.settings.model
         return load_model(
             fetched.path,

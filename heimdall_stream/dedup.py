@@ -244,7 +244,10 @@ class RedisStore:
         try:
             connection.send_command("INFO", "server")
             info = connection.read_response()
-        except redis.ResponseError:  # INFO renamed or refused (some managed Redis): no detection
+        except redis.ResponseError as exc:  # INFO renamed or refused (some managed Redis)
+            if self._run_id is None:
+                log.warning("Redis refused INFO (%s): restarts cannot be noticed", exc)
+                self._run_id = ""
             return
         text = info.decode() if isinstance(info, bytes) else str(info)
         run_id = next((line[7:].strip() for line in text.splitlines() if line.startswith("run_id:")), "")

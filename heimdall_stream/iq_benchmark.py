@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from heimdall_stream.contract import CONTRACT_KEY, ModelContract
-from heimdall_stream.localizer_graph import OPSET
+from heimdall_stream.localizer_graph import OPSET, output_value_infos
 from heimdall_stream.network import Network
 
 
@@ -85,10 +85,7 @@ def build_iq_benchmark_model(
             helper.make_tensor_value_info("iq", TensorProto.FLOAT, ["batch", slots, 2, sample_count]),
             helper.make_tensor_value_info("receiver_mask", TensorProto.FLOAT, ["batch", slots]),
         ],
-        [
-            helper.make_tensor_value_info("position_enu_m", TensorProto.FLOAT, ["batch", 2]),
-            helper.make_tensor_value_info("covariance_enu", TensorProto.FLOAT, ["batch", 3]),
-        ],
+        output_value_infos(),
         inits,
     )
     model = helper.make_model(

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from heimdall_stream.contract import CONTRACT_KEY, ModelContract
+from heimdall_stream.contract import CONTRACT_KEY, OUTPUTS, ModelContract
 from heimdall_stream.tdoa_grid import SHARE_COLUMN, grid_nodes
 
 POSITION_SCALE_M = 100_000.0
@@ -121,10 +121,7 @@ def export_features_model(
             ),
             helper.make_tensor_value_info("receiver_mask", TensorProto.FLOAT, ["batch", slots]),
         ],
-        [
-            helper.make_tensor_value_info("position_enu_m", TensorProto.FLOAT, ["batch", 2]),
-            helper.make_tensor_value_info("covariance_enu", TensorProto.FLOAT, ["batch", 3]),
-        ],
+        output_value_infos(),
         initializers,
     )
     model = helper.make_model(
@@ -155,3 +152,13 @@ def _sklearn_graph(model: Any, width: int, prefix: str) -> Any:
             if name == old_input:
                 node.input[i] = "x"
     return onx
+
+
+def output_value_infos() -> list[Any]:
+    """The graph outputs every localization model declares (DESIGN §4), from the contract's list."""
+    from onnx import TensorProto, helper
+
+    return [
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", width])
+        for name, width in OUTPUTS.items()
+    ]

@@ -284,6 +284,7 @@ def finish(
     *,
     model: LoadedModel,
     confidence: float,
+    radius: float,
     cache_key: str,
     cache_hit: bool,
     receivers_used: tuple[str, ...],
@@ -302,7 +303,7 @@ def finish(
     latitude, longitude = latlon
     try:
         cov = Covariance(float(covariance[0]), float(covariance[1]), float(covariance[2]))
-        ellipse = ellipse_from_covariance(cov, confidence, radius=model.contract.radius(confidence))
+        ellipse = ellipse_from_covariance(cov, confidence, radius=radius)
         geojson = geojson_feature(
             latitude,
             longitude,
@@ -386,6 +387,7 @@ def complete_batch(
     east = np.array([predictions[r][0][0] if r in predictions else 0.0 for r in range(len(items))])
     north = np.array([predictions[r][0][1] if r in predictions else 0.0 for r in range(len(items))])
     lats, lons = model.contract.frame.to_latlon(east, north)
+    radius = model.contract.radius(confidence)  # the model's calibrated ellipse size, per batch
     for row, item in enumerate(items):
         if row in errors:
             outcome.dead_letters.append(DeadLetter.of(item.record, errors[row]))
@@ -396,6 +398,7 @@ def complete_batch(
             (float(lats[row]), float(lons[row])),
             model=model,
             confidence=confidence,
+            radius=radius,
             cache_key=prepared.cache_keys[row],
             cache_hit=row in hits,
             receivers_used=prepared.receivers_used[row],

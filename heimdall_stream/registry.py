@@ -84,14 +84,23 @@ class ModelRegistry:
         self.tracking_uri = tracking_uri
         self.cache_dir = Path(cache_dir).expanduser()
 
-    def fetch(self, uri: str) -> FetchedModel:
-        """The verified local file for ``uri``: from MLflow, or from the cache if MLflow is down."""
+    def fetch(self, uri: str, *, stale_alias_ok: bool = True) -> FetchedModel:
+        """The verified local file for ``uri``: from MLflow, or from the cache if MLflow is down.
+
+        With ``stale_alias_ok=False`` an alias or stage is never answered from the cache (it may
+        have moved since); a pinned version still is, since it never changes.
+        """
         ref = ModelRef.parse(uri)
         try:
             version, expected_sha = self._resolve(ref)
         except ModelLoadError:
             raise
         except Exception as exc:  # MlflowException, requests errors: the registry is unreachable
+            if not stale_alias_ok and ref.version is None:
+                raise RegistryUnavailableError(
+                    f"registry {self.tracking_uri} unreachable ({type(exc).__name__}): cannot "
+                    f"resolve {uri} now"
+                ) from exc
             cached = self._last_known_good(uri)
             if cached is None:
                 raise RegistryUnavailableError(

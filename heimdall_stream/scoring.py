@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import numpy as np
 from pyproj import Geod
 
 from heimdall_stream.config import Settings
@@ -104,12 +105,14 @@ def compare_shadow(
 ) -> None:
     """Score ``items`` with a shadow version and record how far it is from the primary."""
     by_id = {r.localization.capture_id: r for r in results}
-    good, _invalid = validate_all(
+    good, invalid = validate_all(
         [i for i in items if i.capture.capture_id in by_id], shadow.contract, settings.limits
     )
+    version = shadow.version
+    if invalid:  # the shadow's contract refuses captures the primary served
+        metrics.shadow_errors.labels(version).inc(len(invalid))
     if not good:
         return
-    version = shadow.version
     try:
         prepared = shadow.prepare([item.capture for item in good])
         started = time.monotonic()
@@ -119,18 +122,20 @@ def compare_shadow(
         metrics.shadow_errors.labels(version).inc()
         log.debug("shadow %s failed on a batch: %s", shadow.label, exc)
         return
-    lats, lons = shadow.contract.frame.to_latlon(
-        prediction.position_enu_m[:, 0], prediction.position_enu_m[:, 1]
-    )
-    for row, item in enumerate(good):
-        primary = by_id[item.capture.capture_id].localization
-        _, _, distance = GEOD.inv(primary.longitude, primary.latitude, float(lons[row]), float(lats[row]))
-        metrics.shadow_position_delta.labels(version).observe(distance)
+    primaries = [by_id[item.capture.capture_id].localization for item in good]
+    primary_lat = np.array([p.latitude for p in primaries])
+    primary_lon = np.array([p.longitude for p in primaries])
+    # One pyproj/geodesic call each for the whole batch, not one per capture.
+    frame = shadow.contract.frame
+    lats, lons = frame.to_latlon(prediction.position_enu_m[:, 0], prediction.position_enu_m[:, 1])
+    _, _, distances = GEOD.inv(primary_lon, primary_lat, lons, lats)
+    east, north = frame.to_enu(primary_lat, primary_lon)
+    for row, primary in enumerate(primaries):
+        metrics.shadow_position_delta.labels(version).observe(float(distances[row]))
+        cov = primary.covariance
         try:
-            east, north = shadow.contract.frame.to_enu(primary.latitude, primary.longitude)
-            cov = primary.covariance
             overlap = bhattacharyya_overlap(
-                [float(east), float(north)],
+                [float(east[row]), float(north[row])],
                 [cov.sigma_east_m, cov.sigma_north_m, cov.rho],
                 prediction.position_enu_m[row],
                 prediction.covariance_enu[row],

@@ -48,8 +48,7 @@ class ConsumerService:
         """Connect, load the model, and consume until ``stop`` is set."""
         control: ControlPlane | None = None
         try:
-            check_connectivity(self.settings)
-            check_topics(self.settings)
+            check_topics(self.settings, check_connectivity(self.settings))
             model = self.load_model()
             store = self._store()
             app = StreamApp(self.settings, ModelSet.single(model), store, self.metrics, self.health)

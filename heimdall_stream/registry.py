@@ -6,6 +6,11 @@
 against the registry's ``heimdall.sha256`` version tag (when present) on download and against
 the manifest on every load, *before* onnxruntime opens the file.
 
+The cache is shared safely by threads and processes (two consumers on one host, pods on one
+volume): a version is downloaded by one fetcher at a time under a per-version file lock, the
+others wait and reuse its result; a published, valid version is never removed; every temporary
+name is unique to its writer, and entries appear only by an atomic rename.
+
 If the registry cannot be reached, the last resolution of that URI that worked is served from
 the cache (``FetchedModel.from_cache``), so a restart during an MLflow outage keeps serving the
 last-known-good model.  Without a cached copy, ``RegistryUnavailableError`` says the failure is
@@ -20,14 +25,19 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock
 
 from heimdall_stream.errors import ModelLoadError, RegistryUnavailableError
 from heimdall_stream.inference import file_sha256
 
 SHA_TAG = "heimdall.sha256"
+# Longest a fetcher waits for another one downloading the same version (a big model, slow link).
+DOWNLOAD_LOCK_TIMEOUT_S = 600.0
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<ref>[^/]+))$")
 
 # The MLflow client retries a dead server for minutes by default; a consumer must notice an
@@ -108,17 +118,7 @@ class ModelRegistry:
                     f"copy of {uri}"
                 ) from exc
             return cached
-        fetched = self._cached_version(uri, ref.name, version)
-        if fetched is None:
-            try:
-                fetched = self._download(uri, ref.name, version)
-            except ModelLoadError:
-                raise
-            except Exception as exc:  # the registry or its artifact store went away mid-download
-                raise RegistryUnavailableError(
-                    f"download of {ref.name}/{version} from {self.tracking_uri} failed "
-                    f"({type(exc).__name__}: {exc})"
-                ) from exc
+        fetched = self._cached_version(uri, ref.name, version) or self._fetch_locked(uri, ref.name, version)
         if expected_sha and fetched.sha256 != expected_sha:
             raise ModelLoadError(
                 f"{ref.name}/{version}: file sha256 {fetched.sha256[:12]}… does not match the "
@@ -154,12 +154,34 @@ class ModelRegistry:
             raise
         return str(mv.version), (mv.tags or {}).get(SHA_TAG)
 
-    def _download(self, uri: str, name: str, version: str) -> FetchedModel:
-        import mlflow.artifacts
+    def _fetch_locked(self, uri: str, name: str, version: str) -> FetchedModel:
+        """Download a version once, however many threads and processes ask for it at once.
 
+        Under the version's file lock the cache is checked again: whoever waited for the lock
+        finds the entry the holder just published and loads that, instead of downloading it
+        again (and, before this lock, deleting it under the other's feet).
+        """
         target = self._version_dir(name, version)
         target.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        with FileLock(str(target) + ".lock", timeout=DOWNLOAD_LOCK_TIMEOUT_S):
+            cached = self._cached_version(uri, name, version)
+            if cached is not None:
+                return cached
+            try:
+                return self._download(uri, name, version, target)
+            except ModelLoadError:
+                raise
+            except Exception as exc:  # the registry or its artifact store went away mid-download
+                raise RegistryUnavailableError(
+                    f"download of {name}/{version} from {self.tracking_uri} failed "
+                    f"({type(exc).__name__}: {exc})"
+                ) from exc
+
+    def _download(self, uri: str, name: str, version: str, target: Path) -> FetchedModel:
+        """Stage the version privately, then publish it with one rename (caller holds the lock)."""
+        import mlflow.artifacts
+
+        with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}-") as tmp:
             # Resolve the version's artifact location through *this* registry: a models:/ URI
             # handed to download_artifacts would be resolved against the process-wide default.
             source = self._client().get_model_version_download_uri(name, version)
@@ -178,7 +200,10 @@ class ModelRegistry:
             (staged / "manifest.json").write_text(
                 json.dumps({"name": name, "version": version, "sha256": sha, "uri": uri})
             )
-            shutil.rmtree(target, ignore_errors=True)
+            if target.exists():
+                # Only an entry that failed verification gets here (a valid one was returned
+                # above): move it aside first, so the rename below never meets a non-empty dir.
+                _discard(target)
             os.replace(staged, target)  # atomic: a half-written cache entry is never visible
         return FetchedModel(uri, name, version, target / "model.onnx", sha, from_cache=False)
 
@@ -194,18 +219,21 @@ class ModelRegistry:
         manifest, model = directory / "manifest.json", directory / "model.onnx"
         if not (manifest.exists() and model.exists()):
             return None
-        recorded = json.loads(manifest.read_text()).get("sha256")
+        try:
+            recorded = json.loads(manifest.read_text()).get("sha256")
+        except (OSError, ValueError):
+            return None
         actual = file_sha256(model)
         if actual != recorded:
-            # A corrupted or tampered cache entry is never loaded; it is fetched again.
-            shutil.rmtree(directory, ignore_errors=True)
+            # A corrupted or tampered entry is never loaded; the locked fetch replaces it.
             return None
         return FetchedModel(uri, name, version, model, actual, from_cache=from_cache)
 
     def _remember(self, uri: str, name: str, version: str) -> None:
         pointer = self.cache_dir / "resolved" / f"{_safe(uri)}.json"
         pointer.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pointer.with_suffix(".tmp")
+        # A temporary name of this writer's own: concurrent writers never share one.
+        tmp = pointer.with_name(f".{pointer.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
         tmp.write_text(json.dumps({"uri": uri, "name": name, "version": version}))
         os.replace(tmp, pointer)
 
@@ -213,8 +241,18 @@ class ModelRegistry:
         pointer = self.cache_dir / "resolved" / f"{_safe(uri)}.json"
         if not pointer.exists():
             return None
-        data = json.loads(pointer.read_text())
+        try:
+            data = json.loads(pointer.read_text())
+        except (OSError, ValueError):
+            return None
         return self._cached_version(uri, data["name"], data["version"], from_cache=True)
+
+
+def _discard(directory: Path) -> None:
+    """Rename a directory to a unique name beside it, then delete it."""
+    doomed = directory.with_name(f".{directory.name}.discard-{uuid.uuid4().hex}")
+    os.replace(directory, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def _safe(text: str) -> str:

@@ -17,6 +17,7 @@ import contextlib
 import importlib.util
 import os
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -187,6 +188,13 @@ def new_topic(kafka_admin: Any) -> Iterator[Callable[..., str]]:
         )
         futures[name].result(timeout=30)
         created.append(name)
+        # Created does not mean visible yet: the broker's metadata may lag the controller a moment,
+        # and a consumer started right away would find the topic missing.
+        deadline = time.monotonic() + 60
+        while len(kafka_admin.list_topics(name, timeout=10).topics[name].partitions) != partitions:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"topic {name} created but not visible in the metadata")
+            time.sleep(0.1)
         return name
 
     yield make

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
 from pydantic import SecretStr
 
 from heimdall_stream.codec import localization_codec
@@ -122,7 +122,16 @@ class ConsumerThread:
         value = self.service.registry.get_sample_value(name, labels or None)
         return 0.0 if value is None else value
 
-    def wait_ready(self, timeout: float = 60) -> None:
+    def metric_sum(self, name: str) -> float:
+        """A sample summed over all its label values (e.g. results of every model version)."""
+        return sum(
+            sample.value
+            for family in self.service.registry.collect()
+            for sample in family.samples
+            if sample.name == name
+        )
+
+    def wait_ready(self, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             ok, _ = self.service.health.ready()
@@ -234,6 +243,129 @@ def send_captures(settings: Settings, count: int, **plan: Any) -> dict[str, dict
         on_sent=remember,
     )
     return truth
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> float:
+    """Poll ``condition`` until it holds; return when (monotonic).  ``timeout`` only bounds a hang:
+    size it for a machine several times slower than a developer's."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return time.monotonic()
+        time.sleep(interval)
+    raise TimeoutError(f"{what} (waited {timeout:.0f} s)")
+
+
+class CaptureStream:
+    """Captures sent on a background thread, chunk after chunk, until ``stop()``.
+
+    For tests where an event (a swap, a kill, an outage) must fall inside the stream: a fixed
+    count sent at a fixed rate races the event, and on a slow machine the stream may end before
+    it.  This one runs until the test has seen what it waits for.  Each chunk is one
+    ``send_captures`` call with its own ``id_prefix``, so every capture id is unique; ``truth``
+    grows by a chunk at a time (``chunk_seconds`` of traffic at ``rate``).
+    """
+
+    def __init__(self, settings: Settings, *, rate: float, chunk_seconds: float = 2.0, **plan: Any) -> None:
+        self.settings = settings
+        self.rate = rate
+        self.chunk = max(1, round(rate * chunk_seconds))
+        self.plan = plan
+        self.prefix = plan.pop("id_prefix", f"s{uuid.uuid4().hex[:6]}")
+        self.truth: dict[str, dict[str, Any]] = {}
+        self.chunks = 0
+        self.error: BaseException | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                prefix = f"{self.prefix}c{self.chunks}"
+                sent = send_captures(self.settings, self.chunk, rate=self.rate, id_prefix=prefix, **self.plan)
+                with self._lock:
+                    self.truth.update(sent)
+                    self.chunks += 1
+        except BaseException as exc:
+            self.error = exc
+
+    @property
+    def sent(self) -> int:
+        """Captures sent and delivered so far (whole chunks)."""
+        with self._lock:
+            return len(self.truth)
+
+    def stop(self, timeout: float = 180) -> dict[str, dict[str, Any]]:
+        """Finish the chunk in progress, stop, and return the truth of every capture sent."""
+        self._stop.set()
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the capture stream did not stop in time"
+        if self.error is not None:
+            raise self.error
+        with self._lock:
+            return dict(self.truth)
+
+
+@pytest.fixture
+def start_stream() -> Iterator[Callable[..., CaptureStream]]:
+    """Factory of ``CaptureStream``s; any still running at teardown is stopped."""
+    streams: list[CaptureStream] = []
+
+    def start(settings: Settings, **kwargs: Any) -> CaptureStream:
+        stream = CaptureStream(settings, **kwargs)
+        streams.append(stream)
+        return stream
+
+    yield start
+    for stream in streams:
+        stream._stop.set()
+    for stream in streams:
+        stream.thread.join(180)
+
+
+_ADMINS: dict[str, Any] = {}
+
+
+def _admin(bootstrap: str) -> Any:
+    """One AdminClient per broker for the polling helpers (a client per call is slow and noisy)."""
+    from confluent_kafka.admin import AdminClient
+
+    if bootstrap not in _ADMINS:
+        _ADMINS[bootstrap] = AdminClient({"bootstrap.servers": bootstrap})
+    return _ADMINS[bootstrap]
+
+
+def committed_offsets(settings: Settings) -> dict[int, int]:
+    """The consumer group's committed offset per input partition (0 where none yet).
+
+    Committed offsets move only when a transaction commits: for a consumer in a child process
+    they are the sign that it is processing.
+    """
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    kafka = settings.kafka
+    admin = _admin(kafka.bootstrap_servers)
+    request = [ConsumerGroupTopicPartitions(kafka.group_id)]
+    answer = admin.list_consumer_group_offsets(request)[kafka.group_id].result(timeout=30)
+    return {
+        tp.partition: max(tp.offset, 0)
+        for tp in answer.topic_partitions
+        if tp.topic == kafka.input_topic and tp.error is None
+    }
+
+
+def group_assignment(settings: Settings) -> dict[str, set[int]]:
+    """Input partitions held by each member of the consumer group, by the member's client id."""
+    kafka = settings.kafka
+    admin = _admin(kafka.bootstrap_servers)
+    try:
+        group = admin.describe_consumer_groups([kafka.group_id])[kafka.group_id].result(timeout=30)
+    except KafkaException:  # no such group yet
+        return {}
+    held = {m.client_id: m.assignment.topic_partitions for m in group.members}
+    return {c: {tp.partition for tp in tps if tp.topic == kafka.input_topic} for c, tps in held.items()}
 
 
 def read_topic(

@@ -7,12 +7,11 @@ import logging
 import shutil
 import socket
 import subprocess
-import time
 
 import pytest
 
 from heimdall_stream.errors import ConfigurationError
-from tests.integration.conftest import ConsumerThread, scrape
+from tests.integration.conftest import ConsumerThread, scrape, wait_for
 
 pytestmark = pytest.mark.integration
 SECRET = "do-not-leak-4f2a"
@@ -44,12 +43,12 @@ def redis_with_password(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+
+    def listening() -> bool:
         with socket.socket() as probe:
-            if probe.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.1)
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    wait_for(listening, 60, "the password-protected Redis did not start", interval=0.1)
     yield f"redis://127.0.0.1:{port}/0"
     proc.terminate()
     proc.wait(10)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import signal
-import threading
 import time
 from collections import Counter, defaultdict
 
@@ -14,13 +13,19 @@ from confluent_kafka import Producer
 
 from heimdall_stream.codec import deployment_codec
 from heimdall_stream.control import signed
-from heimdall_stream.deployments import parse_versions, publish_deployment, statuses, wait_applied
+from heimdall_stream.deployments import (
+    live_instances,
+    parse_versions,
+    publish_deployment,
+    statuses,
+    wait_applied,
+)
 from heimdall_stream.messages import ModelDeployment, WeightedVersion
 from heimdall_stream.reference import register_onnx
 from heimdall_stream.registry import ModelRef, ModelRegistry
 from heimdall_stream.routing import route_point
 from tests.helpers import features_contract, tiny_features_model
-from tests.integration.conftest import read_topic, results_of, send_captures
+from tests.integration.conftest import read_topic, results_of, send_captures, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,7 +47,7 @@ def versions(mlflow_uri, model_uri, tmp_path_factory):
     return name, f"models:/{name}/1", f"models:/{name}/{v2.version}", f"models:/{name}/{v3.version}"
 
 
-def _wait_generation(consumer, generation, timeout=90):
+def _wait_generation(consumer, generation, timeout=180):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if consumer.service.health.ready()[1].get("generation") == generation:
@@ -52,7 +57,7 @@ def _wait_generation(consumer, generation, timeout=90):
 
 
 def test_weighted_split_is_sticky_and_promotion_loses_and_duplicates_nothing(
-    make_settings, start_consumer, versions
+    make_settings, start_consumer, start_stream, versions
 ):
     name, v1, v2, _ = versions
     settings = make_settings()
@@ -64,7 +69,7 @@ def test_weighted_split_is_sticky_and_promotion_loses_and_duplicates_nothing(
 
     truth = send_captures(settings, 400, pool=20, seed=41)
     results = results_of(
-        read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=400)
+        read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=400, timeout=180)
     )
     assert len(results) == 400
     version2 = v2.rsplit("/", 1)[1]
@@ -76,22 +81,33 @@ def test_weighted_split_is_sticky_and_promotion_loses_and_duplicates_nothing(
 
     steady_truth = send_captures(settings, 200, pool=20, rate=60, seed=46)
     steady_results = results_of(
-        read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=600, timeout=90)
+        read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=600, timeout=120)
     )
     steady = [r.timings.end_to_end_ms for r in steady_results if r.capture_id in steady_truth]
     truth.update(steady_truth)
-    more: dict = {}
-    sender = threading.Thread(
-        target=lambda: more.update(send_captures(settings, 300, pool=20, rate=60, seed=42))
-    )
-    sender.start()
-    time.sleep(2.0)
+
+    def produced() -> dict[str, float]:
+        return {
+            v: consumer.metric("heimdall_results_produced_total", model_version=v) for v in ("1", version2)
+        }
+
+    # The promotion must fall inside the stream, and enough must follow it to fill every output
+    # partition's tail: captures keep coming until then, however slow the machine.
+    before = sum(produced().values())
+    stream = start_stream(settings, rate=60, pool=20, seed=42)
+    wait_for(lambda: sum(produced().values()) >= before + 120, 120, "the stream is not being served")
     second = publish_deployment(settings, name, parse_versions((f"{v2}=1",)), (), "test")
-    _wait_generation(consumer, second.generation)
-    sender.join(60)
-    all_results = results_of(
-        read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=900, timeout=90)
+    _wait_generation(consumer, second.generation, timeout=180)
+    after_swap = produced()[version2]
+    wait_for(lambda: produced()[version2] >= after_swap + 150, 180, "v2 did not take the traffic")
+    more = stream.stop()
+    messages = read_topic(
+        settings.kafka.bootstrap_servers,
+        settings.kafka.output_topic,
+        expected=len(truth) + len(more),
+        timeout=180,
     )
+    all_results = results_of(messages)
     consumer.stop()
     counts = Counter(r.capture_id for r in all_results)
     assert set(counts) == set(truth) | set(more), "captures lost across the swap"
@@ -102,6 +118,13 @@ def test_weighted_split_is_sticky_and_promotion_loses_and_duplicates_nothing(
     assert all(len(v) == 1 for v in batches.values()), "an inference batch mixed versions"
     swap = [r.timings.end_to_end_ms for r in all_results if r.capture_id in more]
     print(f"p99 steady {np.percentile(steady, 99):.0f} ms, during swap {np.percentile(swap, 99):.0f} ms")
+    # Every output partition ends with v2 results (so do the last ones read, whatever the order).
+    tails = defaultdict(list)
+    for message, r in zip(messages, all_results, strict=True):
+        tails[message.partition()].append(r.model_version)
+    assert all(set(v[-20:]) == {version2} for v in tails.values()), {
+        p: Counter(v[-20:]) for p, v in tails.items()
+    }
     assert all(r.model_version == version2 for r in all_results[-20:])
 
 
@@ -116,7 +139,7 @@ def test_bad_deployments_are_rejected_and_the_old_state_keeps_serving(
 
     for uri in (f"models:/{name}/999", v3):
         bad = publish_deployment(settings, name, (WeightedVersion(uri, 1.0),), (), "test")
-        _, errors = wait_applied(settings, name, bad.generation, timeout_s=60)
+        _, errors = wait_applied(settings, name, bad.generation, timeout_s=120)
         assert errors and all("not applied" in e for e in errors.values()), errors
     assert consumer.service.health.ready()[1]["generation"] == good.generation
 
@@ -134,12 +157,12 @@ def test_bad_deployments_are_rejected_and_the_old_state_keeps_serving(
         )
     producer.produce(settings.kafka.control_topic, key=name.encode(), value=b"garbage")
     producer.flush(10)
-    deadline = time.monotonic() + 30
-    while (
-        time.monotonic() < deadline
-        and consumer.metric("heimdall_control_rejections_total", reason="malformed") < 1
-    ):
-        time.sleep(0.2)
+    # The three are read in order: once the last one is counted, so are the others.
+    wait_for(
+        lambda: consumer.metric("heimdall_control_rejections_total", reason="malformed") >= 1,
+        120,
+        "the garbage control message was not rejected",
+    )
     assert consumer.metric("heimdall_control_rejections_total", reason="bad_signature") == 1
     assert consumer.metric("heimdall_control_rejections_total", reason="stale") == 1
     assert consumer.metric("heimdall_control_rejections_total", reason="malformed") == 1
@@ -159,6 +182,10 @@ def test_two_instances_converge_and_shadows_are_scored_not_emitted(make_settings
     settings = make_settings()
     first = start_consumer(settings)
     second = start_consumer(settings.model_copy(update={"instance_id": settings.instance_id + "-b"}))
+    # wait_applied waits for the group's live members: both must have joined, or it may settle
+    # for the first one alone.
+    both = {settings.instance_id, settings.instance_id + "-b"}
+    wait_for(lambda: live_instances(settings) == both, 120, "both instances did not join the group")
     deployment = publish_deployment(settings, name, parse_versions((f"{v1}=1",)), (v2,), "test")
     applied, errors = wait_applied(settings, name, deployment.generation, timeout_s=90)
     assert applied == {settings.instance_id, settings.instance_id + "-b"} and not errors
@@ -210,19 +237,17 @@ def test_sighup_re_resolves_a_moved_alias(make_settings, versions, mlflow_uri, t
     settings = make_settings(model={"uri": f"models:/{name}@{alias}"})
     consumer = ConsumerProcess(settings, tmp_path / "consumer.log").start()
     try:
-        deadline = time.monotonic() + 60
-        while settings.instance_id not in statuses(settings) and time.monotonic() < deadline:
-            time.sleep(0.5)
+        # Up (its SIGHUP handler installed, its control plane reporting) before the signal.
+        wait_for(lambda: settings.instance_id in statuses(settings), 180, "the consumer never reported")
         client.set_registered_model_alias(name, alias, v2.rsplit("/", 1)[1])
         consumer.proc.send_signal(signal.SIGHUP)
         version2 = v2.rsplit("/", 1)[1]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
+
+        def moved() -> bool:
             report = statuses(settings).get(settings.instance_id)
-            if report and report.versions[0].version == version2:
-                break
-            time.sleep(0.5)
-        assert report is not None and report.versions[0].version == version2
+            return report is not None and report.versions[0].version == version2
+
+        wait_for(moved, 180, "SIGHUP did not re-resolve the moved alias", interval=0.5)
         send_captures(settings, 5, seed=47)
         results = results_of(
             read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=5)

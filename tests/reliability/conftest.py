@@ -1,3 +1,3 @@
 """Reliability tests reuse the integration fixtures (services, model, settings, readers)."""
 
-from tests.integration.conftest import make_settings, model_uri, start_consumer  # noqa: F401
+from tests.integration.conftest import make_settings, model_uri, start_consumer, start_stream  # noqa: F401

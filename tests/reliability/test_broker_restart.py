@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from tests.integration.conftest import read_topic, results_of, send_captures
+from tests.integration.conftest import read_topic, results_of, send_captures, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -22,17 +22,26 @@ def test_broker_restart_mid_stream_loses_and_duplicates_nothing(
     settings = make_settings()
     consumer = start_consumer(settings)
     truth = send_captures(settings, 150, pool=20, seed=51)
-    read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=150, idle=1)
+    bootstrap = settings.kafka.bootstrap_servers
+    assert len(read_topic(bootstrap, settings.kafka.output_topic, expected=150, idle=1, timeout=120)) == 150
+    outages = consumer.metric("heimdall_kafka_errors_total", code="_ALL_BROKERS_DOWN")
     down_at = time.monotonic()
     services.stop("kafka", kill=kill)
-    time.sleep(3)
-    services.start("kafka")
+    try:  # the broker stays down until the consumer has noticed, however slow the machine
+        wait_for(
+            lambda: consumer.metric("heimdall_kafka_errors_total", code="_ALL_BROKERS_DOWN") > outages,
+            120,
+            "the consumer did not notice the broker going down",
+        )
+    finally:
+        services.start("kafka")
     more: dict = {}
     sender = threading.Thread(
         target=lambda: more.update(send_captures(settings, 150, pool=20, rate=50, seed=52))
     )
     sender.start()
-    sender.join(120)
+    sender.join(180)
+    assert not sender.is_alive(), "the captures were not all sent after the restart"
     messages = read_topic(
         settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=300, timeout=180
     )

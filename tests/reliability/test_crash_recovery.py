@@ -9,12 +9,23 @@ from collections import Counter
 
 import pytest
 
-from tests.integration.conftest import ConsumerProcess, read_topic, results_of, send_captures
+from tests.integration.conftest import (
+    ConsumerProcess,
+    committed_offsets,
+    read_topic,
+    results_of,
+    send_captures,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
 CAPTURES = 1500
 KILLS = 5
+
+
+def _committed(settings) -> int:
+    return sum(committed_offsets(settings).values())
 
 
 def test_sigkill_at_random_moments_loses_and_duplicates_nothing(make_settings, tmp_path):
@@ -29,20 +40,32 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(make_settings, t
         target=lambda: truth.update(send_captures(settings, CAPTURES, pool=40, rate=150, seed=21))
     )
     sender.start()
+    # Random moments of the consumer's progress, not of the clock: each kill lands while the
+    # consumer is working through the stream (after its restart's first commit, before the
+    # last capture), however long start-ups take on this machine.
     rng = random.Random(7)
+    moments = sorted(rng.sample(range(CAPTURES // 20, CAPTURES * 9 // 10), KILLS))
     kills = 0
     try:
-        while kills < KILLS:
-            time.sleep(rng.uniform(1.0, 4.0))
+        for moment in moments:
+            since = _committed(settings)
+            wait_for(
+                lambda moment=moment, since=since: _committed(settings) >= max(moment, since + 1),
+                180,
+                f"the consumer made no progress after {kills} kills",
+                interval=0.05,
+            )
+            time.sleep(rng.uniform(0.0, 0.5))  # anywhere in the transaction under way
             consumer.kill()
             kills += 1
             consumer.start()
-        sender.join(120)
+        sender.join(180)
+        assert not sender.is_alive(), "the captures were not all sent"
         messages = read_topic(
             settings.kafka.bootstrap_servers,
             settings.kafka.output_topic,
             expected=CAPTURES,
-            timeout=240,
+            timeout=300,
             idle=5,
         )
     finally:
@@ -51,32 +74,32 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(make_settings, t
     counts = Counter(r.capture_id for r in results_of(messages))
     missing = set(truth) - set(counts)
     duplicated = {cid: n for cid, n in counts.items() if n > 1}
-    print(f"kills={kills} results={sum(counts.values())} missing={len(missing)} duplicated={len(duplicated)}")
+    print(
+        f"kills={kills} (after {moments} committed) results={sum(counts.values())} "
+        f"missing={len(missing)} duplicated={len(duplicated)}"
+    )
     assert len(truth) == CAPTURES
     assert not missing, f"{len(missing)} captures lost"
     assert not duplicated, f"{len(duplicated)} captures with more than one committed result"
 
 
-def test_sigterm_mid_stream_exits_zero_quickly_and_loses_nothing(make_settings, tmp_path):
+def test_sigterm_mid_stream_exits_zero_quickly_and_loses_nothing(make_settings, start_stream, tmp_path):
     settings = make_settings(instance_id="graceful-1")
     consumer = ConsumerProcess(settings, tmp_path / "consumer.log").start()
-    truth: dict = {}
-    sender = threading.Thread(
-        target=lambda: truth.update(send_captures(settings, 300, pool=20, rate=100, seed=31))
-    )
-    sender.start()
-    time.sleep(3.0)
+    stream = start_stream(settings, rate=100, pool=20, seed=31)
+    # SIGTERM once the consumer is busy with the stream (not while it is still starting up).
+    wait_for(lambda: _committed(settings) >= 100, 180, "the consumer is not processing the stream")
     started = time.monotonic()
     code = consumer.terminate(timeout=60)
     stopped_in = time.monotonic() - started
     print(f"SIGTERM to exit: {stopped_in:.2f} s")
     assert code == 0
     assert stopped_in < 35, "shutdown must finish within the transaction timeout"
-    sender.join(60)
+    truth = stream.stop()
     consumer.start()
     try:
         messages = read_topic(
-            settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=300, timeout=120
+            settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=len(truth), timeout=180
         )
     finally:
         assert consumer.terminate() == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from datetime import UTC, datetime
@@ -10,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from tests.integration.conftest import ConsumerProcess, read_topic, results_of, send_captures
+from tests.integration.conftest import ConsumerProcess, committed_offsets, read_topic, results_of, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 CLIENT_PREFIX = "heimdall-stream-"
@@ -25,7 +24,7 @@ def _assignment(bootstrap: str, group: str) -> dict[str, set[int]]:
     }
 
 
-def _wait_members(bootstrap: str, group: str, count: int, timeout: float = 90) -> dict[str, set[int]]:
+def _wait_members(bootstrap: str, group: str, count: int, timeout: float = 180) -> dict[str, set[int]]:
     """Wait until ``count`` members share the six partitions evenly (cooperative rebalancing
     moves partitions over a few rounds)."""
     deadline = time.monotonic() + timeout
@@ -38,7 +37,9 @@ def _wait_members(bootstrap: str, group: str, count: int, timeout: float = 90) -
     raise TimeoutError(f"group did not settle on {count} members: {_assignment(bootstrap, group)}")
 
 
-def test_three_instances_balance_survive_member_loss_and_rejoin(make_settings, new_topic, tmp_path):
+def test_three_instances_balance_survive_member_loss_and_rejoin(
+    make_settings, new_topic, start_stream, tmp_path
+):
     base = make_settings()
     settings = base.model_copy(
         update={"kafka": base.kafka.model_copy(update={"input_topic": new_topic("captures6", partitions=6)})}
@@ -50,25 +51,32 @@ def test_three_instances_balance_survive_member_loss_and_rejoin(make_settings, n
         ).start()
         for i in range(3)
     ]
+
+    def progressed(partitions, since: dict[int, int]) -> bool:
+        committed = committed_offsets(settings)
+        return all(committed.get(p, 0) > since.get(p, 0) for p in partitions)
+
     try:
         balanced = _wait_members(bootstrap, group, 3)
         assert sorted(len(p) for p in balanced.values()) == [2, 2, 2]
-        truth: dict = {}
-        sender = threading.Thread(
-            target=lambda: truth.update(send_captures(settings, 900, pool=30, rate=60, seed=61))
-        )
-        sender.start()
-        time.sleep(4)
+        # Captures keep coming until the victim is back and serving: the kill, the take-over
+        # and the rejoin all fall inside the stream, however slow the machine.
+        stream = start_stream(settings, rate=60, pool=30, seed=61)
+        wait_for(lambda: progressed(range(6), {}), 180, "not every member is serving the stream")
         victim = consumers[1]
         orphaned = balanced["scale-1"]
         killed_at = datetime.now(UTC)
         victim.kill()
+        at_kill = committed_offsets(settings)
         _wait_members(bootstrap, group, 2)
-        time.sleep(3)
+        # The victim stays down until the survivors have taken over its partitions and committed.
+        wait_for(lambda: progressed(orphaned, at_kill), 180, "the survivors did not take over the partitions")
         victim.start()
         _wait_members(bootstrap, group, 3)
-        sender.join(120)
-        messages = read_topic(bootstrap, settings.kafka.output_topic, expected=900, timeout=180)
+        rejoined = committed_offsets(settings)
+        wait_for(lambda: progressed(range(6), rejoined), 180, "the group stopped serving after the rejoin")
+        truth = stream.stop()
+        messages = read_topic(bootstrap, settings.kafka.output_topic, expected=len(truth), timeout=180)
     finally:
         for consumer in consumers:
             if consumer.alive():
@@ -76,7 +84,7 @@ def test_three_instances_balance_survive_member_loss_and_rejoin(make_settings, n
     results = results_of(messages)
     counts = Counter(r.capture_id for r in results)
     missing, duplicated = set(truth) - set(counts), [c for c, n in counts.items() if n > 1]
-    print(f"results={len(results)} missing={len(missing)} duplicated={len(duplicated)}")
+    print(f"sent={len(truth)} results={len(results)} missing={len(missing)} duplicated={len(duplicated)}")
     assert not missing and not duplicated
     reassigned = [
         (r.produced_at - killed_at).total_seconds()

@@ -22,7 +22,7 @@ import pytest
 
 from heimdall_stream.registry import ModelRef
 from tests.conftest import load_stack_module
-from tests.integration.conftest import CONTROL_KEY, read_topic, results_of
+from tests.integration.conftest import CONTROL_KEY, read_topic, results_of, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 SECURE_SERVICES = ["kafka", "redis"]
@@ -136,10 +136,16 @@ def test_consumer_simulator_and_deploy_cli_work_over_sasl_ssl_and_tls_redis(
         assert status.returncode == 0 and "generation 1" in status.stdout
 
         port = int(env["HEIMDALL_METRICS__PORT"])
+
+        def dedup_hits() -> float:
+            lines = _get(port, "/metrics").splitlines()
+            hits = [line for line in lines if line.startswith("heimdall_dedup_hits_total ")]
+            return float(hits[0].split()[1]) if hits else 0.0
+
+        # A duplicate is counted when its batch is done, which may come after the last result.
+        wait_for(lambda: dedup_hits() > 0, 120, "no duplicate was suppressed through Redis")
         metrics, ready = _get(port, "/metrics"), _get(port, "/readyz")
         assert "heimdall_redis_up 1.0" in metrics, "the consumer did not reach Redis over TLS"
-        hits = [line for line in metrics.splitlines() if line.startswith("heimdall_dedup_hits_total ")]
-        assert hits and float(hits[0].split()[1]) > 0, "no duplicate was suppressed through Redis"
     finally:
         consumer.terminate()
         assert consumer.wait(60) == 0

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 
@@ -37,59 +36,73 @@ def _wait(condition, timeout: float, what: str) -> float:
 
 
 def test_mlflow_down_during_a_deployment_keeps_serving_and_completes_when_back(
-    services, make_settings, start_consumer, model_uri, tmp_path
+    services, make_settings, start_consumer, start_stream, tmp_path
 ):
     if services.provider.get("mlflow") != "local":
         pytest.skip("needs the local stack to stop and start MLflow")
+    settings = make_settings()
+    model_uri = settings.model.uri
     name = ModelRef.parse(model_uri).name
     path = ModelRegistry(services.mlflow, tmp_path / "reg").fetch(model_uri).path
     new = register_onnx(services.mlflow, path.read_bytes(), name, "outage-candidate", run_name="outage")
-    settings = make_settings()
+    new_version = str(new.version)
     consumer = start_consumer(settings)
     served_before = consumer.service.health.ready()[1].get("generation")
 
-    truth: dict = {}
-    sender = threading.Thread(
-        target=lambda: truth.update(send_captures(settings, 450, pool=20, rate=15, seed=81))
-    )
-    sender.start()
+    def produced(version: str) -> float:
+        return consumer.metric("heimdall_results_produced_total", model_version=version)
+
+    # Captures keep coming until the new version has served some: however long MLflow takes to
+    # stop and start and the pending deployment to be retried, the swap falls inside the stream.
+    stream = start_stream(settings, rate=15, pool=20, seed=81)
     services.stop("mlflow")
     try:
         deployment = publish_deployment(
-            settings, name, (WeightedVersion(f"models:/{name}/{new.version}", 1.0),), (), "outage-test"
+            settings, name, (WeightedVersion(f"models:/{name}/{new_version}", 1.0),), (), "outage-test"
         )
 
         def pending() -> bool:
             status = statuses(settings).get(settings.instance_id)
             return bool(status and status.error and status.error.startswith(PENDING_PREFIX))
 
-        _wait(pending, 60, "no pending status while MLflow is down")
+        _wait(pending, 120, "no pending status while MLflow is down")
         status = statuses(settings)[settings.instance_id]
         assert status.requested_generation == deployment.generation
         assert status.generation == served_before, "the status must name the set still serving"
-        time.sleep(6)  # captures keep flowing through the previous set meanwhile
+        # Captures keep flowing through the previous set meanwhile (about 6 s of the stream).
+        while_pending = produced("1")
+        _wait(
+            lambda: produced("1") >= while_pending + 90,
+            180,
+            "the previous set stopped serving while the deployment was pending",
+        )
         assert consumer.service.health.ready()[1].get("generation") == served_before
         assert consumer.service.health.ready()[0]
+        assert pending(), "the deployment stopped being pending while MLflow was down"
     finally:
         services.start("mlflow")
     back = time.monotonic()
     applied = _wait(
         lambda: consumer.service.health.ready()[1].get("generation") == deployment.generation,
-        90,
+        180,
         "the pending deployment was not applied after MLflow came back",
     )
     print(f"MLflow back → pending generation applied: {applied - back:.1f} s")
-    sender.join(90)
+    _wait(lambda: produced(new_version) >= 15, 180, "the new version served no capture")
+    truth = stream.stop()
     results = results_of(
-        read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=len(truth))
+        read_topic(
+            settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=len(truth), timeout=180
+        )
     )
     final = statuses(settings)[settings.instance_id]
     consumer.stop()
     counts = Counter(r.capture_id for r in results)
+    versions = Counter(r.model_version for r in results)
+    print(f"{len(truth)} captures sent, results by model version: {dict(versions)}")
     assert set(counts) == set(truth), f"{len(set(truth) - set(counts))} captures lost"
     assert max(counts.values()) == 1
-    versions = Counter(r.model_version for r in results)
-    assert versions["1"] > 0 and versions[str(new.version)] > 0, versions
+    assert versions["1"] > 0 and versions[new_version] > 0, versions
     assert final.error is None and final.generation == deployment.generation
 
 
@@ -102,7 +115,7 @@ def test_redis_restart_with_an_empty_keyspace_loses_nothing_and_counts_repeats(
     bootstrap, output = settings.kafka.bootstrap_servers, settings.kafka.output_topic
     consumer = start_consumer(settings)
     first = send_captures(settings, 100, pool=20, seed=91, id_prefix="keyspace-a")
-    read_topic(bootstrap, output, expected=100, idle=1)
+    assert len(read_topic(bootstrap, output, expected=100, idle=1, timeout=120)) == 100
 
     services.restart("redis")  # no persistence: every dedup mark and cache entry is gone
     client = redis.Redis.from_url(settings.redis.url)

@@ -14,7 +14,14 @@ import numpy as np
 import psutil
 import pytest
 
-from tests.integration.conftest import ConsumerProcess, read_topic, results_of, send_captures
+from tests.integration.conftest import (
+    ConsumerProcess,
+    group_assignment,
+    read_topic,
+    results_of,
+    send_captures,
+    wait_for,
+)
 
 SECONDS = float(os.environ.get("HEIMDALL_SOAK_SECONDS", "120"))
 RATE = 40.0
@@ -32,7 +39,8 @@ def test_steady_load_keeps_memory_descriptors_and_latency_flat(make_settings, tm
     consumer = ConsumerProcess(settings, tmp_path / "soak.log").start()
     count = int(SECONDS * RATE)
     sender = threading.Thread(target=lambda: send_captures(settings, count, pool=50, rate=RATE, seed=71))
-    time.sleep(5)
+    # The load starts once the consumer is up and holds the partitions, however long start-up takes.
+    wait_for(lambda: any(group_assignment(settings).values()), 180, "the consumer did not join its group")
     process = psutil.Process(consumer.proc.pid)
     started = time.monotonic()
     sender.start()
@@ -45,7 +53,7 @@ def test_steady_load_keeps_memory_descriptors_and_latency_flat(make_settings, tm
             time.sleep(2)
         results = results_of(
             read_topic(
-                settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=count, timeout=120
+                settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=count, timeout=240
             )
         )
     finally:

@@ -13,13 +13,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from heimdall_stream.codec import capture_codec
 from heimdall_stream.config import LimitsSettings
-from heimdall_stream.features import assemble_batch, extract_features
-from heimdall_stream.inference import LoadedModel, file_sha256, load_model
+from heimdall_stream.lab.simulator import IqSimulator
+from heimdall_stream.models.features import assemble_batch, extract_features
+from heimdall_stream.models.inference import LoadedModel, file_sha256, load_model
 from heimdall_stream.network import load_network
-from heimdall_stream.pipeline import InputRecord, complete_batch, decode_and_validate
-from heimdall_stream.simulator import IqSimulator
+from heimdall_stream.processing.pipeline import InputRecord, complete_batch, decode_and_validate
+from heimdall_stream.wire.codec import capture_codec
 
 NETWORK = load_network()
 

@@ -33,7 +33,7 @@ def _settings() -> Settings:
 
 def _connect_or_exit(settings: Settings) -> None:
     """Stop with the reason (exit 2) when Kafka is unreachable or refuses the credentials."""
-    from heimdall_stream.clients import check_connectivity
+    from heimdall_stream.stream.clients import check_connectivity
 
     try:
         check_connectivity(settings)
@@ -51,7 +51,7 @@ def main() -> None:
 @main.command()
 def run() -> None:
     """Consume captures and produce localizations until SIGTERM/SIGINT."""
-    from heimdall_stream.service import run_service
+    from heimdall_stream.stream.service import run_service
 
     settings = _settings()
     try:
@@ -96,7 +96,7 @@ def simulate(
     """Publish simulated IQ captures (with optional duplicates and malformed messages)."""
     from confluent_kafka import Producer
 
-    from heimdall_stream.publisher import Outgoing, SimulationPlan, publish, write_file
+    from heimdall_stream.lab.publisher import Outgoing, SimulationPlan, publish, write_file
 
     settings = _settings()
     network = load_network(network_path)
@@ -145,8 +145,8 @@ def simulate(
 @click.option("--no-iq", is_flag=True, help="Skip the IQ benchmark model.")
 def train_reference(n_train: int, seed: int, if_absent: bool, no_iq: bool) -> None:
     """Train, evaluate and register the reference models in MLflow."""
-    from heimdall_stream.reference import champion_exists, train_and_register
-    from heimdall_stream.training import report_json
+    from heimdall_stream.lab.reference import champion_exists, train_and_register
+    from heimdall_stream.lab.training import report_json
 
     settings = _settings()
     uri = settings.mlflow.tracking_uri
@@ -191,7 +191,7 @@ def deploy(
     timeout: float,
 ) -> None:
     """Publish a signed deployment (weights, shadows) and wait until the instances apply it."""
-    from heimdall_stream.deployments import parse_versions, publish_deployment, wait_applied
+    from heimdall_stream.control.operator import parse_versions, publish_deployment, wait_applied
 
     settings = _settings()
     _connect_or_exit(settings)
@@ -223,7 +223,7 @@ def deploy(
 @main.command()
 def status() -> None:
     """Show what every live instance has applied: generation, versions, weights, errors."""
-    from heimdall_stream.deployments import live_instances, statuses
+    from heimdall_stream.control.operator import live_instances, statuses
 
     settings = _settings()
     _connect_or_exit(settings)
@@ -243,8 +243,8 @@ def status() -> None:
 @click.argument("uri")
 def check_model(uri: str) -> None:
     """Fetch a model (models:/...), verify its sha256 and contract, warm it up, describe it."""
-    from heimdall_stream.inference import load_model
-    from heimdall_stream.registry import ModelRegistry
+    from heimdall_stream.models.inference import load_model
+    from heimdall_stream.models.registry import ModelRegistry
 
     settings = _settings()
     try:
@@ -265,7 +265,7 @@ def check_model(uri: str) -> None:
 @click.option("--partitions", default=6, show_default=True)
 def topics(partitions: int) -> None:
     """Create the input, output, DLQ, control and status topics if missing."""
-    from heimdall_stream.clients import ensure_topics
+    from heimdall_stream.stream.clients import ensure_topics
 
     settings = _settings()
     _connect_or_exit(settings)
@@ -280,7 +280,7 @@ def topics(partitions: int) -> None:
 @click.option("--keep-stack", is_flag=True, help="Leave Kafka, Redis and MLflow running afterwards.")
 def demo(count: int, rate: float, output: Path, keep_stack: bool) -> None:
     """Run everything end to end on the local stack and print a summary."""
-    from heimdall_stream.demo import run_demo
+    from heimdall_stream.lab.demo import run_demo
 
     setup_logging("INFO")
     sys.exit(run_demo(count=count, rate=rate, output=output, keep_stack=keep_stack))

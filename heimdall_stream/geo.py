@@ -26,7 +26,7 @@ import numpy.typing as npt
 from pyproj import Geod, Transformer
 
 from heimdall_stream.errors import GeometryError
-from heimdall_stream.messages import Covariance, Ellipse
+from heimdall_stream.wire.messages import Covariance, Ellipse
 
 WGS84 = Geod(ellps="WGS84")
 POLYGON_POINTS = 72  # vertices of the ellipse ring (plus the closing one): 5° steps

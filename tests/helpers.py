@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from heimdall_stream.contract import CONTRACT_KEY, ModelContract
-from heimdall_stream.features import FEATURE_NAMES
+from heimdall_stream.models.contract import CONTRACT_KEY, ModelContract
+from heimdall_stream.models.features import FEATURE_NAMES
 from heimdall_stream.network import Network, load_network
 
 NETWORK = load_network()

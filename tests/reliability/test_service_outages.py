@@ -17,11 +17,11 @@ from collections import Counter
 import pytest
 import redis
 
-from heimdall_stream.control import PENDING_PREFIX
-from heimdall_stream.deployments import publish_deployment, statuses
-from heimdall_stream.messages import WeightedVersion
-from heimdall_stream.reference import register_onnx
-from heimdall_stream.registry import ModelRef, ModelRegistry
+from heimdall_stream.control.operator import publish_deployment, statuses
+from heimdall_stream.control.runtime import PENDING_PREFIX
+from heimdall_stream.lab.reference import register_onnx
+from heimdall_stream.models.registry import ModelRef, ModelRegistry
+from heimdall_stream.wire.messages import WeightedVersion
 from tests.integration.conftest import read_topic, results_of, send_captures
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]

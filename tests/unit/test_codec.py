@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heimdall_stream.codec import (
+from heimdall_stream.errors import DecodeError
+from heimdall_stream.wire.codec import (
     HEADER_SIZE,
     MAGIC,
     Codec,
@@ -25,8 +26,7 @@ from heimdall_stream.codec import (
     schema_fingerprint,
     status_codec,
 )
-from heimdall_stream.errors import DecodeError
-from heimdall_stream.messages import (
+from heimdall_stream.wire.messages import (
     Covariance,
     Ellipse,
     IqCapture,

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from heimdall_stream.control import sign, signed, verify
+from heimdall_stream.control.runtime import sign, signed, verify
 from heimdall_stream.errors import ControlMessageError
-from heimdall_stream.messages import ModelDeployment, WeightedVersion
-from heimdall_stream.routing import bhattacharyya_overlap, route_point
+from heimdall_stream.models.routing import bhattacharyya_overlap, route_point
+from heimdall_stream.wire.messages import ModelDeployment, WeightedVersion
 
 KEY = b"secret"
 BASE = ModelDeployment(

@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pyproj import Geod
 
-from heimdall_stream.features import FEATURE_NAMES, assemble_batch, extract_features
+from heimdall_stream.lab.simulator import SPEED_OF_LIGHT, IqSimulator, LinkModel, Transmitter
+from heimdall_stream.models.features import FEATURE_NAMES, assemble_batch, extract_features
 from heimdall_stream.network import load_network
-from heimdall_stream.simulator import SPEED_OF_LIGHT, IqSimulator, LinkModel, Transmitter
 
 NETWORK = load_network()
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}

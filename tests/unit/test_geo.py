@@ -20,7 +20,7 @@ from heimdall_stream.geo import (
     ellipse_ring,
     geojson_feature,
 )
-from heimdall_stream.messages import Covariance, Ellipse
+from heimdall_stream.wire.messages import Covariance, Ellipse
 
 GEOD = Geod(ellps="WGS84")
 

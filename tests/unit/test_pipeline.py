@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import shapely.geometry
 
-from heimdall_stream.codec import capture_codec, localization_codec
 from heimdall_stream.config import LimitsSettings
-from heimdall_stream.faults import FAULTS
-from heimdall_stream.inference import file_sha256, load_model
-from heimdall_stream.pipeline import InputRecord, complete_batch, decode_and_validate
-from heimdall_stream.simulator import IqSimulator, LinkModel
+from heimdall_stream.lab.faults import FAULTS
+from heimdall_stream.lab.simulator import IqSimulator, LinkModel
+from heimdall_stream.models.inference import file_sha256, load_model
+from heimdall_stream.processing.pipeline import InputRecord, complete_batch, decode_and_validate
+from heimdall_stream.wire.codec import capture_codec, localization_codec
 from tests.helpers import NETWORK, tiny_features_model
 
 LIMITS = LimitsSettings()

@@ -50,7 +50,7 @@ def test_a_redis_ca_bundle_needs_a_tls_url(monkeypatch):
 
 
 def test_prefetch_bound_reaches_the_consumer_configuration(monkeypatch):
-    from heimdall_stream.clients import consumer_config
+    from heimdall_stream.stream.clients import consumer_config
 
     assert consumer_config(Settings())["queued.max.messages.kbytes"] == 16_384
     monkeypatch.setenv("HEIMDALL_KAFKA__PREFETCH_KBYTES", "2048")

@@ -17,12 +17,12 @@ import numpy as np
 from pyproj import Geod
 
 from heimdall_stream.config import Settings
-from heimdall_stream.dedup import Store
 from heimdall_stream.errors import HeimdallError
-from heimdall_stream.inference import LoadedModel
 from heimdall_stream.metrics import Metrics
-from heimdall_stream.pipeline import BatchOutcome, Decoded, Result, complete_batch, validate_all
-from heimdall_stream.routing import ModelSet, bhattacharyya_overlap
+from heimdall_stream.models.inference import LoadedModel
+from heimdall_stream.models.routing import ModelSet, bhattacharyya_overlap
+from heimdall_stream.processing.dedup import Store
+from heimdall_stream.processing.pipeline import BatchOutcome, Decoded, Result, complete_batch, validate_all
 
 log = logging.getLogger(__name__)
 GEOD = Geod(ellps="WGS84")

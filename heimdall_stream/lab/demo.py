@@ -29,14 +29,14 @@ from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 from pyproj import Geod
 
-from heimdall_stream.codec import localization_codec
 from heimdall_stream.config import Settings
-from heimdall_stream.messages import Localization
+from heimdall_stream.lab.publisher import SimulationPlan, publish
 from heimdall_stream.network import load_network
-from heimdall_stream.publisher import SimulationPlan, publish
+from heimdall_stream.wire.codec import localization_codec
+from heimdall_stream.wire.messages import Localization
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 STACK = REPO / "deploy" / "local" / "stack.py"
 GEOD = Geod(ellps="WGS84")
 

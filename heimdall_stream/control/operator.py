@@ -15,11 +15,11 @@ from datetime import UTC, datetime
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from heimdall_stream.codec import deployment_codec, status_codec
 from heimdall_stream.config import Settings
-from heimdall_stream.control import PENDING_PREFIX, signed
+from heimdall_stream.control.runtime import PENDING_PREFIX, signed
 from heimdall_stream.errors import ConfigurationError, DecodeError
-from heimdall_stream.messages import ModelDeployment, ModelStatus, WeightedVersion
+from heimdall_stream.wire.codec import deployment_codec, status_codec
+from heimdall_stream.wire.messages import ModelDeployment, ModelStatus, WeightedVersion
 
 CLIENT_ID_PREFIX = "heimdall-stream-"
 

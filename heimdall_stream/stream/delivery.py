@@ -15,10 +15,10 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from heimdall_stream.clients import producer_config
 from heimdall_stream.config import Settings
 from heimdall_stream.metrics import Metrics
-from heimdall_stream.pipeline import BatchOutcome, DeadLetter, InputRecord
+from heimdall_stream.processing.pipeline import BatchOutcome, DeadLetter, InputRecord
+from heimdall_stream.stream.clients import producer_config
 
 log = logging.getLogger(__name__)
 KAFKA_TIMEOUT_S = 30.0

@@ -13,8 +13,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from heimdall_stream.codec import capture_codec, status_codec
-from heimdall_stream.messages import IqCapture, ModelStatus, SampleFormat
+from heimdall_stream.wire.codec import capture_codec, status_codec
+from heimdall_stream.wire.messages import IqCapture, ModelStatus, SampleFormat
 
 FaultMaker = Callable[[IqCapture, np.random.Generator], bytes]
 

@@ -19,9 +19,7 @@ from datetime import datetime
 
 import numpy as np
 
-from heimdall_stream.codec import capture_codec, localization_codec
 from heimdall_stream.config import LimitsSettings
-from heimdall_stream.contract import ModelContract
 from heimdall_stream.errors import (
     DecodeError,
     GeometryError,
@@ -30,8 +28,10 @@ from heimdall_stream.errors import (
     InvalidCaptureError,
 )
 from heimdall_stream.geo import ellipse_from_covariance, geojson_feature
-from heimdall_stream.inference import LoadedModel, Prediction, PreparedBatch
-from heimdall_stream.messages import Covariance, IqCapture, Lineage, Localization, SampleFormat, Timings
+from heimdall_stream.models.contract import ModelContract
+from heimdall_stream.models.inference import LoadedModel, Prediction, PreparedBatch
+from heimdall_stream.wire.codec import capture_codec, localization_codec
+from heimdall_stream.wire.messages import Covariance, IqCapture, Lineage, Localization, SampleFormat, Timings
 
 PREDICTION_BYTES = 5 * 8  # cached value: position (2) + covariance (3), float64
 TimerFn = Callable[[], float]

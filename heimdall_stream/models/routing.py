@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from heimdall_stream.errors import ControlMessageError
-from heimdall_stream.inference import LoadedModel
+from heimdall_stream.models.inference import LoadedModel
 
 
 def route_point(capture_id: str) -> float:

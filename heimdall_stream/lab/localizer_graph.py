@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from heimdall_stream.contract import CONTRACT_KEY, OUTPUTS, ModelContract
-from heimdall_stream.tdoa_grid import SHARE_COLUMN, grid_nodes
+from heimdall_stream.lab.tdoa_grid import SHARE_COLUMN, grid_nodes
+from heimdall_stream.models.contract import CONTRACT_KEY, OUTPUTS, ModelContract
 
 POSITION_SCALE_M = 100_000.0
 ERROR_SCALE_M = 1_000.0

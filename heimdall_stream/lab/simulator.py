@@ -29,8 +29,8 @@ import numpy as np
 import numpy.typing as npt
 from pyproj import Geod
 
-from heimdall_stream.messages import IqCapture, ReceiverIq, SampleFormat
 from heimdall_stream.network import Network
+from heimdall_stream.wire.messages import IqCapture, ReceiverIq, SampleFormat
 
 SPEED_OF_LIGHT = 299_792_458.0
 BANDS_HZ = {"2m": (144.0e6, 146.0e6), "70cm": (430.0e6, 440.0e6)}

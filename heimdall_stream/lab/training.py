@@ -31,10 +31,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from heimdall_stream.contract import CONTRACT_KEY, ModelContract
-from heimdall_stream.features import FEATURE_NAMES, normalise_features
 from heimdall_stream.geo import LocalFrame, chi2_2_scale
-from heimdall_stream.localizer_graph import (
+from heimdall_stream.lab.localizer_graph import (
     ERROR_SCALE_M,
     LOG_CHI2_1_MEAN,
     MIN_TDOA_RECEIVERS,
@@ -43,10 +41,12 @@ from heimdall_stream.localizer_graph import (
     Calibration,
     export_features_model,
 )
+from heimdall_stream.lab.simulator import IqSimulator
+from heimdall_stream.lab.tdoa_grid import GRID_FEATURES, SHARE_COLUMN, UNIT_M
+from heimdall_stream.lab.training_data import F32, F64, Dataset, model_input, normalisation, simulate_dataset
+from heimdall_stream.models.contract import CONTRACT_KEY, ModelContract
+from heimdall_stream.models.features import FEATURE_NAMES, normalise_features
 from heimdall_stream.network import Network
-from heimdall_stream.simulator import IqSimulator
-from heimdall_stream.tdoa_grid import GRID_FEATURES, SHARE_COLUMN, UNIT_M
-from heimdall_stream.training_data import F32, F64, Dataset, model_input, normalisation, simulate_dataset
 
 
 @dataclass(frozen=True)

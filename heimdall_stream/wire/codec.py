@@ -23,7 +23,7 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from heimdall_stream.errors import DecodeError
-from heimdall_stream.messages import (
+from heimdall_stream.wire.messages import (
     Covariance,
     Ellipse,
     IqCapture,

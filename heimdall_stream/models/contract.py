@@ -30,8 +30,8 @@ from typing import Any, Literal
 import numpy as np
 
 from heimdall_stream.errors import ModelContractError
-from heimdall_stream.features import FEATURE_NAMES
 from heimdall_stream.geo import LocalFrame, chi2_2_scale
+from heimdall_stream.models.features import FEATURE_NAMES
 from heimdall_stream.network import Network
 
 CONTRACT_KEY = "heimdall.contract"

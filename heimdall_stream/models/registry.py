@@ -33,7 +33,7 @@ from typing import Any
 from filelock import FileLock
 
 from heimdall_stream.errors import ModelLoadError, RegistryUnavailableError
-from heimdall_stream.inference import file_sha256
+from heimdall_stream.models.inference import file_sha256
 
 SHA_TAG = "heimdall.sha256"
 # Longest a fetcher waits for another one downloading the same version (a big model, slow link).

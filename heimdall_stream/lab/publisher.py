@@ -20,10 +20,10 @@ from typing import IO, Any
 import numpy as np
 from confluent_kafka import Producer
 
-from heimdall_stream.codec import capture_codec
-from heimdall_stream.faults import FAULTS
+from heimdall_stream.lab.faults import FAULTS
+from heimdall_stream.lab.simulator import IqSimulator, SimulatedCapture
 from heimdall_stream.network import Network
-from heimdall_stream.simulator import IqSimulator, SimulatedCapture
+from heimdall_stream.wire.codec import capture_codec
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from heimdall_stream.contract import CONTRACT_KEY, ModelContract
-from heimdall_stream.localizer_graph import OPSET, output_value_infos
+from heimdall_stream.lab.localizer_graph import OPSET, output_value_infos
+from heimdall_stream.models.contract import CONTRACT_KEY, ModelContract
 from heimdall_stream.network import Network
 
 

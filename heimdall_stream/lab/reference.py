@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from heimdall_stream.inference import file_sha256
-from heimdall_stream.iq_benchmark import build_iq_benchmark_model
+from heimdall_stream.lab.iq_benchmark import build_iq_benchmark_model
+from heimdall_stream.lab.training import EvaluationReport, train_features_model
+from heimdall_stream.models.inference import file_sha256
+from heimdall_stream.models.registry import SHA_TAG
 from heimdall_stream.network import Network
-from heimdall_stream.registry import SHA_TAG
-from heimdall_stream.training import EvaluationReport, train_features_model
 
 log = logging.getLogger(__name__)
 FEATURES_MODEL = "localization_model"

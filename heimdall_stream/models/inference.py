@@ -18,10 +18,10 @@ import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
 
-from heimdall_stream.contract import ModelContract, TensorSpec, validate_contract
 from heimdall_stream.errors import InferenceError, ModelLoadError
-from heimdall_stream.features import assemble_batch, extract_features, normalise_features
-from heimdall_stream.messages import IqCapture
+from heimdall_stream.models.contract import ModelContract, TensorSpec, validate_contract
+from heimdall_stream.models.features import assemble_batch, extract_features, normalise_features
+from heimdall_stream.wire.messages import IqCapture
 
 F32 = npt.NDArray[np.float32]
 

@@ -32,7 +32,7 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft
 
-from heimdall_stream.messages import IqCapture
+from heimdall_stream.wire.messages import IqCapture
 
 FEATURE_NAMES: tuple[str, ...] = (
     "power_dbfs",

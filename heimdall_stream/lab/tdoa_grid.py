@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 from pyproj import Geod
 
-from heimdall_stream.contract import ModelContract
+from heimdall_stream.models.contract import ModelContract
 
 SPEED_OF_LIGHT_M_PER_US = 299.792458
 GRID_SPACING_M = 2_000.0

@@ -16,17 +16,17 @@ from types import FrameType
 import redis
 from prometheus_client import CollectorRegistry
 
-from heimdall_stream.app import StreamApp
-from heimdall_stream.clients import check_connectivity, check_topics
 from heimdall_stream.config import Settings
-from heimdall_stream.control import ControlPlane
-from heimdall_stream.dedup import RedisStore
+from heimdall_stream.control.runtime import ControlPlane
 from heimdall_stream.errors import ConfigurationError
 from heimdall_stream.health import Health, serve
-from heimdall_stream.inference import LoadedModel, load_model
 from heimdall_stream.metrics import Metrics
-from heimdall_stream.registry import ModelRegistry
-from heimdall_stream.routing import ModelSet
+from heimdall_stream.models.inference import LoadedModel, load_model
+from heimdall_stream.models.registry import ModelRegistry
+from heimdall_stream.models.routing import ModelSet
+from heimdall_stream.processing.dedup import RedisStore
+from heimdall_stream.stream.app import StreamApp
+from heimdall_stream.stream.clients import check_connectivity, check_topics
 
 log = logging.getLogger(__name__)
 

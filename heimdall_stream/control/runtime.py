@@ -29,8 +29,6 @@ from datetime import UTC, datetime
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
-from heimdall_stream.clients import reader_config
-from heimdall_stream.codec import deployment_codec, status_codec
 from heimdall_stream.config import Settings
 from heimdall_stream.errors import (
     ControlMessageError,
@@ -38,11 +36,13 @@ from heimdall_stream.errors import (
     HeimdallError,
     RegistryUnavailableError,
 )
-from heimdall_stream.inference import LoadedModel, load_model
-from heimdall_stream.messages import LoadedVersion, ModelDeployment, ModelStatus
 from heimdall_stream.metrics import Metrics
-from heimdall_stream.registry import ModelRef, ModelRegistry
-from heimdall_stream.routing import ModelSet
+from heimdall_stream.models.inference import LoadedModel, load_model
+from heimdall_stream.models.registry import ModelRef, ModelRegistry
+from heimdall_stream.models.routing import ModelSet
+from heimdall_stream.stream.clients import reader_config
+from heimdall_stream.wire.codec import deployment_codec, status_codec
+from heimdall_stream.wire.messages import LoadedVersion, ModelDeployment, ModelStatus
 
 log = logging.getLogger(__name__)
 APPLY_TIMEOUT_S = 120.0

@@ -22,16 +22,16 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from heimdall_stream.batching import MicroBatcher
-from heimdall_stream.clients import consumer_config
 from heimdall_stream.config import Settings
-from heimdall_stream.dedup import RecentIds, Store
-from heimdall_stream.delivery import Delivery, FatalKafkaError
 from heimdall_stream.health import Health
 from heimdall_stream.metrics import Metrics
-from heimdall_stream.pipeline import Decoded, InputRecord, decode_all
-from heimdall_stream.routing import ModelSet
-from heimdall_stream.scoring import ScoredBatch, score
+from heimdall_stream.models.routing import ModelSet
+from heimdall_stream.processing.dedup import RecentIds, Store
+from heimdall_stream.processing.pipeline import Decoded, InputRecord, decode_all
+from heimdall_stream.processing.scoring import ScoredBatch, score
+from heimdall_stream.stream.batching import MicroBatcher
+from heimdall_stream.stream.clients import consumer_config
+from heimdall_stream.stream.delivery import Delivery, FatalKafkaError
 
 log = logging.getLogger(__name__)
 LAG_INTERVAL_S = 10.0

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from heimdall_stream.contract import ModelContract
-from heimdall_stream.features import assemble_batch, extract_features, normalise_features
 from heimdall_stream.geo import LocalFrame
-from heimdall_stream.simulator import IqSimulator
-from heimdall_stream.tdoa_grid import run_grid
+from heimdall_stream.lab.simulator import IqSimulator
+from heimdall_stream.lab.tdoa_grid import run_grid
+from heimdall_stream.models.contract import ModelContract
+from heimdall_stream.models.features import assemble_batch, extract_features, normalise_features
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]

@@ -5,6 +5,12 @@ schema's canonical form + the Avro body, so a reader can tell which schema wrote
 registry.  A ``Codec`` knows its reader schema and any older writer schemas of the same record
 (schema evolution); anything else is rejected with one ``DecodeError`` that says what was wrong.
 
+Each record is declared once, as a frozen dataclass in ``wire.messages`` and a schema in
+``schemas/<Name>.avsc``; ``record_codec`` derives the conversions between them
+(``wire.records``).  To evolve a record, keep its current schema as ``schemas/<Name>.v<N>.avsc``
+(the next free N), then add the field with a default to both the dataclass and ``<Name>.avsc``:
+messages written with any shipped version still decode.
+
 Decoding an ``IqCapture`` copies each receiver's sample bytes exactly once (out of the message
 buffer into the ``bytes`` field); ``ReceiverIq.iq`` then views them without another copy.
 """
@@ -13,8 +19,8 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
 from functools import cache
 from importlib import resources
 from typing import Any, Generic, TypeVar
@@ -23,20 +29,8 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from heimdall_stream.errors import DecodeError
-from heimdall_stream.wire.messages import (
-    Covariance,
-    Ellipse,
-    IqCapture,
-    Lineage,
-    LoadedVersion,
-    Localization,
-    ModelDeployment,
-    ModelStatus,
-    ReceiverIq,
-    SampleFormat,
-    Timings,
-    WeightedVersion,
-)
+from heimdall_stream.wire.messages import IqCapture, Localization, ModelDeployment, ModelStatus
+from heimdall_stream.wire.records import record_mapping
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
@@ -76,8 +70,21 @@ def parse_schema(schema: Mapping[str, Any]) -> Schema:
 
 
 @cache
+def older_schemas(name: str) -> tuple[Schema, ...]:
+    """The earlier versions of a record's schema shipped as ``schemas/<name>.v<N>.avsc``, oldest first."""
+    pattern = re.compile(rf"{re.escape(name)}\.v(\d+)\.avsc")
+    directory = resources.files("heimdall_stream").joinpath("schemas")
+    found = [(int(m[1]), m[0]) for m in (pattern.fullmatch(p.name) for p in directory.iterdir()) if m]
+    return tuple(load_schema(file.removesuffix(".avsc")) for _, file in sorted(found))
+
+
+@cache
 def _known_fingerprints() -> dict[bytes, str]:
-    return {schema_fingerprint(load_schema(name)): name for name in SCHEMA_NAMES}
+    known: dict[bytes, str] = {}
+    for name in SCHEMA_NAMES:
+        for schema in (load_schema(name), *older_schemas(name)):
+            known[schema_fingerprint(schema)] = name
+    return known
 
 
 class Codec(Generic[T]):
@@ -163,191 +170,40 @@ class Codec(Generic[T]):
         return record
 
 
-# --------------------------------------------------------------------------- conversions
-
-
-def _capture_to_record(capture: IqCapture) -> dict[str, Any]:
-    return {
-        "capture_id": capture.capture_id,
-        "captured_at": capture.captured_at,
-        "center_frequency_hz": capture.center_frequency_hz,
-        "receivers": [
-            {
-                "receiver_id": r.receiver_id,
-                "latitude": r.latitude,
-                "longitude": r.longitude,
-                "altitude_m": r.altitude_m,
-                "sample_rate_hz": r.sample_rate_hz,
-                "sample_format": r.sample_format.value,
-                "samples": r.samples,
-                "timestamp_offset_ns": r.timestamp_offset_ns,
-            }
-            for r in capture.receivers
-        ],
-    }
-
-
-def _capture_from_record(record: dict[str, Any]) -> IqCapture:
-    return IqCapture(
-        capture_id=record["capture_id"],
-        captured_at=_utc(record["captured_at"]),
-        center_frequency_hz=record["center_frequency_hz"],
-        receivers=tuple(
-            ReceiverIq(
-                receiver_id=r["receiver_id"],
-                latitude=r["latitude"],
-                longitude=r["longitude"],
-                altitude_m=r["altitude_m"],
-                sample_rate_hz=r["sample_rate_hz"],
-                sample_format=SampleFormat(r["sample_format"]),
-                samples=r["samples"],
-                timestamp_offset_ns=r["timestamp_offset_ns"],
-            )
-            for r in record["receivers"]
-        ),
-    )
-
-
-def _localization_to_record(loc: Localization) -> dict[str, Any]:
-    return {
-        "capture_id": loc.capture_id,
-        "model_name": loc.model_name,
-        "model_version": loc.model_version,
-        "latitude": loc.latitude,
-        "longitude": loc.longitude,
-        "covariance": {
-            "sigma_east_m": loc.covariance.sigma_east_m,
-            "sigma_north_m": loc.covariance.sigma_north_m,
-            "rho": loc.covariance.rho,
-        },
-        "ellipse": {
-            "confidence": loc.ellipse.confidence,
-            "semi_major_m": loc.ellipse.semi_major_m,
-            "semi_minor_m": loc.ellipse.semi_minor_m,
-            "orientation_deg": loc.ellipse.orientation_deg,
-        },
-        "geojson": loc.geojson,
-        "receivers_used": list(loc.receivers_used),
-        "cache_hit": loc.cache_hit,
-        "timings": {
-            "queued_ms": loc.timings.queued_ms,
-            "inference_ms": loc.timings.inference_ms,
-            "end_to_end_ms": loc.timings.end_to_end_ms,
-        },
-        "lineage": {
-            "source_partition": loc.lineage.source_partition,
-            "source_offset": loc.lineage.source_offset,
-            "batch_id": loc.lineage.batch_id,
-            "batch_size": loc.lineage.batch_size,
-        },
-        "produced_at": loc.produced_at,
-    }
-
-
-def _localization_from_record(record: dict[str, Any]) -> Localization:
-    return Localization(
-        capture_id=record["capture_id"],
-        model_name=record["model_name"],
-        model_version=record["model_version"],
-        latitude=record["latitude"],
-        longitude=record["longitude"],
-        covariance=Covariance(**record["covariance"]),
-        ellipse=Ellipse(**record["ellipse"]),
-        geojson=record["geojson"],
-        receivers_used=tuple(record["receivers_used"]),
-        cache_hit=record["cache_hit"],
-        timings=Timings(**record["timings"]),
-        lineage=Lineage(**record["lineage"]),
-        produced_at=_utc(record["produced_at"]),
-    )
-
-
-def deployment_to_record(dep: ModelDeployment) -> dict[str, Any]:
-    """The Avro record of a deployment (also the body its HMAC signs)."""
-    return {
-        "model_name": dep.model_name,
-        "generation": dep.generation,
-        "versions": [{"model_uri": v.model_uri, "weight": v.weight} for v in dep.versions],
-        "shadow": list(dep.shadow),
-        "issued_by": dep.issued_by,
-        "issued_at": dep.issued_at,
-        "signature": dep.signature,
-    }
-
-
-def _deployment_from_record(record: dict[str, Any]) -> ModelDeployment:
-    return ModelDeployment(
-        model_name=record["model_name"],
-        generation=record["generation"],
-        versions=tuple(WeightedVersion(**v) for v in record["versions"]),
-        shadow=tuple(record["shadow"]),
-        issued_by=record["issued_by"],
-        issued_at=_utc(record["issued_at"]),
-        signature=record["signature"],
-    )
-
-
-def _status_to_record(status: ModelStatus) -> dict[str, Any]:
-    return {
-        "instance_id": status.instance_id,
-        "model_name": status.model_name,
-        "generation": status.generation,
-        "versions": [
-            {
-                "model_uri": v.model_uri,
-                "version": v.version,
-                "sha256": v.sha256,
-                "weight": v.weight,
-                "shadow": v.shadow,
-            }
-            for v in status.versions
-        ],
-        "error": status.error,
-        "requested_generation": status.requested_generation,
-        "reported_at": status.reported_at,
-    }
-
-
-def _status_from_record(record: dict[str, Any]) -> ModelStatus:
-    return ModelStatus(
-        instance_id=record["instance_id"],
-        model_name=record["model_name"],
-        generation=record["generation"],
-        versions=tuple(LoadedVersion(**v) for v in record["versions"]),
-        error=record["error"],
-        requested_generation=record["requested_generation"],
-        reported_at=_utc(record["reported_at"]),
-    )
-
-
-def _utc(value: datetime) -> datetime:
-    if not isinstance(value, datetime):
-        raise TypeError(f"expected a timestamp, got {type(value).__name__}")
-    return value
-
-
 # --------------------------------------------------------------------------- codecs
+
+
+def record_codec(cls: type[T]) -> Codec[T]:
+    """The codec of a wire dataclass: ``schemas/<ClassName>.avsc``, conversions derived from the types.
+
+    The older versions of the schema shipped beside it (``<ClassName>.v<N>.avsc``) are the
+    writer schemas it still reads.
+    """
+    name = cls.__name__
+    schema = load_schema(name)
+    mapping = record_mapping(cls, schema)
+    return Codec(schema, mapping.to_record, mapping.from_record, older_schemas(name))
 
 
 @cache
 def capture_codec() -> Codec[IqCapture]:
     """Codec of ``IqCapture``."""
-    return Codec(load_schema("IqCapture"), _capture_to_record, _capture_from_record)
+    return record_codec(IqCapture)
 
 
 @cache
 def localization_codec() -> Codec[Localization]:
     """Codec of ``Localization``."""
-    return Codec(load_schema("Localization"), _localization_to_record, _localization_from_record)
+    return record_codec(Localization)
 
 
 @cache
 def deployment_codec() -> Codec[ModelDeployment]:
-    """Codec of ``ModelDeployment``."""
-    return Codec(load_schema("ModelDeployment"), deployment_to_record, _deployment_from_record)
+    """Codec of ``ModelDeployment`` (its encoding with an empty signature is what the HMAC signs)."""
+    return record_codec(ModelDeployment)
 
 
 @cache
 def status_codec() -> Codec[ModelStatus]:
     """Codec of ``ModelStatus``."""
-    return Codec(load_schema("ModelStatus"), _status_to_record, _status_from_record)
+    return record_codec(ModelStatus)

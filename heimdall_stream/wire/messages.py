@@ -161,9 +161,18 @@ class LoadedVersion:
     shadow: bool = False
 
 
+class ApplyState(StrEnum):
+    """What became of the newest generation an instance was asked to apply."""
+
+    APPLIED = "APPLIED"  # in force (also: the configured model at start, generation 0)
+    PENDING = "PENDING"  # waits for an unreachable registry and retries by itself
+    REFUSED = "REFUSED"  # could not be loaded or swapped in; final, the previous set serves
+    REJECTED = "REJECTED"  # the control message itself was refused (unsigned, forged, malformed)
+
+
 @dataclass(frozen=True, slots=True)
 class ModelStatus:
-    """What an instance has applied, or why it kept its previous state."""
+    """What an instance has applied, or why it kept its previous state (``state``, ``error``)."""
 
     instance_id: str
     model_name: str
@@ -172,3 +181,4 @@ class ModelStatus:
     reported_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     error: str | None = None
     requested_generation: int = 0
+    state: ApplyState = ApplyState.APPLIED

@@ -2,7 +2,8 @@
 
 Used by ``heimdall-stream deploy`` and ``heimdall-stream status``.  Live instances are the
 members of the consumer group (Kafka knows who is alive); their latest ``ModelStatus`` says what
-each has applied.
+each has applied.  Builds on ``control.protocol`` only: deploying and reading status never load
+onnxruntime or MLflow.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from datetime import UTC, datetime
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from heimdall_stream.clients import idempotent_producer_config, reader_config
 from heimdall_stream.config import Settings
-from heimdall_stream.control.runtime import PENDING_PREFIX, signed
+from heimdall_stream.control.protocol import Outcome, next_generation, outcome, signed
 from heimdall_stream.errors import ConfigurationError, DecodeError
 from heimdall_stream.wire.codec import deployment_codec, status_codec
 from heimdall_stream.wire.messages import ModelDeployment, ModelStatus, WeightedVersion
@@ -40,13 +42,9 @@ def parse_versions(specs: tuple[str, ...]) -> tuple[WeightedVersion, ...]:
 
 def read_compacted(settings: Settings, topic: str, timeout_s: float = 15.0) -> list[bytes]:
     """Every value on partition 0 of a (small, compacted) topic, from the beginning to the end."""
+    # A group of its own that never commits: assign() reads, the group id is only required.
     consumer = Consumer(
-        {
-            **settings.kafka.client_config(),
-            "group.id": f"heimdall-cli-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-        }
+        {**reader_config(settings, f"heimdall-cli-{uuid.uuid4().hex}"), "enable.partition.eof": True}
     )
     consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
     values: list[bytes] = []
@@ -69,17 +67,15 @@ def read_compacted(settings: Settings, topic: str, timeout_s: float = 15.0) -> l
     return values
 
 
-def latest_generation(settings: Settings, model_name: str) -> int:
-    """The highest generation published for a model (0 if none)."""
-    generation = 0
+def deployments(settings: Settings) -> list[ModelDeployment]:
+    """Every deployment on the control topic that decodes (one per model once compacted)."""
+    found = []
     for value in read_compacted(settings, settings.kafka.control_topic):
         try:
-            deployment = deployment_codec().decode(value)
+            found.append(deployment_codec().decode(value))
         except DecodeError:
             continue
-        if deployment.model_name == model_name:
-            generation = max(generation, deployment.generation)
-    return generation
+    return found
 
 
 def publish_deployment(
@@ -96,7 +92,7 @@ def publish_deployment(
     deployment = signed(
         ModelDeployment(
             model_name=model_name,
-            generation=latest_generation(settings, model_name) + 1,
+            generation=next_generation(deployments(settings), model_name),
             versions=versions,
             shadow=shadows,
             issued_by=issued_by,
@@ -104,7 +100,7 @@ def publish_deployment(
         ),
         key.get_secret_value().encode(),
     )
-    producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True})
+    producer = Producer(idempotent_producer_config(settings))
     producer.produce(
         settings.kafka.control_topic, key=model_name.encode(), value=deployment_codec().encode(deployment)
     )
@@ -147,8 +143,8 @@ def wait_applied(
     """Wait until every live instance applied ``generation`` (or reported why not).
 
     Returns the instances that applied it and the errors of those that did not.  An instance
-    whose error says the deployment is pending (registry unreachable, retrying) is waited for;
-    if the timeout comes first, its pending error is returned.
+    whose state is ``PENDING`` (registry unreachable, retrying) is waited for; if the timeout
+    comes first, its error is returned.
     """
     deadline = time.monotonic() + timeout_s
     applied: set[str] = set()
@@ -160,11 +156,13 @@ def wait_applied(
         for instance, status in statuses(settings).items():
             if instance not in live or status.model_name != model_name:
                 continue
-            if status.generation >= generation:
+            found = outcome(status, generation)
+            if found is Outcome.APPLIED:
                 applied.add(instance)
-            elif status.error and status.requested_generation >= generation:
-                target = pending if status.error.startswith(PENDING_PREFIX) else errors
-                target[instance] = status.error
+            elif found is Outcome.PENDING:
+                pending[instance] = status.error or "pending"
+            elif found is Outcome.REFUSED:
+                errors[instance] = status.error or status.state.lower()
         if progress is not None:
             progress(len(applied), len(live))
         if live and len(applied) + len(errors) >= len(live):

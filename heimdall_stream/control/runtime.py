@@ -1,27 +1,22 @@
-"""The control plane: signed desired-state deployments in, applied model sets and status out.
+"""The control plane's runtime: the thread that follows the control topic and applies deployments.
 
-``heimdall.model-control`` is a compacted topic of ``ModelDeployment`` records keyed by model
-name.  Every instance reads it from the beginning (assign, no consumer group), applies the newest
-valid deployment for its model, then follows the topic live.  A deployment is applied only if it
-is signed with the configured HMAC key, names this instance's model, has a generation newer than
-the one in force, and has weights that sum to 1.  Its versions are fetched, checked and warmed up
-on this thread; the app swaps the whole model set between two batches.  Whatever happens, the
-instance publishes a ``ModelStatus`` (key = instance id) to ``heimdall.model-status``; a failure
-leaves the previous model set serving.
+Every instance reads ``heimdall.model-control`` from the beginning (assign, no consumer group),
+applies the newest valid deployment for its model (``control.protocol.verify``), then follows
+the topic live.  A deployment's versions are fetched, checked and warmed up on this thread; the
+app swaps the whole model set between two batches.  Whatever happens, the instance publishes a
+``ModelStatus`` (key = instance id) to ``heimdall.model-status`` whose ``state`` says what
+became of it; a failure leaves the previous model set serving.
 
 A deployment that fails only because the registry is unreachable (``RegistryUnavailableError``)
-stays pending: the status says so once, and the load is retried with a doubling delay
-(``REGISTRY_RETRY_FIRST_S`` up to ``REGISTRY_RETRY_MAX_S``) until it succeeds or a newer
-deployment replaces it.  Any other failure (bad URI, sha256 mismatch, broken contract) is final.
+stays ``PENDING``: the status says so once, and the load is retried on a ``Backoff``
+(``REGISTRY_RETRY_FIRST_S`` doubling up to ``REGISTRY_RETRY_MAX_S``) until it succeeds or a newer
+deployment replaces it.  Any other failure (bad URI, sha256 mismatch, broken contract) is final
+(``REFUSED``).
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import hmac
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable
@@ -29,7 +24,9 @@ from datetime import UTC, datetime
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
+from heimdall_stream.clients import idempotent_producer_config, reader_config
 from heimdall_stream.config import Settings
+from heimdall_stream.control.protocol import verify
 from heimdall_stream.errors import (
     ControlMessageError,
     DecodeError,
@@ -37,69 +34,26 @@ from heimdall_stream.errors import (
     RegistryUnavailableError,
 )
 from heimdall_stream.metrics import Metrics
-from heimdall_stream.models.inference import LoadedModel, load_model
-from heimdall_stream.models.registry import ModelRef, ModelRegistry
+from heimdall_stream.models.inference import LoadedModel
+from heimdall_stream.models.loading import ModelSource, load_version
+from heimdall_stream.models.registry import ModelRegistry
 from heimdall_stream.models.routing import ModelSet
-from heimdall_stream.stream.clients import reader_config
+from heimdall_stream.retry import Backoff
 from heimdall_stream.wire.codec import deployment_codec, status_codec
-from heimdall_stream.wire.messages import LoadedVersion, ModelDeployment, ModelStatus
+from heimdall_stream.wire.messages import ApplyState, LoadedVersion, ModelDeployment, ModelStatus
 
 log = logging.getLogger(__name__)
 APPLY_TIMEOUT_S = 120.0
 REGISTRY_RETRY_FIRST_S = 2.0
 REGISTRY_RETRY_MAX_S = 30.0
-# Status errors that begin with this are not final: the instance is still trying.
-PENDING_PREFIX = "pending: "
-
-
-def sign(deployment: ModelDeployment, key: bytes) -> str:
-    """Hex HMAC-SHA256 over the deployment encoded with an empty signature."""
-    body = deployment_codec().encode(dataclasses.replace(deployment, signature=""))
-    return hmac.new(key, body, hashlib.sha256).hexdigest()
-
-
-def signed(deployment: ModelDeployment, key: bytes) -> ModelDeployment:
-    """The deployment with its signature filled in."""
-    return dataclasses.replace(deployment, signature=sign(deployment, key))
-
-
-def verify(deployment: ModelDeployment, key: bytes | None, model_name: str, applied_generation: int) -> None:
-    """Raise ``ControlMessageError`` unless this deployment may be applied here."""
-    if key is None:
-        raise ControlMessageError(
-            "no control HMAC key configured: deployments cannot be verified", reason="unsigned"
-        )
-    if not deployment.signature:
-        raise ControlMessageError("deployment is not signed", reason="unsigned")
-    # Compare bytes: compare_digest refuses non-ASCII str, and a forged signature may be anything.
-    if not hmac.compare_digest(deployment.signature.encode(), sign(deployment, key).encode()):
-        raise ControlMessageError("deployment signature does not match", reason="bad_signature")
-    if deployment.model_name != model_name:
-        raise ControlMessageError(
-            f"deployment is for {deployment.model_name}, not {model_name}", reason="other_model"
-        )
-    if deployment.generation <= applied_generation:
-        raise ControlMessageError(
-            f"stale generation {deployment.generation} (in force: {applied_generation})", reason="stale"
-        )
-    if not deployment.versions:
-        raise ControlMessageError("deployment has no versions", reason="malformed")
-    weights = [v.weight for v in deployment.versions]
-    if any(not (0.0 <= w <= 1.0) for w in weights) or not math.isclose(sum(weights), 1.0, abs_tol=1e-6):
-        raise ControlMessageError(
-            f"weights must be in [0, 1] and sum to 1, got {weights}", reason="malformed"
-        )
-    for uri in [v.model_uri for v in deployment.versions] + list(deployment.shadow):
-        try:
-            ref = ModelRef.parse(uri)
-        except HeimdallError as exc:
-            raise ControlMessageError(str(exc), reason="malformed") from exc
-        if ref.name != model_name:
-            raise ControlMessageError(f"{uri} is not a version of {model_name}", reason="malformed")
 
 
 class ControlPlane:
-    """Follows the control topic on its own thread and hands applied model sets to the app."""
+    """Follows the control topic on its own thread and hands applied model sets to the app.
+
+    ``source`` (the MLflow registry by default), ``clock`` (monotonic seconds) and ``backoff``
+    (the registry retry delays) are parameters so that a test can drive the retries.
+    """
 
     def __init__(
         self,
@@ -107,6 +61,10 @@ class ControlPlane:
         metrics: Metrics,
         current: Callable[[], ModelSet],
         offer: Callable[[ModelSet], threading.Event],
+        *,
+        source: ModelSource | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        backoff: Backoff | None = None,
     ) -> None:
         self.settings = settings
         self.metrics = metrics
@@ -114,8 +72,10 @@ class ControlPlane:
         self._offer = offer
         key = settings.model.control_hmac_key
         self._key = key.get_secret_value().encode() if key else None
-        self._registry = ModelRegistry(settings.mlflow.tracking_uri, settings.mlflow.cache_dir)
-        self._producer = Producer({**settings.kafka.client_config(), "enable.idempotence": True})
+        self._source = source or ModelRegistry(settings.mlflow.tracking_uri, settings.mlflow.cache_dir)
+        self._clock = clock
+        self._backoff = backoff or Backoff(REGISTRY_RETRY_FIRST_S, REGISTRY_RETRY_MAX_S)
+        self._producer = Producer(idempotent_producer_config(settings))
         self._stop = threading.Event()
         self._reapply = threading.Event()
         self._last: ModelDeployment | None = None
@@ -123,14 +83,13 @@ class ControlPlane:
         # A deployment waiting for the registry to come back, and when to try it again.
         self._pending: ModelDeployment | None = None
         self._pending_force = False
-        self._retry_delay = REGISTRY_RETRY_FIRST_S
         self._retry_at = 0.0
         self._thread = threading.Thread(target=self._run, name="heimdall-control", daemon=True)
         self.caught_up = threading.Event()
 
     def start(self) -> None:
         """Report the configured model, then follow the control topic."""
-        self._publish_status(self._current(), None)
+        self._publish_status(self._current(), ApplyState.APPLIED)
         self._thread.start()
 
     def stop(self) -> None:
@@ -171,8 +130,7 @@ class ControlPlane:
                                 self._apply(deployment)
                             else:
                                 newest = deployment
-                if self._pending is not None and time.monotonic() >= self._retry_at:
-                    self._apply(self._pending, force=self._pending_force)
+                self.retry_pending()
                 if self._reapply.is_set():
                     self._reapply.clear()
                     if self._last is not None:
@@ -182,6 +140,11 @@ class ControlPlane:
                         self._reload_configured()
         finally:
             consumer.close()
+
+    def retry_pending(self) -> None:
+        """Try the deployment that waits for the registry again, if its retry time has come."""
+        if self._pending is not None and self._clock() >= self._retry_at:
+            self._apply(self._pending, force=self._pending_force)
 
     def _accept(self, value: bytes | None) -> ModelDeployment | None:
         """Decode and verify a control message; count and report what is rejected."""
@@ -204,7 +167,7 @@ class ControlPlane:
         self.metrics.control_rejections.labels(error.reason).inc()
         log.warning("control message rejected: %s", error)
         if self.caught_up.is_set():  # history replayed at start-up is not news
-            self._publish_status(self._current(), f"rejected: {error}")
+            self._publish_status(self._current(), ApplyState.REJECTED, f"rejected: {error}")
 
     def _apply(self, deployment: ModelDeployment, *, force: bool = False) -> None:
         previous = self._current()
@@ -225,13 +188,17 @@ class ControlPlane:
             log.error(
                 "generation %d not applied, keeping %d: %s", deployment.generation, previous.generation, exc
             )
-            self._publish_status(previous, f"generation {deployment.generation} not applied: {exc}")
+            self._publish_status(
+                previous, ApplyState.REFUSED, f"generation {deployment.generation} not applied: {exc}"
+            )
             return
         self._pending = None
         swapped = self._offer(model_set)
         if not swapped.wait(APPLY_TIMEOUT_S):
             self._publish_status(
-                previous, f"generation {deployment.generation} loaded but not swapped in time"
+                previous,
+                ApplyState.REFUSED,
+                f"generation {deployment.generation} loaded but not swapped in time",
             )
             return
         self._last = deployment
@@ -242,7 +209,7 @@ class ControlPlane:
             ", ".join(f"{m.version}={w:g}" for m, w in model_set.primaries),
             f" shadows {[m.version for m in model_set.shadows]}" if model_set.shadows else "",
         )
-        self._publish_status(model_set, None)
+        self._publish_status(model_set, ApplyState.APPLIED)
 
     def _wait_for_registry(
         self, deployment: ModelDeployment, force: bool, previous: ModelSet, exc: RegistryUnavailableError
@@ -252,22 +219,21 @@ class ControlPlane:
         first = self._pending is not deployment
         if first:
             self._pending, self._pending_force = deployment, force
-            self._retry_delay = REGISTRY_RETRY_FIRST_S
-        else:
-            self._retry_delay = min(self._retry_delay * 2, REGISTRY_RETRY_MAX_S)
-        self._retry_at = time.monotonic() + self._retry_delay
+            self._backoff.reset()
+        delay = self._backoff.next_delay()
+        self._retry_at = self._clock() + delay
         log.warning(
             "generation %d waits for the registry, keeping %d; retry in %.0f s: %s",
             deployment.generation,
             previous.generation,
-            self._retry_delay,
+            delay,
             exc,
         )
         if first:
             self._publish_status(
                 previous,
-                f"{PENDING_PREFIX}generation {deployment.generation} waits for the registry "
-                f"(retrying): {exc}",
+                ApplyState.PENDING,
+                f"generation {deployment.generation} waits for the registry (retrying): {exc}",
             )
 
     def _load(self, deployment: ModelDeployment) -> ModelSet:
@@ -278,18 +244,8 @@ class ControlPlane:
     def _load_one(self, uri: str) -> LoadedModel:
         # An alias may have moved since it was cached: applying the old resolution would report
         # a change that did not happen, so the control plane waits for the registry instead.
-        fetched = self._registry.fetch(uri, stale_alias_ok=False)
-        model = self.settings.model
-        return load_model(
-            fetched.path,
-            name=fetched.name,
-            version=fetched.version,
-            uri=uri,
-            sha256=fetched.sha256,
-            intra_op_threads=model.intra_op_threads,
-            inter_op_threads=model.inter_op_threads,
-            warm_up_batch=self.settings.batching.max_batch_size,
-        )
+        model, _ = load_version(self._source, uri, self.settings, stale_alias_ok=False)
+        return model
 
     def _reload_configured(self) -> None:
         """SIGHUP without any deployment: re-resolve the configured URI (e.g. a moved alias)."""
@@ -298,21 +254,23 @@ class ControlPlane:
             model = self._load_one(self.settings.model.uri)
         except HeimdallError as exc:
             self.metrics.model_reloads.labels("failure").inc()
-            self._publish_status(current, f"reload of {self.settings.model.uri} failed: {exc}")
+            self._publish_status(
+                current, ApplyState.REFUSED, f"reload of {self.settings.model.uri} failed: {exc}"
+            )
             return
         serving = current.primaries[0][0]
         if len(current.primaries) == 1 and (model.version, model.sha256) == (serving.version, serving.sha256):
             return
         if self._offer(ModelSet.single(model, current.generation)).wait(APPLY_TIMEOUT_S):
             self.metrics.model_reloads.labels("success").inc()
-            self._publish_status(self._current(), None)
+            self._publish_status(self._current(), ApplyState.APPLIED)
 
     def _status_delivered(self, error: KafkaError | None, _message: object) -> None:
         if error is not None:  # operators would see a stale status: count it and say so
             self.metrics.kafka_errors.labels(error.name()).inc()
             log.warning("model status not delivered to %s: %s", self.settings.kafka.status_topic, error.str())
 
-    def _publish_status(self, model_set: ModelSet, error: str | None) -> None:
+    def _publish_status(self, model_set: ModelSet, state: ApplyState, error: str | None = None) -> None:
         versions = tuple(
             LoadedVersion(m.uri, m.version, m.sha256, w, False) for m, w in model_set.primaries
         ) + tuple(LoadedVersion(m.uri, m.version, m.sha256, 0.0, True) for m in model_set.shadows)
@@ -324,6 +282,7 @@ class ControlPlane:
             reported_at=datetime.now(UTC),
             error=error,
             requested_generation=max(self._requested, model_set.generation),
+            state=state,
         )
         self._producer.produce(
             self.settings.kafka.status_topic,

@@ -9,15 +9,14 @@ the app swaps whole ``ModelSet`` objects between batches, so no batch mixes vers
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import numpy.typing as npt
 
 from heimdall_stream.errors import ControlMessageError
 from heimdall_stream.models.inference import LoadedModel
+from heimdall_stream.models.weights import check_weights
 
 
 def route_point(capture_id: str) -> float:
@@ -37,10 +36,8 @@ class ModelSet:
 
     def __post_init__(self) -> None:
         if not self.primaries:
-            raise ControlMessageError("a model set needs at least one primary version")
-        total = sum(weight for _, weight in self.primaries)
-        if not math.isclose(total, 1.0, abs_tol=1e-6) or any(w < 0 for _, w in self.primaries):
-            raise ControlMessageError(f"weights must be >= 0 and sum to 1, got {total}")
+            raise ControlMessageError("a model set needs at least one primary version", reason="malformed")
+        check_weights(weight for _, weight in self.primaries)
 
     @classmethod
     def single(cls, model: LoadedModel, generation: int = 0) -> ModelSet:
@@ -61,21 +58,3 @@ class ModelSet:
     def models(self) -> tuple[LoadedModel, ...]:
         """Every loaded model: primaries, then shadows."""
         return tuple(m for m, _ in self.primaries) + self.shadows
-
-
-def bhattacharyya_overlap(
-    mean_a: npt.ArrayLike, cov_a: npt.ArrayLike, mean_b: npt.ArrayLike, cov_b: npt.ArrayLike
-) -> float:
-    """Overlap in [0, 1] of two 2-D Gaussians (Bhattacharyya coefficient); 1 = identical."""
-    a, b = _matrix(cov_a), _matrix(cov_b)
-    mixed = (a + b) / 2.0
-    delta = np.asarray(mean_a, dtype=np.float64) - np.asarray(mean_b, dtype=np.float64)
-    distance = delta @ np.linalg.solve(mixed, delta) / 8.0 + 0.5 * math.log(
-        np.linalg.det(mixed) / math.sqrt(np.linalg.det(a) * np.linalg.det(b))
-    )
-    return float(math.exp(-distance))
-
-
-def _matrix(cov: npt.ArrayLike) -> npt.NDArray[np.float64]:
-    se, sn, rho = (float(v) for v in np.asarray(cov, dtype=np.float64))
-    return np.array([[se * se, rho * se * sn], [rho * se * sn, sn * sn]])

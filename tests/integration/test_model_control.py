@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Producer
 
 from heimdall_stream.control.operator import parse_versions, publish_deployment, statuses, wait_applied
-from heimdall_stream.control.runtime import signed
+from heimdall_stream.control.protocol import signed
 from heimdall_stream.lab.reference import register_onnx
 from heimdall_stream.models.registry import ModelRef, ModelRegistry
 from heimdall_stream.models.routing import route_point

@@ -18,10 +18,9 @@ import pytest
 import redis
 
 from heimdall_stream.control.operator import publish_deployment, statuses
-from heimdall_stream.control.runtime import PENDING_PREFIX
 from heimdall_stream.lab.reference import register_onnx
 from heimdall_stream.models.registry import ModelRef, ModelRegistry
-from heimdall_stream.wire.messages import WeightedVersion
+from heimdall_stream.wire.messages import ApplyState, WeightedVersion
 from tests.integration.conftest import read_topic, results_of, send_captures
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -61,7 +60,7 @@ def test_mlflow_down_during_a_deployment_keeps_serving_and_completes_when_back(
 
         def pending() -> bool:
             status = statuses(settings).get(settings.instance_id)
-            return bool(status and status.error and status.error.startswith(PENDING_PREFIX))
+            return bool(status and status.state is ApplyState.PENDING)
 
         _wait(pending, 60, "no pending status while MLflow is down")
         status = statuses(settings)[settings.instance_id]

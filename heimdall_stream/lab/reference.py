@@ -19,8 +19,7 @@ from pathlib import Path
 
 from heimdall_stream.lab.iq_benchmark import build_iq_benchmark_model
 from heimdall_stream.lab.training import EvaluationReport, train_features_model
-from heimdall_stream.models.inference import file_sha256
-from heimdall_stream.models.registry import SHA_TAG
+from heimdall_stream.models.registry import SHA_TAG, file_sha256
 from heimdall_stream.network import Network
 
 log = logging.getLogger(__name__)

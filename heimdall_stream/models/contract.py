@@ -2,8 +2,9 @@
 
 A model carries ``heimdall.contract`` in its ONNX ``metadata_props``: JSON with the contract
 version, the input kind, the receiver slots (ids and coordinates), the reference point of its
-east/north frame, the IQ geometry it expects and, for ``features`` models, the feature names
-and normalisation statistics.
+east/north frame, the IQ geometry it expects and the input kind's own part (for ``features``
+models, the feature names and normalisation statistics).  What depends on the input kind lives
+in ``heimdall_stream.models.inputs``: one adapter per kind, found by name in ``INPUT_KINDS``.
 
 A model may also declare its ``coverage``: at which Mahalanobis radius (in its own predicted
 sigmas) the truth lies with probability p, measured on a calibration split.  Real localization
@@ -25,22 +26,17 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from heimdall_stream.errors import ModelContractError
 from heimdall_stream.geo import LocalFrame, chi2_2_scale
-from heimdall_stream.models.features import FEATURE_NAMES
+from heimdall_stream.models.inputs import INPUT_KINDS, InputKind
 from heimdall_stream.network import Network
 
 CONTRACT_KEY = "heimdall.contract"
 CONTRACT_VERSION = "heimdall.localization/v1"
-InputKind = Literal["features", "iq"]
-INPUTS: dict[str, tuple[str, str]] = {
-    "features": ("receiver_features", "receiver_mask"),
-    "iq": ("iq", "receiver_mask"),
-}
 OUTPUTS = {"position_enu_m": 2, "covariance_enu": 3}
 
 
@@ -57,12 +53,13 @@ class TensorSpec:
 class ModelContract:
     """A validated self-description of a localization model."""
 
-    input_kind: InputKind
+    input_kind: str  # a key of INPUT_KINDS
     network: Network
     reference_latitude: float
     reference_longitude: float
     sample_rate_hz: float
     sample_count: int
+    # Only for the ``features`` kind (see models/inputs/features.py).
     feature_names: tuple[str, ...] = ()
     feature_mean: tuple[float, ...] = ()
     feature_std: tuple[float, ...] = ()
@@ -96,9 +93,9 @@ class ModelContract:
         return LocalFrame(self.reference_latitude, self.reference_longitude)
 
     @property
-    def feature_columns(self) -> tuple[int, ...]:
-        """Columns of ``extract_features`` output that feed this model, in its order."""
-        return tuple(FEATURE_NAMES.index(name) for name in self.feature_names)
+    def input_adapter(self) -> type[InputKind]:
+        """The adapter of this contract's input kind."""
+        return INPUT_KINDS[self.input_kind]
 
     def to_json(self) -> str:
         """The JSON stored under ``heimdall.contract``."""
@@ -118,12 +115,7 @@ class ModelContract:
                 "levels": [level for level, _ in self.coverage],
                 "radii": [radius for _, radius in self.coverage],
             }
-        if self.input_kind == "features":
-            body["features"] = {
-                "names": list(self.feature_names),
-                "mean": list(self.feature_mean),
-                "std": list(self.feature_std),
-            }
+        body.update(self.input_adapter.spec_json(self))
         return json.dumps(body, sort_keys=True)
 
 
@@ -142,8 +134,9 @@ def parse_contract(text: str | None) -> ModelContract:
             f"unsupported contract version {body.get('contract')!r}; this consumer speaks {CONTRACT_VERSION}"
         )
     kind = body.get("input_kind")
-    if kind not in INPUTS:
-        raise ModelContractError(f"input_kind must be 'features' or 'iq', got {kind!r}")
+    if kind not in INPUT_KINDS:
+        known = " or ".join(repr(name) for name in INPUT_KINDS)
+        raise ModelContractError(f"input_kind must be {known}, got {kind!r}")
     try:
         network = Network.from_dict(
             {"name": body.get("network_name", "model"), "receivers": body["receivers"]}
@@ -158,11 +151,7 @@ def parse_contract(text: str | None) -> ModelContract:
         raise ModelContractError(f"reference point {lat}, {lon} is not a valid position")
     if not (sample_rate > 0 and math.isfinite(sample_rate) and sample_count > 0):
         raise ModelContractError(f"iq geometry must be positive, got {sample_rate} Hz × {sample_count}")
-    names: tuple[str, ...] = ()
-    mean: tuple[float, ...] = ()
-    std: tuple[float, ...] = ()
-    if kind == "features":
-        names, mean, std = _parse_features(body.get("features"))
+    kind_fields = INPUT_KINDS[kind].parse_spec(body)
     return ModelContract(
         input_kind=kind,
         network=network,
@@ -170,12 +159,10 @@ def parse_contract(text: str | None) -> ModelContract:
         reference_longitude=lon,
         sample_rate_hz=sample_rate,
         sample_count=sample_count,
-        feature_names=names,
-        feature_mean=mean,
-        feature_std=std,
         benchmark_only=bool(body.get("benchmark_only", False)),
         description=str(body.get("description", "")),
         coverage=_parse_coverage(body.get("coverage")),
+        **kind_fields,
     )
 
 
@@ -197,43 +184,19 @@ def _parse_coverage(spec: Any) -> tuple[tuple[float, float], ...]:
     return tuple(pairs)
 
 
-def _parse_features(spec: Any) -> tuple[tuple[str, ...], tuple[float, ...], tuple[float, ...]]:
-    if not isinstance(spec, dict):
-        raise ModelContractError("a features model needs a 'features' object with names, mean and std")
-    try:
-        names = tuple(str(n) for n in spec["names"])
-        mean = tuple(float(v) for v in spec["mean"])
-        std = tuple(float(v) for v in spec["std"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ModelContractError(f"features spec is malformed: {exc!r}") from exc
-    unknown = [n for n in names if n not in FEATURE_NAMES]
-    if unknown:
-        raise ModelContractError(f"model wants features this consumer does not compute: {unknown}")
-    if not names or len(mean) != len(names) or len(std) != len(names):
-        raise ModelContractError(f"features: {len(names)} names but {len(mean)} means and {len(std)} stds")
-    if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(s) and s > 0 for s in std):
-        raise ModelContractError("feature normalisation statistics must be finite, with std > 0")
-    return names, mean, std
-
-
 def validate_contract(
     metadata: Mapping[str, str], inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
 ) -> ModelContract:
     """Check a model's metadata and graph signature; return its contract or raise."""
     contract = parse_contract(metadata.get(CONTRACT_KEY))
-    n_slots = len(contract.network.receivers)
     by_name = {spec.name: spec for spec in inputs}
-    wanted = INPUTS[contract.input_kind]
+    wanted = contract.input_adapter.input_shapes(contract)
     if set(by_name) != set(wanted):
         raise ModelContractError(
             f"a {contract.input_kind} model must have inputs {sorted(wanted)}, has {sorted(by_name)}"
         )
-    if contract.input_kind == "features":
-        expected: tuple[int | None, ...] = (None, n_slots, len(contract.feature_names))
-        _check_tensor(by_name["receiver_features"], expected)
-    else:
-        _check_tensor(by_name["iq"], (None, n_slots, 2, contract.sample_count))
-    _check_tensor(by_name["receiver_mask"], (None, n_slots))
+    for name, shape in wanted.items():
+        _check_tensor(by_name[name], shape)
     out_by_name = {spec.name: spec for spec in outputs}
     for name, width in OUTPUTS.items():
         if name not in out_by_name:

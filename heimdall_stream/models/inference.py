@@ -3,13 +3,13 @@
 ``load_model`` opens an ONNX file with full graph optimisation, validates its contract (a model
 that does not fit is refused with ``ModelContractError``), and runs one warm-up batch so the
 first real batch does not pay for lazy initialisation.  ``LoadedModel.prepare`` turns validated
-captures into the model's input arrays (features or raw IQ); ``LoadedModel.infer`` runs them and
-checks the outputs' shapes and values.
+captures into the model's input arrays through the adapter of its contract's input kind
+(``heimdall_stream.models.inputs``); ``LoadedModel.infer`` runs them and checks the outputs'
+shapes and values.
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,28 +20,11 @@ import onnxruntime as ort
 
 from heimdall_stream.errors import InferenceError, ModelLoadError
 from heimdall_stream.models.contract import ModelContract, TensorSpec, validate_contract
-from heimdall_stream.models.features import assemble_batch, extract_features, normalise_features
+from heimdall_stream.models.inputs import PreparedBatch
 from heimdall_stream.wire.messages import IqCapture
 
-F32 = npt.NDArray[np.float32]
-
-
-@dataclass(frozen=True)
-class PreparedBatch:
-    """Model inputs of a batch, plus a per-capture key of exactly what the model will see."""
-
-    inputs: dict[str, F32]
-    cache_keys: tuple[str, ...]
-    receivers_used: tuple[tuple[str, ...], ...]
-
-    def subset(self, rows: Sequence[int]) -> PreparedBatch:
-        """The same batch restricted to some rows (cache misses, or a bisection half)."""
-        index = np.asarray(rows, dtype=np.int64)
-        return PreparedBatch(
-            inputs={name: array[index] for name, array in self.inputs.items()},
-            cache_keys=tuple(self.cache_keys[i] for i in rows),
-            receivers_used=tuple(self.receivers_used[i] for i in rows),
-        )
+# PreparedBatch is defined with the input kinds and re-exported here, beside the model it feeds.
+__all__ = ["LoadedModel", "Prediction", "PreparedBatch", "load_model", "session_options"]
 
 
 @dataclass(frozen=True)
@@ -71,9 +54,7 @@ class LoadedModel:
         self.version = version
         self.uri = uri
         self.sha256 = sha256
-        self._mean = np.asarray(contract.feature_mean, np.float32)
-        self._std = np.asarray(contract.feature_std, np.float32)
-        self._columns = list(contract.feature_columns)
+        self.input_adapter = contract.input_adapter(contract, sha256)
 
     @property
     def label(self) -> str:
@@ -81,27 +62,8 @@ class LoadedModel:
         return f"{self.name}/{self.version}"
 
     def prepare(self, captures: Sequence[IqCapture]) -> PreparedBatch:
-        """Model inputs for validated captures: features (normalised) or raw IQ, plus the mask."""
-        contract = self.contract
-        iq, mask, fs, offsets = assemble_batch(captures, contract.slots, contract.sample_count)
-        if contract.input_kind == "features":
-            features = extract_features(iq, mask, fs, offsets)[..., self._columns]
-            main = normalise_features(features, mask, self._mean, self._std)
-            inputs = {"receiver_features": main, "receiver_mask": mask}
-        else:
-            main = iq
-            inputs = {"iq": iq, "receiver_mask": mask}
-        keys = tuple(self._cache_key(main[b], mask[b]) for b in range(len(captures)))
-        used = tuple(tuple(r.receiver_id for r in c.receivers) for c in captures)
-        return PreparedBatch(inputs=inputs, cache_keys=keys, receivers_used=used)
-
-    def _cache_key(self, main: F32, mask: F32) -> str:
-        """Hash of exactly what the model sees for one capture, and of the model itself."""
-        digest = hashlib.blake2b(digest_size=20)
-        digest.update(self.sha256.encode())
-        digest.update(main.tobytes())
-        digest.update(mask.tobytes())
-        return digest.hexdigest()
+        """Model inputs for validated captures, each with its cache key (see ``InputKind``)."""
+        return self.input_adapter.prepare(captures)
 
     def infer(self, batch: PreparedBatch) -> Prediction:
         """Run the session; raise ``InferenceError`` on failure or malformed outputs."""
@@ -120,17 +82,9 @@ class LoadedModel:
         return Prediction(position, covariance)
 
     def warm_up(self, batch_size: int = 1) -> None:
-        """One inference on zeros so lazy initialisation happens before readiness."""
-        contract = self.contract
-        slots = len(contract.network.receivers)
-        mask = np.ones((batch_size, slots), np.float32)
-        if contract.input_kind == "features":
-            main = np.zeros((batch_size, slots, len(contract.feature_names)), np.float32)
-            inputs = {"receiver_features": main, "receiver_mask": mask}
-        else:
-            main = np.zeros((batch_size, slots, 2, contract.sample_count), np.float32)
-            inputs = {"iq": main, "receiver_mask": mask}
-        self.infer(PreparedBatch(inputs, tuple("warm-up" for _ in range(batch_size)), ((),) * batch_size))
+        """One inference on the kind's warm-up inputs so lazy initialisation happens before readiness."""
+        inputs = self.input_adapter.warm_up_inputs(batch_size)
+        self.infer(PreparedBatch(inputs, ("warm-up",) * batch_size, ((),) * batch_size))
 
 
 def session_options(intra_op_threads: int, inter_op_threads: int) -> ort.SessionOptions:
@@ -172,12 +126,3 @@ def load_model(
     model = LoadedModel(session, contract, name=name, version=version, uri=uri, sha256=sha256)
     model.warm_up(warm_up_batch)
     return model
-
-
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

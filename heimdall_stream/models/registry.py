@@ -20,6 +20,7 @@ version, sha256 mismatch), which retrying cannot fix.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -33,7 +34,6 @@ from typing import Any
 from filelock import FileLock
 
 from heimdall_stream.errors import ModelLoadError, RegistryUnavailableError
-from heimdall_stream.models.inference import file_sha256
 
 SHA_TAG = "heimdall.sha256"
 # Longest a fetcher waits for another one downloading the same version (a big model, slow link).
@@ -246,6 +246,15 @@ class ModelRegistry:
         except (OSError, ValueError):
             return None
         return self._cached_version(uri, data["name"], data["version"], from_cache=True)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks (the cache's checksum of a model file)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _discard(directory: Path) -> None:

@@ -1,54 +1,20 @@
-"""Dedup marks and the result cache: Redis in production, memory in tests, one protocol.
+"""Dedup: which captures of a batch are new, and remembering the ones committed.
 
-Redis is an optimisation here, never a dependency of correctness: when a command fails, the
-store goes *degraded* (dedup and cache are skipped, a metric and ``/readyz`` say so) and probes
-Redis again every ``retry_interval_s``; when Redis answers, it recovers by itself.  A capture id
-is marked done only after its result is committed, so a crash can cause a re-run, never a loss.
-
-Behind Redis sits ``RecentIds``, a bounded in-process memory of the ids this instance committed:
-it catches repeats while Redis is down or after Redis lost its keyspace (a restart without
-persistence, an eviction), and the consumer counts every repeat only it caught.  The Redis store
-notices a restart by the server's ``run_id``, read on every new connection (redis-py reconnects
-silently after a restart), and counts it, because every mark written before it is gone.
+A capture is a repeat when Redis holds its done mark, when this instance committed it recently
+(``RecentIds``: a bounded in-process memory that catches repeats while Redis is down or after it
+lost its keyspace, counted apart because each would otherwise have been a duplicate result), or
+when the same ``capture_id`` came earlier in the same batch.  A capture is marked done only after
+its result is committed, so a crash can cause a re-run, never a loss.
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from collections.abc import Sequence
 
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
-
-from heimdall_stream.config import RedisSettings
 from heimdall_stream.metrics import Metrics
-
-Clock = Callable[[], float]
-log = logging.getLogger(__name__)
-
-
-class Store(Protocol):
-    """What the consumer needs from a dedup + cache store."""
-
-    @property
-    def healthy(self) -> bool:
-        """False while the store is unreachable and being skipped."""
-
-    def filter_done(self, capture_ids: Sequence[str]) -> set[str]:
-        """The ids among ``capture_ids`` already marked done."""
-
-    def mark_done(self, capture_ids: Sequence[str]) -> None:
-        """Mark ids done (after their results are committed)."""
-
-    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        """Cached values of the keys that are present."""
-
-    def put_many(self, items: Mapping[str, bytes]) -> None:
-        """Cache values."""
+from heimdall_stream.processing.records import Decoded
+from heimdall_stream.processing.store import Store
 
 
 class RecentIds:
@@ -75,198 +41,36 @@ class RecentIds:
             self._ids.popitem(last=False)
 
 
-class InMemoryStore:
-    """A process-local store with the same TTL semantics (tests, or running without Redis)."""
+class Deduplicator:
+    """Redis marks, the recent-id memory and the in-batch check, in that order."""
 
-    def __init__(
-        self, dedup_ttl_s: float = 86_400, cache_ttl_s: float = 3_600, clock: Clock = time.monotonic
-    ):
-        self._done: dict[str, float] = {}
-        self._cache: dict[str, tuple[float, bytes]] = {}
-        self._dedup_ttl, self._cache_ttl, self._clock = dedup_ttl_s, cache_ttl_s, clock
+    def __init__(self, store: Store, recent_ids: int, metrics: Metrics) -> None:
+        self.store = store
+        self.recent = RecentIds(recent_ids)
+        self.metrics = metrics
 
-    @property
-    def healthy(self) -> bool:
-        """Always reachable."""
-        return True
+    def fresh(self, items: Sequence[Decoded]) -> list[Decoded]:
+        """The items whose capture was not done before and is not repeated earlier in ``items``."""
+        done = self.store.filter_done(sorted({item.capture.capture_id for item in items}))
+        fresh: list[Decoded] = []
+        seen: set[str] = set()
+        memory_only = 0
+        for item in items:
+            capture_id = item.capture.capture_id
+            if capture_id in done or capture_id in seen:
+                continue
+            if capture_id in self.recent:
+                memory_only += 1  # Redis forgot it (down, restarted, evicted): a duplicate averted
+                continue
+            seen.add(capture_id)
+            fresh.append(item)
+        if len(items) > len(fresh):
+            self.metrics.dedup_hits.inc(len(items) - len(fresh))
+        if memory_only:
+            self.metrics.dedup_memory_hits.inc(memory_only)
+        return fresh
 
-    def filter_done(self, capture_ids: Sequence[str]) -> set[str]:
-        """Ids marked done and not yet expired."""
-        now = self._clock()
-        return {i for i in capture_ids if self._done.get(i, -1.0) > now}
-
-    def mark_done(self, capture_ids: Sequence[str]) -> None:
-        """Mark ids done for the dedup TTL."""
-        expiry = self._clock() + self._dedup_ttl
-        self._done.update(dict.fromkeys(capture_ids, expiry))
-
-    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        """Unexpired cached values."""
-        now = self._clock()
-        found = {}
-        for key in keys:
-            entry = self._cache.get(key)
-            if entry is not None and entry[0] > now:
-                found[key] = entry[1]
-        return found
-
-    def put_many(self, items: Mapping[str, bytes]) -> None:
-        """Cache values for the cache TTL."""
-        expiry = self._clock() + self._cache_ttl
-        self._cache.update({k: (expiry, v) for k, v in items.items()})
-
-
-class RedisStore:
-    """Dedup marks and cache entries in Redis, degrading to 'off' while Redis is unreachable."""
-
-    def __init__(self, settings: RedisSettings, metrics: Metrics, clock: Clock = time.monotonic) -> None:
-        password = settings.password.get_secret_value() if settings.password else None
-        tls: dict[str, str] = {"ssl_ca_certs": settings.ssl_ca_certs} if settings.ssl_ca_certs else {}
-        self._client = redis.Redis.from_url(
-            settings.url,
-            password=password,
-            **tls,
-            socket_timeout=settings.socket_timeout_s,
-            socket_connect_timeout=settings.socket_timeout_s,
-            # redis-py retries with seconds of backoff by default; here a failed command must
-            # fail fast, because the store then degrades and probes on its own schedule.
-            retry=Retry(NoBackoff(), retries=0),
-            retry_on_timeout=False,
-            redis_connect_func=self._on_connect,
-        )
-        self._prefix = settings.key_prefix
-        self._dedup_ttl_ms = settings.dedup_ttl_s * 1000
-        self._cache_ttl_ms = settings.cache_ttl_s * 1000
-        self._retry_interval = settings.retry_interval_s
-        self._metrics = metrics
-        self._clock = clock
-        self._healthy = True
-        self._retry_at = 0.0
-        self._run_id: str | None = None
-        self.last_error: str | None = None
-        metrics.redis_up.set(1)
-
-    @property
-    def healthy(self) -> bool:
-        """False while Redis is being skipped."""
-        return self._healthy
-
-    def check(self) -> bool:
-        """PING now (used at start-up and by the degraded-mode probe)."""
-        try:
-            self._client.ping()
-        except redis.AuthenticationError:
-            raise  # a subclass of ConnectionError in redis-py: wrong credentials are not an outage
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self._fail(exc)
-            return False
-        self._recover()
-        return True
-
-    def filter_done(self, capture_ids: Sequence[str]) -> set[str]:
-        """Ids with a done mark; none while degraded."""
-        if not capture_ids or not self._usable():
-            return set()
-        try:
-            flags = self._pipeline_exists(capture_ids)
-        except redis.RedisError as exc:
-            self._fail(exc)
-            return set()
-        return {cid for cid, flag in zip(capture_ids, flags, strict=True) if flag}
-
-    def mark_done(self, capture_ids: Sequence[str]) -> None:
-        """SET done marks with the dedup TTL; skipped while degraded."""
-        if not capture_ids or not self._usable():
-            return
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            for cid in capture_ids:
-                pipe.set(f"{self._prefix}done:{cid}", b"1", px=self._dedup_ttl_ms)
-            pipe.execute()
-        except redis.RedisError as exc:
-            self._fail(exc)
-
-    def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
-        """MGET cache entries; empty while degraded."""
-        if not keys or not self._usable():
-            return {}
-        try:
-            values = self._client.mget([f"{self._prefix}cache:{k}" for k in keys])
-        except redis.RedisError as exc:
-            self._fail(exc)
-            return {}
-        return {k: v for k, v in zip(keys, values, strict=True) if isinstance(v, bytes)}
-
-    def put_many(self, items: Mapping[str, bytes]) -> None:
-        """SET cache entries with the cache TTL; skipped while degraded."""
-        if not items or not self._usable():
-            return
-        try:
-            pipe = self._client.pipeline(transaction=False)
-            for key, value in items.items():
-                pipe.set(f"{self._prefix}cache:{key}", value, px=self._cache_ttl_ms)
-            pipe.execute()
-        except redis.RedisError as exc:
-            self._fail(exc)
-
-    def close(self) -> None:
-        """Release the connection pool."""
-        self._client.close()
-
-    def _pipeline_exists(self, capture_ids: Sequence[str]) -> list[int]:
-        pipe = self._client.pipeline(transaction=False)
-        for cid in capture_ids:
-            pipe.exists(f"{self._prefix}done:{cid}")
-        return [int(flag) for flag in pipe.execute()]
-
-    def _usable(self) -> bool:
-        if self._healthy:
-            return True
-        if self._clock() < self._retry_at:
-            return False
-        try:
-            return self.check()
-        except redis.AuthenticationError as exc:  # password changed under a running consumer
-            self._fail(exc)
-            return False
-
-    def _fail(self, exc: Exception) -> None:
-        self._metrics.redis_errors.inc()
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        self._retry_at = self._clock() + self._retry_interval
-        if self._healthy:
-            self._healthy = False
-            self._metrics.redis_up.set(0)
-
-    def _on_connect(self, connection: Any) -> None:
-        """redis-py's connect hook: authenticate as usual, then read the server's run_id."""
-        connection.on_connect()
-        try:
-            connection.send_command("INFO", "server")
-            info = connection.read_response()
-        except redis.ResponseError as exc:  # INFO renamed or refused (some managed Redis)
-            if self._run_id is None:
-                log.warning("Redis refused INFO (%s): restarts cannot be noticed", exc)
-                self._run_id = ""
-            return
-        text = info.decode() if isinstance(info, bytes) else str(info)
-        run_id = next((line[7:].strip() for line in text.splitlines() if line.startswith("run_id:")), "")
-        self._note_run_id(run_id)
-
-    def _note_run_id(self, run_id: str) -> None:
-        # A new run_id is a new server process: without persistence, every mark is gone.
-        if self._run_id is not None and run_id and run_id != self._run_id:
-            self._metrics.redis_restarts.inc()
-            log.warning(
-                "Redis restarted (run_id %s… → %s…): dedup marks written before may be lost; "
-                "repeats of recent captures are still caught in memory",
-                self._run_id[:8],
-                run_id[:8],
-            )
-        self._run_id = run_id or self._run_id
-
-    def _recover(self) -> None:
-        if not self._healthy:
-            self._healthy = True
-            self.last_error = None
-            self._metrics.redis_up.set(1)
+    def remember(self, capture_ids: Sequence[str]) -> None:
+        """Mark committed captures done, in memory and in the store."""
+        self.recent.add(capture_ids)
+        self.store.mark_done(capture_ids)

@@ -1,14 +1,14 @@
-"""The consume → process → commit loop: consuming, batching, rebalances and model swaps.
+"""The consume → process → commit loop: the Kafka side only.
 
 One iteration: consume at most as many captures as fit in the current micro-batch (so in-flight
 work is bounded by ``max_batch_size``, and librdkafka's prefetch by ``queued.max.messages.kbytes``);
-when the batch is due, score it (``scoring``) and hand the outputs to ``delivery``, which writes
-them and commits the input offsets exactly once (or at least once).
+when the batch is due, hand it to the ``BatchProcessor`` and its outcome to ``delivery``, which
+writes it and commits the input offsets exactly once (or at least once); after the commit the
+processor does its bookkeeping (dedup marks, cache, metrics).  Nothing calls back up this corridor.
 
-Redis dedup marks and cache entries are written only after the commit.  Rebalances: pending
-captures are processed and committed in ``on_revoke`` (never for partitions no longer owned);
-on ``on_lost`` they are dropped uncommitted, for the new owner to process.  A new model set
-offered by the control plane is swapped in between two batches.
+Rebalances: pending captures are processed and committed in ``on_revoke`` (never for partitions
+no longer owned); on ``on_lost`` they are dropped uncommitted, for the new owner to process.  A
+new model set offered by the control plane is swapped in between two batches.
 """
 
 from __future__ import annotations
@@ -18,20 +18,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
+from heimdall_stream.clients import consumer_config
 from heimdall_stream.config import Settings
+from heimdall_stream.errors import FatalKafkaError
 from heimdall_stream.health import Health
 from heimdall_stream.metrics import Metrics
-from heimdall_stream.models.routing import ModelSet
-from heimdall_stream.processing.dedup import RecentIds, Store
-from heimdall_stream.processing.pipeline import Decoded, InputRecord, decode_all
-from heimdall_stream.processing.scoring import ScoredBatch, score
+from heimdall_stream.processing.processor import BatchProcessor
+from heimdall_stream.processing.records import InputRecord
 from heimdall_stream.stream.batching import MicroBatcher
-from heimdall_stream.stream.clients import consumer_config
-from heimdall_stream.stream.delivery import Delivery, FatalKafkaError
+from heimdall_stream.stream.delivery import Delivery
+from heimdall_stream.stream.swap import ModelSwap
 
 log = logging.getLogger(__name__)
 LAG_INTERVAL_S = 10.0
@@ -43,22 +42,21 @@ class StreamApp:
     def __init__(
         self,
         settings: Settings,
-        models: ModelSet,
-        store: Store,
+        processor: BatchProcessor,
+        models: ModelSwap,
         metrics: Metrics,
         health: Health,
         *,
+        store_healthy: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.monotonic,
-        wall: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.settings = settings
+        self.processor = processor
         self.models = models
-        self.store = store
-        self.recent = RecentIds(settings.redis.recent_ids)
         self.metrics = metrics
         self.health = health
         self.clock = clock
-        self.wall = wall
+        self._store_healthy = store_healthy
         batching = settings.batching
         self.batcher: MicroBatcher[InputRecord] = MicroBatcher(
             batching.max_batch_size, batching.max_wait_ms / 1000.0, clock
@@ -67,12 +65,9 @@ class StreamApp:
         self.delivery = Delivery(
             settings, self.consumer, metrics, self._on_kafka_error, lambda: self._assigned
         )
-        self._batch_seq = 0
         self._fatal: str | None = None
         self._assigned: set[tuple[str, int]] = set()
         self._next_lag_at = 0.0
-        self._swap_lock = threading.Lock()
-        self._pending: tuple[ModelSet, threading.Event] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -92,7 +87,7 @@ class StreamApp:
             self.settings.instance_id,
             self.settings.kafka.group_id,
             self.settings.kafka.delivery,
-            ", ".join(m.label for m in self.models.models),
+            ", ".join(m.label for m in self.models.current().models),
         )
         try:
             while not stop.is_set():
@@ -116,7 +111,7 @@ class StreamApp:
         if self.batcher.ready():
             self._process(self.batcher.take())
         self.metrics.in_flight.set(len(self.batcher))
-        self.health.update(redis_healthy=self.store.healthy)
+        self.health.update(redis_healthy=self._store_healthy())
         if now >= self._next_lag_at:
             self._next_lag_at = now + LAG_INTERVAL_S
             self._update_lag()
@@ -172,26 +167,12 @@ class StreamApp:
 
     # ------------------------------------------------------------------ processing
 
-    def offer(self, models: ModelSet) -> threading.Event:
-        """Hand over a new model set; the loop swaps it in between two batches."""
-        swapped = threading.Event()
-        with self._swap_lock:
-            self._pending = (models, swapped)
-        return swapped
-
-    def current(self) -> ModelSet:
-        """The model set in force."""
-        return self.models
-
     def _swap_if_offered(self) -> None:
-        with self._swap_lock:
-            pending, self._pending = self._pending, None
-        if pending is None:
+        offer = self.models.take_offer()
+        if offer is None:
             return
-        models, swapped = pending
-        old = self.models
-        self.models = models
-        for model in old.models:
+        previous, swapped = offer
+        for model in previous.models:
             with contextlib.suppress(KeyError):
                 self.metrics.model_weight.remove(model.name, model.version)
         self._publish_model_metrics()
@@ -200,69 +181,10 @@ class StreamApp:
     def _process(self, records: list[InputRecord]) -> None:
         if not records:
             return
-        self._batch_seq += 1
-        decoded, bad = decode_all(records, self.settings.limits)
-        scored = score(
-            self.models,
-            decoded,
-            self.store,
-            settings=self.settings,
-            metrics=self.metrics,
-            batch_id=f"{self.settings.instance_id}-{self._batch_seq}",
-            clock=self.clock,
-            wall=self.wall,
-            dedup=self._dedup,
-        )
-        scored.outcome.dead_letters.extend(bad)
-        if not self.delivery.commit(records, scored.outcome):
-            return  # aborted: the consumer was rewound and the batch will run again
-        self._after_commit(scored)
-
-    def _dedup(self, items: list[Decoded]) -> list[Decoded]:
-        """Drop captures already done (Redis, else recent memory) or repeated within the batch."""
-        done = self.store.filter_done(sorted({item.capture.capture_id for item in items}))
-        fresh: list[Decoded] = []
-        seen: set[str] = set()
-        memory_only = 0
-        for item in items:
-            capture_id = item.capture.capture_id
-            if capture_id in done or capture_id in seen:
-                continue
-            if capture_id in self.recent:
-                memory_only += 1  # Redis forgot it (down, restarted, evicted): a duplicate averted
-                continue
-            seen.add(capture_id)
-            fresh.append(item)
-        duplicates = len(items) - len(fresh)
-        if duplicates:
-            self.metrics.dedup_hits.inc(duplicates)
-        if memory_only:
-            self.metrics.dedup_memory_hits.inc(memory_only)
-        return fresh
-
-    def _after_commit(self, scored: ScoredBatch) -> None:
-        outcome = scored.outcome
-        done = [r.localization.capture_id for r in outcome.results]
-        self.recent.add(done)
-        self.store.mark_done(done)
-        self.store.put_many(
-            {r.cache_key: r.prediction for r in outcome.results if not r.localization.cache_hit}
-        )
-        now, done_at = self.wall(), self.clock()
-        for stats in scored.versions:
-            version = stats.model.version
-            self.metrics.record_cache(version, stats.cache_hits, stats.fresh - stats.cache_hits)
-            self.metrics.batch_size.labels(version).observe(stats.fresh)
-            if stats.inference_s:
-                self.metrics.inference_latency.labels(version).observe(stats.inference_s)
-            if stats.results:
-                self.metrics.results_produced.labels(version).inc(len(stats.results))
-            for result in stats.results:
-                lag = (now - result.captured_at).total_seconds()
-                self.metrics.end_to_end_latency.labels(version).observe(max(lag, 0.0))
-                self.metrics.processing_latency.observe(max(done_at - result.record.consumed_at, 0.0))
-        for letter in outcome.dead_letters:
-            self.metrics.dead_letters.labels(letter.reason).inc()
+        scored = self.processor.process(records)
+        if self.delivery.commit(scored):
+            self.processor.after_commit(scored)
+        # else: aborted; the consumer was rewound and the batch will run again
 
     # ------------------------------------------------------------------ rebalances, errors
 
@@ -324,7 +246,7 @@ class StreamApp:
                 self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(high - tp.offset, 0))
 
     def _publish_model_metrics(self) -> None:
-        models = self.models
+        models = self.models.current()
         self.metrics.model_loaded.set(1)
         self.metrics.ready.set(1)
         for model, weight in models.primaries:

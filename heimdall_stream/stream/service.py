@@ -16,17 +16,22 @@ from types import FrameType
 import redis
 from prometheus_client import CollectorRegistry
 
+from heimdall_stream.clients import check_connectivity, check_topics
 from heimdall_stream.config import Settings
 from heimdall_stream.control.runtime import ControlPlane
 from heimdall_stream.errors import ConfigurationError
 from heimdall_stream.health import Health, serve
 from heimdall_stream.metrics import Metrics
-from heimdall_stream.models.inference import LoadedModel, load_model
+from heimdall_stream.models.inference import LoadedModel
+from heimdall_stream.models.loading import load_version
 from heimdall_stream.models.registry import ModelRegistry
 from heimdall_stream.models.routing import ModelSet
-from heimdall_stream.processing.dedup import RedisStore
+from heimdall_stream.processing.cache import ResultCache
+from heimdall_stream.processing.dedup import Deduplicator
+from heimdall_stream.processing.processor import BatchProcessor
+from heimdall_stream.processing.store import RedisStore
 from heimdall_stream.stream.app import StreamApp
-from heimdall_stream.stream.clients import check_connectivity, check_topics
+from heimdall_stream.stream.swap import ModelSwap
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +56,17 @@ class ConsumerService:
             check_topics(self.settings, check_connectivity(self.settings))
             model = self.load_model()
             store = self._store()
-            app = StreamApp(self.settings, ModelSet.single(model), store, self.metrics, self.health)
+            models = ModelSwap(ModelSet.single(model))
+            app = StreamApp(
+                self.settings,
+                self.processor(models, store),
+                models,
+                self.metrics,
+                self.health,
+                store_healthy=lambda: store.healthy,
+            )
             if self.settings.model.control_enabled:
-                control = ControlPlane(self.settings, self.metrics, app.current, app.offer)
+                control = ControlPlane(self.settings, self.metrics, models.current, models.offer)
                 control.start()
                 self.control = control
             app.run(stop)
@@ -62,6 +75,19 @@ class ConsumerService:
                 control.stop()
             self._server.shutdown()
             self._server.server_close()
+
+    def processor(self, models: ModelSwap, store: RedisStore) -> BatchProcessor:
+        """The batch path of this instance, on the given model sets and store."""
+        settings = self.settings
+        return BatchProcessor(
+            models.current,
+            Deduplicator(store, settings.redis.recent_ids, self.metrics),
+            ResultCache(store),
+            self.metrics,
+            limits=settings.limits,
+            confidence=settings.model.confidence,
+            batch_prefix=settings.instance_id,
+        )
 
     def request_reapply(self) -> None:
         """Re-apply the deployment in force and re-resolve aliases (SIGHUP)."""
@@ -73,17 +99,7 @@ class ConsumerService:
         settings, metrics = self.settings, self.metrics
         registry = ModelRegistry(settings.mlflow.tracking_uri, settings.mlflow.cache_dir)
         try:
-            fetched = registry.fetch(settings.model.uri)
-            model = load_model(
-                fetched.path,
-                name=fetched.name,
-                version=fetched.version,
-                uri=fetched.uri,
-                sha256=fetched.sha256,
-                intra_op_threads=settings.model.intra_op_threads,
-                inter_op_threads=settings.model.inter_op_threads,
-                warm_up_batch=settings.batching.max_batch_size,
-            )
+            model, fetched = load_version(registry, settings.model.uri, settings)
         except Exception:
             metrics.model_reloads.labels("failure").inc()
             raise

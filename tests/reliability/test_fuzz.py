@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 
 from heimdall_stream.config import LimitsSettings
-from heimdall_stream.control.runtime import signed, verify
+from heimdall_stream.control.protocol import signed, verify
 from heimdall_stream.errors import ControlMessageError, DecodeError
 from heimdall_stream.lab.simulator import IqSimulator, LinkModel
-from heimdall_stream.processing.pipeline import DeadLetter, InputRecord, decode_and_validate
+from heimdall_stream.processing.intake import decode_and_validate
+from heimdall_stream.processing.records import DeadLetter, InputRecord
 from heimdall_stream.wire.codec import capture_codec, deployment_codec
 from heimdall_stream.wire.messages import ModelDeployment, WeightedVersion
 from tests.helpers import NETWORK, features_contract

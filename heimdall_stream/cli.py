@@ -1,10 +1,15 @@
 """The ``heimdall-stream`` command line.
 
-Subcommands: ``run`` (the consumer), ``simulate`` (publish simulated captures), ``train-reference``
-(train and register the reference models), ``topics`` (create the service's topics) and
-``demo`` (everything end to end on the local stack).  Every setting comes from ``HEIMDALL_*``
-environment variables (see ``heimdall_stream/config.py``); options here only cover what a
-command does, not where the services are.
+Subcommands: ``run`` (the consumer), ``simulate`` (publish simulated captures),
+``train-reference`` (train and register the reference models), ``deploy`` (publish a signed
+model deployment and wait for the instances), ``status`` (what each instance applied),
+``check-model`` (fetch, verify and describe a model), ``topics`` (create the service's topics)
+and ``demo`` (everything end to end on the local stack).  Every setting comes from
+``HEIMDALL_*`` environment variables (see ``heimdall_stream/config.py``); options here only
+cover what a command does, not where the services are.
+
+Errors are mapped to exit codes in one place (``HeimdallGroup``): a ``HeimdallError`` escaping
+any command ends it with one ``error: ...`` line on stderr and the code of its class.
 """
 
 from __future__ import annotations
@@ -17,48 +22,106 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from heimdall_stream.config import Settings
-from heimdall_stream.errors import HeimdallError
+from heimdall_stream.config import Settings, load_settings
+from heimdall_stream.errors import (
+    ConfigurationError,
+    ControlMessageError,
+    FatalKafkaError,
+    HeimdallError,
+    ModelContractError,
+    ModelLoadError,
+)
 from heimdall_stream.logs import setup_logging
 from heimdall_stream.network import load_network
 
 log = logging.getLogger("heimdall_stream")
 
 
+# The exit code of each error class; the first class the error is an instance of wins, so a
+# subclass listed before its base gets its own code.  Documented in ``main``'s help and README.
+EXIT_CODES: tuple[tuple[type[HeimdallError], int], ...] = (
+    (FatalKafkaError, 3),
+    (ConfigurationError, 2),
+    (ModelLoadError, 2),
+    (ModelContractError, 2),
+    (ControlMessageError, 2),
+    (HeimdallError, 4),
+)
+
+
+def exit_code(error: HeimdallError) -> int:
+    """The exit code a command ends with when ``error`` escapes it."""
+    return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a multi-line message is joined with spaces)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or repr(error)
+
+
+class HeimdallGroup(click.Group):
+    """A command group that turns every ``HeimdallError`` into one stderr line and an exit code.
+
+    Expected failures (bad settings, unreachable or refusing services, a model that does not
+    fit, a fenced producer) are the operator's to fix, so they get a sentence, not a traceback;
+    the traceback is still logged at DEBUG.  Any other exception is a bug and keeps click's
+    default (traceback, exit 1).
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the subcommand; map a ``HeimdallError`` it raises to its exit code."""
+        try:
+            return super().invoke(ctx)
+        except HeimdallError as exc:
+            log.debug("command failed", exc_info=True)
+            click.echo(f"error: {one_line(exc)}", err=True)
+            ctx.exit(exit_code(exc))
+
+
 def _settings() -> Settings:
-    settings = Settings()
+    """The settings (``ConfigurationError`` naming each bad variable), with logging set up."""
+    settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
     return settings
 
 
-def _connect_or_exit(settings: Settings) -> None:
-    """Stop with the reason (exit 2) when Kafka is unreachable or refuses the credentials."""
-    from heimdall_stream.stream.clients import check_connectivity
+def _connect_or_exit(settings: Settings) -> set[str]:
+    """The cluster's topics; stop (exit 2) when Kafka is unreachable or refuses the credentials.
 
-    try:
-        check_connectivity(settings)
-    except HeimdallError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    The ``ConfigurationError`` of the check is reported by ``HeimdallGroup`` like any other.
+    """
+    from heimdall_stream.clients import check_connectivity
+
+    return check_connectivity(settings)
 
 
-@click.group()
+@click.group(cls=HeimdallGroup)
 @click.version_option(package_name="heimdall-stream")
 def main() -> None:
-    """Real-time transmitter localization from SDR IQ captures on Kafka."""
+    """Real-time transmitter localization from SDR IQ captures on Kafka.
+
+    Every setting is a HEIMDALL_* environment variable (see the README).
+
+    \b
+    Exit codes:
+      0  done
+      1  the command ran but did not succeed (deploy: not applied by every live instance
+         within the timeout); also any unexpected error, which prints a traceback
+      2  bad usage or settings, a service that refuses or cannot be reached at start,
+         a model that cannot be loaded or does not fit its contract, a refused deployment
+      3  fatal Kafka error (producer fenced, authorization, fatal idempotence error): restart
+      4  any other heimdall-stream error
+    """  # noqa: D301 (click's \b keeps the list as written)
 
 
 @main.command()
 def run() -> None:
     """Consume captures and produce localizations until SIGTERM/SIGINT."""
+    settings = _settings()
+    # Imported after the settings so a bad variable is reported before the heavy imports.
     from heimdall_stream.stream.service import run_service
 
-    settings = _settings()
-    try:
-        run_service(settings)
-    except HeimdallError as exc:
-        log.error("%s", exc)
-        sys.exit(2)
+    run_service(settings)
 
 
 @main.command()
@@ -96,6 +159,7 @@ def simulate(
     """Publish simulated IQ captures (with optional duplicates and malformed messages)."""
     from confluent_kafka import Producer
 
+    from heimdall_stream.clients import capture_producer_config
     from heimdall_stream.lab.publisher import Outgoing, SimulationPlan, publish, write_file
 
     settings = _settings()
@@ -104,15 +168,14 @@ def simulate(
     if output is not None:
         stats = write_file(output, network, plan)
     else:
-        _connect_or_exit(settings)
-        producer = Producer(
-            {
-                **settings.kafka.client_config(),
-                "enable.idempotence": True,
-                "linger.ms": 5,
-                "message.max.bytes": 16 * 1024 * 1024,
-            }
-        )
+        target = topic or settings.kafka.input_topic
+        if target not in _connect_or_exit(settings):
+            # Otherwise every message would fail delivery only after the whole run was sent.
+            raise ConfigurationError(
+                f"topic {target} does not exist on {settings.kafka.bootstrap_servers}; "
+                "create it with `heimdall-stream topics`"
+            )
+        producer = Producer(capture_producer_config(settings))
         truth = truth_path.open("w") if truth_path else None
         try:
             with tqdm(total=count, unit="capture", disable=None) as bar:
@@ -123,7 +186,7 @@ def simulate(
 
                 stats = publish(
                     producer,
-                    topic or settings.kafka.input_topic,
+                    target,
                     network,
                     plan,
                     truth_file=truth,
@@ -214,7 +277,8 @@ def deploy(
     for instance, error in sorted(errors.items()):
         click.echo(f"{instance}: {error}", err=True)
     click.echo(
-        f"{len(applied)} instance(s) applied generation {deployment.generation}, {len(errors)} refused it"
+        f"{len(applied)} instance(s) applied generation {deployment.generation}, "
+        f"{len(errors)} did not (refused, or still pending at the timeout)"
     )
     if errors or not applied:
         sys.exit(1)
@@ -224,6 +288,7 @@ def deploy(
 def status() -> None:
     """Show what every live instance has applied: generation, versions, weights, errors."""
     from heimdall_stream.control.operator import live_instances, statuses
+    from heimdall_stream.wire.messages import ApplyState
 
     settings = _settings()
     _connect_or_exit(settings)
@@ -236,22 +301,22 @@ def status() -> None:
         )
         click.echo(f"{instance} [{state}] {report.model_name} generation {report.generation}: {versions}")
         if report.error:
-            click.echo(f"    error: {report.error}")
+            # pending / refused / rejected: what became of the newest generation it was sent
+            label = "error" if report.state is ApplyState.APPLIED else report.state.lower()
+            click.echo(f"    {label}: {report.error}")
 
 
 @main.command("check-model")
 @click.argument("uri")
 def check_model(uri: str) -> None:
     """Fetch a model (models:/...), verify its sha256 and contract, warm it up, describe it."""
-    from heimdall_stream.models.inference import load_model
+    from heimdall_stream.models.loading import load_version
     from heimdall_stream.models.registry import ModelRegistry
 
     settings = _settings()
     try:
-        fetched = ModelRegistry(settings.mlflow.tracking_uri, settings.mlflow.cache_dir).fetch(uri)
-        model = load_model(
-            fetched.path, name=fetched.name, version=fetched.version, uri=uri, sha256=fetched.sha256
-        )
+        registry = ModelRegistry(settings.mlflow.tracking_uri, settings.mlflow.cache_dir)
+        model, _fetched = load_version(registry, uri, settings)  # as `run` would load it
     except HeimdallError as exc:
         click.echo(f"refused: {exc}", err=True)
         sys.exit(2)
@@ -265,7 +330,7 @@ def check_model(uri: str) -> None:
 @click.option("--partitions", default=6, show_default=True)
 def topics(partitions: int) -> None:
     """Create the input, output, DLQ, control and status topics if missing."""
-    from heimdall_stream.stream.clients import ensure_topics
+    from heimdall_stream.clients import ensure_topics
 
     settings = _settings()
     _connect_or_exit(settings)

@@ -29,6 +29,7 @@ from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 from pyproj import Geod
 
+from heimdall_stream.clients import capture_producer_config
 from heimdall_stream.config import Settings
 from heimdall_stream.lab.publisher import SimulationPlan, publish
 from heimdall_stream.network import load_network
@@ -113,9 +114,7 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 120
 
 
 def _publish(settings: Settings, count: int, rate: float, run_id: str) -> dict[str, dict[str, Any]]:
-    producer = Producer(
-        {**settings.kafka.client_config(), "enable.idempotence": True, "message.max.bytes": 16 * 1024 * 1024}
-    )
+    producer = Producer(capture_producer_config(settings))
     plan = SimulationPlan(
         count=count,
         rate=rate,

@@ -1,8 +1,9 @@
 """Micro-batching with an injected clock, so tests are deterministic.
 
 A ``MicroBatcher`` collects items until it holds ``max_size`` of them or its oldest item has
-waited ``max_wait_s``; then ``take`` hands the batch out.  It never decides on its own clock:
-the caller passes ``now`` from the clock it was given.
+waited ``max_wait_s``; then ``take`` hands the batch out.  Every age it computes comes from the
+clock injected at construction (``time.monotonic`` by default), never from the wall clock, so a
+test drives it with a fake clock and no sleeping.
 """
 
 from __future__ import annotations

@@ -10,22 +10,23 @@ capture whose output was not written.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from heimdall_stream.clients import producer_config
 from heimdall_stream.config import Settings
+from heimdall_stream.errors import FatalKafkaError
 from heimdall_stream.metrics import Metrics
-from heimdall_stream.processing.pipeline import BatchOutcome, DeadLetter, InputRecord
-from heimdall_stream.stream.clients import producer_config
+from heimdall_stream.processing.records import DeadLetter, InputRecord, ScoredBatch
+from heimdall_stream.retry import Backoff, retry_call
 
 log = logging.getLogger(__name__)
 KAFKA_TIMEOUT_S = 30.0
-
-
-class FatalKafkaError(RuntimeError):
-    """The producer or consumer cannot go on (fenced, authorization, fatal idempotence error)."""
+# Calls of a transactional API while librdkafka says its error is retriable (5 retries).
+TRANSACTIONAL_ATTEMPTS = 6
 
 
 class Delivery:
@@ -61,8 +62,9 @@ class Delivery:
         """Deliver whatever is still queued."""
         self.producer.flush(10)
 
-    def commit(self, records: Sequence[InputRecord], outcome: BatchOutcome) -> bool:
+    def commit(self, outcome: ScoredBatch) -> bool:
         """Write and commit one batch; False when it was aborted and rewound to run again."""
+        records = outcome.records
         offsets = next_offsets(records)
         try:
             if self.exactly_once:
@@ -83,7 +85,7 @@ class Delivery:
         self.metrics.transactions.labels("committed").inc()
         return True
 
-    def _commit_transaction(self, outcome: BatchOutcome, offsets: list[TopicPartition]) -> None:
+    def _commit_transaction(self, outcome: ScoredBatch, offsets: list[TopicPartition]) -> None:
         self._renew_producer_if_needed()
         producer = self.producer
         producer.begin_transaction()
@@ -93,7 +95,7 @@ class Delivery:
         )
         self._call(producer.commit_transaction, KAFKA_TIMEOUT_S)
 
-    def _commit_at_least_once(self, outcome: BatchOutcome, offsets: list[TopicPartition]) -> None:
+    def _commit_at_least_once(self, outcome: ScoredBatch, offsets: list[TopicPartition]) -> None:
         failures: list[KafkaError] = []
 
         def on_delivery(error: KafkaError | None, _message: Message) -> None:
@@ -107,7 +109,7 @@ class Delivery:
             raise KafkaException(reason)
         self.consumer.commit(offsets=offsets, asynchronous=False)
 
-    def _produce_outcome(self, outcome: BatchOutcome, on_delivery: Any = None) -> None:
+    def _produce_outcome(self, outcome: ScoredBatch, on_delivery: Any = None) -> None:
         kafka = self.settings.kafka
         for result in outcome.results:
             self._produce(
@@ -153,16 +155,30 @@ class Delivery:
                 except KafkaException as exc:
                     log.warning("seek %s[%d] failed: %s", tp.topic, tp.partition, exc)
 
-    def _call(self, method: Callable[[float], Any], timeout: float) -> Any:
-        """Call a transactional API, retrying while librdkafka says the error is retriable."""
-        for _attempt in range(5):
-            try:
-                return method(timeout)
-            except KafkaException as exc:
-                if not exc.args[0].retriable():
-                    raise
-                log.warning("retrying %s: %s", method.__name__, exc.args[0].str())
-        return method(timeout)
+    def _call(
+        self, method: Callable[[float], Any], timeout: float, *, sleep: Callable[[float], None] = time.sleep
+    ) -> Any:
+        """Call a transactional API, retrying while librdkafka says the error is retriable.
+
+        Up to ``TRANSACTIONAL_ATTEMPTS`` calls, waiting 0.1 s doubling to 2 s in between (a
+        coordinator that is moving needs a moment); the last failure, or the first one that is
+        not a retriable ``KafkaException``, is raised unchanged.
+        """
+
+        def retriable(exc: BaseException) -> bool:
+            return isinstance(exc, KafkaException) and bool(exc.args[0].retriable())
+
+        def warn(exc: BaseException, delay: float) -> None:
+            log.warning("retrying %s in %.2f s: %s", method.__name__, delay, exc)
+
+        return retry_call(
+            lambda: method(timeout),
+            attempts=TRANSACTIONAL_ATTEMPTS,
+            retriable=retriable,
+            backoff=Backoff(first_s=0.1, max_s=2.0),
+            sleep=sleep,
+            on_retry=warn,
+        )
 
     def _renew_producer_if_needed(self) -> None:
         """After every broker was down, start the next transaction on a fresh producer.

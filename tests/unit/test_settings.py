@@ -50,7 +50,7 @@ def test_a_redis_ca_bundle_needs_a_tls_url(monkeypatch):
 
 
 def test_prefetch_bound_reaches_the_consumer_configuration(monkeypatch):
-    from heimdall_stream.stream.clients import consumer_config
+    from heimdall_stream.clients import consumer_config
 
     assert consumer_config(Settings())["queued.max.messages.kbytes"] == 16_384
     monkeypatch.setenv("HEIMDALL_KAFKA__PREFETCH_KBYTES", "2048")
@@ -58,3 +58,47 @@ def test_prefetch_bound_reaches_the_consumer_configuration(monkeypatch):
     monkeypatch.setenv("HEIMDALL_KAFKA__PREFETCH_KBYTES", "10")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_load_settings_names_each_bad_variable_on_one_line(monkeypatch):
+    from heimdall_stream.config import load_settings
+    from heimdall_stream.errors import ConfigurationError
+
+    monkeypatch.setenv("HEIMDALL_BATCHING__MAX_BATCH_SIZE", "0")
+    monkeypatch.setenv("HEIMDALL_KAFKA__DELIVERY", "twice")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("invalid settings: ")
+    assert "HEIMDALL_BATCHING__MAX_BATCH_SIZE: " in message and "HEIMDALL_KAFKA__DELIVERY: " in message
+    monkeypatch.delenv("HEIMDALL_BATCHING__MAX_BATCH_SIZE")
+    monkeypatch.delenv("HEIMDALL_KAFKA__DELIVERY")
+    monkeypatch.setenv("HEIMDALL_KAFKA__CLIENT_OPTIONS", "{not json")
+    with pytest.raises(ConfigurationError, match=r"invalid settings: .*kafka"):
+        load_settings()
+
+
+def test_every_producer_is_idempotent_with_acks_all(monkeypatch):
+    from heimdall_stream.clients import (
+        capture_producer_config,
+        idempotent_producer_config,
+        producer_config,
+    )
+
+    monkeypatch.setenv("HEIMDALL_KAFKA__SASL_USERNAME", "svc")
+    settings = Settings()
+    plain = idempotent_producer_config(settings)
+    assert plain["enable.idempotence"] is True and plain["acks"] == "all"
+    assert plain["sasl.username"] == "svc" and "linger.ms" not in plain
+    tuned = idempotent_producer_config(settings, linger_ms=7, max_message_bytes=2_000_000)
+    assert tuned["linger.ms"] == 7 and tuned["message.max.bytes"] == 2_000_000
+    capture = capture_producer_config(settings)
+    assert capture["message.max.bytes"] > settings.limits.max_message_bytes
+    results = producer_config(settings)
+    assert results["enable.idempotence"] is True and results["acks"] == "all"
+    assert results["transactional.id"].endswith(settings.instance_id)
+
+
+def test_unused_batching_knobs_are_gone():
+    # max_in_flight was never read: the bound is max_batch_size plus the Kafka prefetch.
+    assert set(Settings().batching.model_dump()) == {"max_batch_size", "max_wait_ms"}

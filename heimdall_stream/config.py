@@ -158,11 +158,33 @@ class ModelSettings(_Section):
         return value if value is not None and value.get_secret_value() else None
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class BatchingSettings(_Section):
     """Micro-batching and backpressure."""
 
-    max_batch_size: int = Field(32, ge=1, le=4096, description="Captures per inference batch.")
-    max_wait_ms: float = Field(20.0, ge=0, description="Longest a capture waits for its batch to fill.")
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Most captures in one batch.")
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long a batch may wait to fill while a worker is free (0 = hand it over at "
+        "once: the lowest latency; while every worker is busy, captures accumulate anyway, so batches "
+        "grow with the load).",
+    )
+    workers: int = Field(
+        default_factory=_usable_cores,
+        ge=1,
+        le=256,
+        description="Batches scored at once on worker threads (default: the cores this process may "
+        "use). Features, onnxruntime and Avro decode release the GIL, so each worker keeps a core "
+        "busy; batches are still committed in the order they were consumed.",
+    )
 
 
 class LimitsSettings(_Section):

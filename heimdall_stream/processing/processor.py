@@ -4,7 +4,11 @@
 ``capture_id``) → validate against the routed version's contract → dedup → cache look-up →
 infer (one inference batch per version, never mixed; poison isolated) → finish → shadow
 comparison.  It writes nothing: ``stream.delivery`` commits the outcome, and only then does
-``after_commit`` mark the captures done, fill the cache and record the metrics.
+``after_commit`` mark the captures done, fill the cache and record the metrics; a batch that
+is thrown away to run again (its transaction aborted) is handed to ``discard``.
+
+Several worker threads may run ``process`` at once: its state is the dedup claims (locked) and
+a batch counter; everything else is per call.
 
 Validation comes before dedup, so a malformed copy of a capture can never stand in for the
 valid one: every invalid message goes to the DLQ, and only valid captures count as done.
@@ -12,6 +16,7 @@ valid one: every invalid message goes to the DLQ, and only valid captures count 
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -54,25 +59,36 @@ class BatchProcessor:
         self._batch_prefix = batch_prefix
         self._clock = clock
         self._wall = wall
-        self._sequence = 0
+        self._sequence = itertools.count(1)  # next() is atomic: safe from several workers
 
     def process(self, records: Sequence[InputRecord]) -> ScoredBatch:
         """Score one batch; the outcome holds results and dead letters for every record."""
-        self._sequence += 1
+        clock = self._clock
+        started = clock()
         models = self._models()  # one model set for the whole batch: a swap waits for the next
         decoded, dead = decode_all(records, self.limits)
-        scored = ScoredBatch(list(records), f"{self._batch_prefix}-{self._sequence}", dead_letters=dead)
+        scored = ScoredBatch(
+            list(records),
+            f"{self._batch_prefix}-{next(self._sequence)}",
+            dead_letters=dead,
+            started_at=started,
+        )
         valid, slot_of = self._route_and_validate(models, decoded, scored)
+        fresh = self.dedup.claim_fresh(valid)
+        scored.claimed = [item.capture.capture_id for item in fresh]
+        scored.stages["decode"] = clock() - started
         by_slot: dict[int, list[Decoded]] = {}
-        for item in self.dedup.fresh(valid):
+        for item in fresh:
             by_slot.setdefault(slot_of[item.capture.capture_id], []).append(item)
         for slot, items in sorted(by_slot.items()):
             self._score_version(models.primaries[slot][0], models.shadows, items, scored)
+        scored.finished_at = clock()
         return scored
 
     def after_commit(self, scored: ScoredBatch) -> None:
         """Mark the batch's captures done, cache its predictions, record its metrics."""
         self.dedup.remember([r.localization.capture_id for r in scored.results])
+        self.dedup.release(scored.claimed)
         self.cache.save(scored.results)
         metrics = self.metrics
         now, done_at = self._wall(), self._clock()
@@ -90,6 +106,20 @@ class BatchProcessor:
                 metrics.processing_latency.observe(max(done_at - result.record.consumed_at, 0.0))
         for letter in scored.dead_letters:
             metrics.dead_letters.labels(letter.reason).inc()
+        self._record_stages(scored)
+
+    def discard(self, scored: ScoredBatch) -> None:
+        """Forget a batch that will run again (aborted, or behind one that was)."""
+        self.dedup.release(scored.claimed)
+
+    def _record_stages(self, scored: ScoredBatch) -> None:
+        stage = self.metrics.stage_duration
+        for record in scored.records:
+            if record.broker_delay_s is not None:
+                stage.labels("broker").observe(max(record.broker_delay_s, 0.0))
+            stage.labels("queue").observe(max(scored.started_at - record.consumed_at, 0.0))
+        for name, seconds in scored.stages.items():
+            stage.labels(name).observe(seconds)
 
     def _route_and_validate(
         self, models: ModelSet, decoded: list[Decoded], scored: ScoredBatch
@@ -113,10 +143,13 @@ class BatchProcessor:
     def _score_version(
         self, model: LoadedModel, shadows: Sequence[LoadedModel], items: list[Decoded], scored: ScoredBatch
     ) -> None:
+        clock, stages = self._clock, scored.stages
+        began = clock()
         prepared = model.prepare([item.capture for item in items])
         cached = self.cache.lookup(prepared.cache_keys)
-        started = self._clock()
-        inferred = infer_rows(model, prepared, cached, self._clock)
+        started = clock()
+        stages["features"] = stages.get("features", 0.0) + started - began
+        inferred = infer_rows(model, prepared, cached, clock)
         context = FinishContext(
             model=model,
             confidence=self.confidence,
@@ -127,6 +160,8 @@ class BatchProcessor:
             inference_ms=inferred.seconds * 1000.0,
             now=self._wall(),
         )
+        inferred_at = clock()
+        stages["inference"] = stages.get("inference", 0.0) + inferred_at - started
         results, letters = finish_all(items, prepared, inferred, context)
         scored.results.extend(results)
         scored.dead_letters.extend(letters)
@@ -134,4 +169,5 @@ class BatchProcessor:
             VersionStats(model.version, len(items), len(inferred.hits), inferred.seconds, tuple(results))
         )
         for shadow in shadows:
-            compare_shadow(shadow, items, results, self.metrics, self.limits, clock=self._clock)
+            compare_shadow(shadow, items, results, self.metrics, self.limits, clock=clock)
+        stages["finish"] = stages.get("finish", 0.0) + clock() - inferred_at

@@ -23,6 +23,7 @@ class InputRecord:
     key: bytes | None
     value: bytes | None
     consumed_at: float  # monotonic seconds
+    broker_delay_s: float | None = None  # from the message's timestamp to its consumption
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,3 +81,9 @@ class ScoredBatch:
     results: list[Result] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     versions: list[VersionStats] = field(default_factory=list)
+    # Capture ids this batch claimed in the dedup check; released after its commit or discard.
+    claimed: list[str] = field(default_factory=list)
+    # Seconds spent per stage of the batch path (decode, features, inference, finish, commit …).
+    stages: dict[str, float] = field(default_factory=dict)
+    started_at: float = 0.0  # monotonic: when a worker began it
+    finished_at: float = 0.0  # monotonic: when its scoring was done

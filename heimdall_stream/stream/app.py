@@ -1,10 +1,17 @@
 """The consume → process → commit loop: the Kafka side only.
 
-One iteration: consume at most as many captures as fit in the current micro-batch (so in-flight
-work is bounded by ``max_batch_size``, and librdkafka's prefetch by ``queued.max.messages.kbytes``);
-when the batch is due, hand it to the ``BatchProcessor`` and its outcome to ``delivery``, which
-writes it and commits the input offsets exactly once (or at least once); after the commit the
-processor does its bookkeeping (dedup marks, cache, metrics).  Nothing calls back up this corridor.
+One iteration: commit the batches the workers have scored (oldest first, several in one
+transaction when several are ready), hand the waiting captures to an idle worker, and consume
+what fits in the next batch.  A batch goes to a worker as soon as one is idle (optionally after
+``max_wait_ms`` to fill): an idle pipeline answers at once, a busy one batches what arrives
+meanwhile, so batches grow with the load, like a dynamic batcher.  In-flight work is bounded by
+the pipeline (``2 × workers`` batches) plus one batch being filled, and librdkafka's prefetch by
+``queued.max.messages.kbytes``.  ``delivery`` writes each outcome and commits its offsets exactly
+once (or at least once); after the commit the processor does its bookkeeping (dedup marks,
+cache, metrics).  Nothing calls back up this corridor.
+
+A transaction that aborts throws away every batch after it too (scored or not) and seeks back
+to the oldest offset of all of them, so they run again in order.
 
 Rebalances: pending captures are processed and committed in ``on_revoke`` (never for partitions
 no longer owned); on ``on_lost`` they are dropped uncommitted, for the new owner to process.  A
@@ -19,7 +26,14 @@ import threading
 import time
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
 
 from heimdall_stream.clients import consumer_config
 from heimdall_stream.config import Settings
@@ -27,13 +41,18 @@ from heimdall_stream.errors import FatalKafkaError
 from heimdall_stream.health import Health
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.processing.processor import BatchProcessor
-from heimdall_stream.processing.records import InputRecord
+from heimdall_stream.processing.records import InputRecord, ScoredBatch
 from heimdall_stream.stream.batching import MicroBatcher
 from heimdall_stream.stream.delivery import Delivery
+from heimdall_stream.stream.pipeline import BatchPipeline
 from heimdall_stream.stream.swap import ModelSwap
 
 log = logging.getLogger(__name__)
 LAG_INTERVAL_S = 10.0
+# How long consume() may block: briefly while workers hold batches (their results are committed
+# as soon as the loop comes round), longer when there is nothing to do but wait for input.
+BUSY_POLL_S = 0.005
+IDLE_POLL_S = 0.2
 
 
 class StreamApp:
@@ -49,6 +68,7 @@ class StreamApp:
         *,
         store_healthy: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.processor = processor
@@ -56,11 +76,14 @@ class StreamApp:
         self.metrics = metrics
         self.health = health
         self.clock = clock
+        # Wall time only to compare with the producer's message timestamps (another process).
+        self.wall = wall
         self._store_healthy = store_healthy
         batching = settings.batching
         self.batcher: MicroBatcher[InputRecord] = MicroBatcher(
             batching.max_batch_size, batching.max_wait_ms / 1000.0, clock
         )
+        self.pipeline = BatchPipeline(processor, batching.workers)
         self.consumer = Consumer({**consumer_config(settings), "error_cb": self._on_kafka_error})
         self.delivery = Delivery(
             settings, self.consumer, metrics, self._on_kafka_error, lambda: self._assigned
@@ -92,25 +115,28 @@ class StreamApp:
         try:
             while not stop.is_set():
                 self.step()
-            self._process(self.batcher.take(force=True))
+            self._finish_everything()
         finally:
+            self.pipeline.close()
             self.close()
 
     def step(self) -> None:
-        """One loop iteration: consume what fits, process a due batch, refresh gauges."""
+        """One loop iteration: commit scored batches, dispatch, consume, refresh gauges."""
         if self._fatal:
             raise FatalKafkaError(self._fatal)
         self.health.beat()
         self._swap_if_offered()
-        if self.batcher.ready():
-            self._process(self.batcher.take())
+        # Dispatch before delivering: a worker starts its next batch while this one commits.
+        self._dispatch()
+        self._deliver(self.pipeline.ready())
         messages = self._consume()
         now = self.clock()
+        wall = self.wall() if messages else 0.0
         for message in messages:
-            self._accept(message, now)
-        if self.batcher.ready():
-            self._process(self.batcher.take())
-        self.metrics.in_flight.set(len(self.batcher))
+            self._accept(message, now, wall)
+        self._dispatch()
+        self._deliver(self.pipeline.ready())
+        self.metrics.in_flight.set(len(self.batcher) + self.pipeline.captures())
         self.health.update(redis_healthy=self._store_healthy())
         if now >= self._next_lag_at:
             self._next_lag_at = now + LAG_INTERVAL_S
@@ -129,19 +155,26 @@ class StreamApp:
     # ------------------------------------------------------------------ consuming
 
     def _consume(self) -> list[Message]:
-        """Messages that fit in the batch, without making the first one wait for company.
+        """Messages that fit in the batch being filled, without making the first one wait.
 
-        ``consume`` only returns early once it has ``num_messages``: an empty batch therefore
-        first takes what is already fetched, then blocks for just one message; a started batch
-        blocks at most until it is due.
+        ``consume`` only returns early once it has ``num_messages``: with nothing in flight it
+        first takes what is already fetched, then blocks for just one message; while workers
+        hold batches it blocks only briefly, so their results are committed promptly; with the
+        next batch full and every worker busy it waits for the oldest batch instead.
         """
-        room = max(self.batcher.room, 1)
-        if len(self.batcher):
-            return self.consumer.consume(num_messages=room, timeout=min(self.batcher.time_left(), 0.2))
+        room = self.batcher.room
+        if room == 0:
+            self.pipeline.wait_head(IDLE_POLL_S)
+            return []
+        if len(self.pipeline) or len(self.batcher):
+            # A batch that is due only waits for a worker: keep filling it until one is idle.
+            due = self.batcher.ready() or not len(self.batcher)
+            timeout = BUSY_POLL_S if due else min(self.batcher.time_left(), BUSY_POLL_S)
+            return self.consumer.consume(num_messages=room, timeout=timeout)
         ready = self.consumer.consume(num_messages=room, timeout=0)
-        return ready or self.consumer.consume(num_messages=1, timeout=0.2)
+        return ready or self.consumer.consume(num_messages=1, timeout=IDLE_POLL_S)
 
-    def _accept(self, message: Message, now: float) -> None:
+    def _accept(self, message: Message, now: float, wall: float) -> None:
         error = message.error()
         if error is not None:
             if error.code() != KafkaError._PARTITION_EOF:
@@ -162,6 +195,7 @@ class StreamApp:
                 key=message.key(),
                 value=message.value(),
                 consumed_at=now,
+                broker_delay_s=_since_timestamp(message, wall),
             )
         )
 
@@ -178,13 +212,39 @@ class StreamApp:
         self._publish_model_metrics()
         swapped.set()
 
-    def _process(self, records: list[InputRecord]) -> None:
-        if not records:
+    def _dispatch(self) -> None:
+        """Hand the waiting captures to a worker when one is idle and the batch is due."""
+        if self.batcher.ready() and self.pipeline.has_idle_worker():
+            self.pipeline.submit(self.batcher.take())
+
+    def _deliver(self, batches: list[ScoredBatch]) -> None:
+        """Commit scored batches in one transaction; on abort, rewind them and all behind them."""
+        if not batches:
             return
-        scored = self.processor.process(records)
-        if self.delivery.commit(scored):
-            self.processor.after_commit(scored)
-        # else: aborted; the consumer was rewound and the batch will run again
+        started = self.clock()
+        for batch in batches:
+            batch.stages["commit_wait"] = max(started - batch.finished_at, 0.0)
+        if not self.delivery.commit(batches):
+            self._rewind(batches)
+            return
+        committed = self.clock() - started
+        for batch in batches:
+            batch.stages["commit"] = committed
+            self.processor.after_commit(batch)
+
+    def _rewind(self, batches: list[ScoredBatch]) -> None:
+        records = [record for batch in batches for record in batch.records]
+        for batch in batches:
+            self.processor.discard(batch)
+        records += self.pipeline.discard() + self.batcher.take(force=True)
+        self.delivery.rewind(records)
+
+    def _finish_everything(self) -> None:
+        """Score and commit every consumed capture (before a revoke, or when stopping)."""
+        pending = self.batcher.take(force=True)
+        if pending:
+            self.pipeline.submit(pending)
+        self._deliver(self.pipeline.drain())
 
     # ------------------------------------------------------------------ rebalances, errors
 
@@ -196,16 +256,18 @@ class StreamApp:
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Finish and commit what was consumed from them while the generation is still ours.
-        self._process(self.batcher.take(force=True))
+        self._finish_everything()
         self._forget(partitions, "revoke")
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        lost = {(tp.topic, tp.partition) for tp in partitions}
-        dropped = self.batcher.drop(lambda r: (r.topic, r.partition) not in lost)
-        log.warning(
-            "lost %d partitions; %d pending captures left for their new owner", len(lost), len(dropped)
-        )
+        # Nothing consumed may be committed now: throw it all away, seek the partitions still
+        # owned back to it, and leave the lost ones to their new owner.
         self._forget(partitions, "lost")
+        discarded = self.pipeline.discard() + self.batcher.take(force=True)
+        self.delivery.rewind(discarded)
+        log.warning(
+            "lost %d partitions; %d consumed captures left to run again", len(partitions), len(discarded)
+        )
 
     def _forget(self, partitions: list[TopicPartition], kind: str) -> None:
         for tp in partitions:
@@ -239,7 +301,8 @@ class StreamApp:
             return
         for tp in positions:
             try:
-                _low, high = self.consumer.get_watermark_offsets(tp, timeout=1.0, cached=False)
+                # The high watermark of the last fetch response: no broker round trip in the loop.
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
             except KafkaException:
                 continue
             if tp.offset >= 0:
@@ -261,3 +324,11 @@ class StreamApp:
             models={m.label: w for m, w in models.primaries},
             shadows=[m.label for m in models.shadows],
         )
+
+
+def _since_timestamp(message: Message, wall: float) -> float | None:
+    """Seconds from the message's own timestamp (producer or broker time) to ``wall``."""
+    kind, millis = message.timestamp()
+    if kind == TIMESTAMP_NOT_AVAILABLE or millis <= 0:
+        return None
+    return wall - millis / 1000.0

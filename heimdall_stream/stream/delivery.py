@@ -62,15 +62,19 @@ class Delivery:
         """Deliver whatever is still queued."""
         self.producer.flush(10)
 
-    def commit(self, outcome: ScoredBatch) -> bool:
-        """Write and commit one batch; False when it was aborted and rewound to run again."""
-        records = outcome.records
+    def commit(self, batches: Sequence[ScoredBatch]) -> bool:
+        """Write and commit batches (in one transaction); False when aborted.
+
+        An aborted commit leaves the consumer where it is: the caller rewinds it (``rewind``)
+        over these batches and whatever it consumed after them.
+        """
+        records = [record for batch in batches for record in batch.records]
         offsets = next_offsets(records)
         try:
             if self.exactly_once:
-                self._commit_transaction(outcome, offsets)
+                self._commit_transaction(batches, offsets)
             else:
-                self._commit_at_least_once(outcome, offsets)
+                self._commit_at_least_once(batches, offsets)
         except KafkaException as exc:
             error = exc.args[0]
             if error.fatal():
@@ -80,29 +84,30 @@ class Delivery:
             log.warning("batch not committed (%s); rewinding to reprocess it", error.str())
             if self.exactly_once and error.txn_requires_abort():
                 self._call(self.producer.abort_transaction, KAFKA_TIMEOUT_S)
-            self._rewind(records)
             return False
         self.metrics.transactions.labels("committed").inc()
         return True
 
-    def _commit_transaction(self, outcome: ScoredBatch, offsets: list[TopicPartition]) -> None:
+    def _commit_transaction(self, batches: Sequence[ScoredBatch], offsets: list[TopicPartition]) -> None:
         self._renew_producer_if_needed()
         producer = self.producer
         producer.begin_transaction()
-        self._produce_outcome(outcome)
+        for batch in batches:
+            self._produce_outcome(batch)
         producer.send_offsets_to_transaction(
             offsets, self.consumer.consumer_group_metadata(), KAFKA_TIMEOUT_S
         )
         self._call(producer.commit_transaction, KAFKA_TIMEOUT_S)
 
-    def _commit_at_least_once(self, outcome: ScoredBatch, offsets: list[TopicPartition]) -> None:
+    def _commit_at_least_once(self, batches: Sequence[ScoredBatch], offsets: list[TopicPartition]) -> None:
         failures: list[KafkaError] = []
 
         def on_delivery(error: KafkaError | None, _message: Message) -> None:
             if error is not None:
                 failures.append(error)
 
-        self._produce_outcome(outcome, on_delivery)
+        for batch in batches:
+            self._produce_outcome(batch, on_delivery)
         remaining = self.producer.flush(KAFKA_TIMEOUT_S)
         if remaining or failures:
             reason = failures[0] if failures else KafkaError(KafkaError._TIMED_OUT, "flush timed out")
@@ -147,7 +152,8 @@ class Delivery:
                 self.consumer.resume(paused)
                 self.metrics.paused.set(0)
 
-    def _rewind(self, records: Sequence[InputRecord]) -> None:
+    def rewind(self, records: Sequence[InputRecord]) -> None:
+        """Seek the owned partitions back to the lowest offset of ``records`` (to run them again)."""
         for tp in first_offsets(records):
             if (tp.topic, tp.partition) in self._assigned():
                 try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
@@ -99,6 +101,9 @@ def test_every_producer_is_idempotent_with_acks_all(monkeypatch):
     assert results["transactional.id"].endswith(settings.instance_id)
 
 
-def test_unused_batching_knobs_are_gone():
-    # max_in_flight was never read: the bound is max_batch_size plus the Kafka prefetch.
-    assert set(Settings().batching.model_dump()) == {"max_batch_size", "max_wait_ms"}
+def test_batching_knobs_and_the_worker_default():
+    # max_in_flight was never read: the bound is the pipeline (2 x workers batches) plus the prefetch.
+    batching = Settings().batching
+    assert set(batching.model_dump()) == {"max_batch_size", "max_wait_ms", "workers"}
+    assert batching.workers == len(os.sched_getaffinity(0))
+    assert Settings(batching={"workers": 3}).batching.workers == 3

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := deploy/local/stack
 
-.PHONY: venv demo test unit integration reliability lint format stack-up stack-down bench clean
+.PHONY: venv demo test unit integration reliability lint format stack-up stack-down bench docs clean
 
 venv: $(VENV)/.installed
 
@@ -48,6 +48,10 @@ stack-down:
 
 bench: venv
 	$(BIN)/python -m bench.run
+
+## docs: regenerate docs/architecture.md (the wings and their imports) from the code
+docs:
+	$(PYTHON) docs/wings.py
 
 clean: stack-down
 	rm -rf $(VENV) .local-stack .pytest_cache .mypy_cache .ruff_cache .hypothesis

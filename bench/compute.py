@@ -8,18 +8,26 @@ from __future__ import annotations
 import statistics
 import time
 import tracemalloc
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from heimdall_stream.codec import capture_codec
+from prometheus_client import CollectorRegistry
+
 from heimdall_stream.config import LimitsSettings
-from heimdall_stream.features import assemble_batch, extract_features
-from heimdall_stream.inference import LoadedModel, file_sha256, load_model
+from heimdall_stream.lab.simulator import IqSimulator
+from heimdall_stream.metrics import Metrics
+from heimdall_stream.models.features import assemble_batch, extract_features
+from heimdall_stream.models.inference import LoadedModel, load_model
+from heimdall_stream.models.registry import file_sha256
+from heimdall_stream.models.routing import ModelSet
 from heimdall_stream.network import load_network
-from heimdall_stream.pipeline import InputRecord, complete_batch, decode_and_validate
-from heimdall_stream.simulator import IqSimulator
+from heimdall_stream.processing.cache import ResultCache
+from heimdall_stream.processing.dedup import Deduplicator
+from heimdall_stream.processing.processor import BatchProcessor
+from heimdall_stream.processing.records import InputRecord
+from heimdall_stream.processing.store import InMemoryStore
+from heimdall_stream.wire.codec import capture_codec
 
 NETWORK = load_network()
 
@@ -82,23 +90,36 @@ def model_from_file(path: Path) -> LoadedModel:
 
 
 def pipeline_throughput(model: LoadedModel, pool: list[bytes], batch_size: int, repeats: int = 5) -> float:
-    """Captures per second of decode + validate + features + inference + geometry, no Kafka, no cache."""
+    """Captures per second of the production batch path (``BatchProcessor``), no Kafka.
+
+    Decode, route, validate, dedup, cache look-up, inference, finish and the after-commit
+    bookkeeping, on the in-memory store; every repeat uses fresh capture offsets and a fresh
+    store, so nothing is a dedup or cache hit.
+    """
     limits = LimitsSettings()
     records = [InputRecord("bench", 0, i, None, v, 0.0) for i, v in enumerate(pool)]
+    models = ModelSet.single(model)
 
     def run() -> None:
+        metrics = Metrics(CollectorRegistry())
+        store = InMemoryStore()
+        processor = BatchProcessor(
+            lambda: models,
+            Deduplicator(store, 0, metrics),
+            ResultCache(_NoCache()),
+            metrics,
+            limits=limits,
+            confidence=0.95,
+            batch_prefix="bench",
+        )
         for start in range(0, len(records), batch_size):
-            good, _ = decode_and_validate(records[start : start + batch_size], model.contract, limits)
-            prepared = model.prepare([g.capture for g in good])
-            complete_batch(
-                good,
-                prepared,
-                {},
-                model=model,
-                confidence=0.95,
-                batch_id="b",
-                timer=time.monotonic,
-                wall_now=lambda: datetime.now(UTC),
-            )
+            processor.after_commit(processor.process(records[start : start + batch_size]))
 
     return len(records) / _median_seconds(run, repeats)
+
+
+class _NoCache(InMemoryStore):
+    """A store that never holds a result, so identical pool captures are all inferred."""
+
+    def put_many(self, items: Mapping[str, bytes]) -> None:
+        """Cache nothing."""

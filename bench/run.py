@@ -21,7 +21,7 @@ from pathlib import Path
 
 from bench.compute import decode_cost, encoded_pool, features_throughput, model_from_file, pipeline_throughput
 from bench.stream import Bench, run_load
-from heimdall_stream.codec import capture_codec
+from heimdall_stream.wire.codec import capture_codec
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "deploy" / "local" / "stack.py"
@@ -41,10 +41,10 @@ def _stack_env() -> dict[str, str]:
 
 def _model(env: dict[str, str], work: Path) -> tuple[str, Path]:
     """The registered champion if there is one, else a small model trained and registered now."""
+    from heimdall_stream.lab.reference import champion_exists, register_onnx
+    from heimdall_stream.lab.training import train_features_model
+    from heimdall_stream.models.registry import ModelRegistry
     from heimdall_stream.network import load_network
-    from heimdall_stream.reference import champion_exists, register_onnx
-    from heimdall_stream.registry import ModelRegistry
-    from heimdall_stream.training import train_features_model
 
     uri = env["HEIMDALL_MLFLOW__TRACKING_URI"]
     if champion_exists(uri):

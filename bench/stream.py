@@ -26,8 +26,8 @@ import psutil
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from heimdall_stream.codec import capture_codec, localization_codec
-from heimdall_stream.messages import IqCapture
+from heimdall_stream.wire.codec import capture_codec, localization_codec
+from heimdall_stream.wire.messages import IqCapture
 
 
 @dataclass

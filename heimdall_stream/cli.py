@@ -1,10 +1,15 @@
 """The ``heimdall-stream`` command line.
 
-Subcommands: ``run`` (the consumer), ``simulate`` (publish simulated captures), ``train-reference``
-(train and register the reference models), ``topics`` (create the service's topics) and
-``demo`` (everything end to end on the local stack).  Every setting comes from ``HEIMDALL_*``
-environment variables (see ``heimdall_stream/config.py``); options here only cover what a
-command does, not where the services are.
+Subcommands: ``run`` (the consumer), ``simulate`` (publish simulated captures),
+``train-reference`` (train and register the reference models), ``deploy`` (publish a signed
+model deployment and wait for the instances), ``status`` (what each instance applied),
+``check-model`` (fetch, verify and describe a model), ``topics`` (create the service's topics)
+and ``demo`` (everything end to end on the local stack).  Every setting comes from
+``HEIMDALL_*`` environment variables (see ``heimdall_stream/config.py``); options here only
+cover what a command does, not where the services are.
+
+Errors are mapped to exit codes in one place (``HeimdallGroup``): a ``HeimdallError`` escaping
+any command ends it with one ``error: ...`` line on stderr and the code of its class.
 """
 
 from __future__ import annotations
@@ -17,48 +22,106 @@ from pathlib import Path
 import click
 from tqdm import tqdm
 
-from heimdall_stream.config import Settings
-from heimdall_stream.errors import HeimdallError
+from heimdall_stream.config import Settings, load_settings
+from heimdall_stream.errors import (
+    ConfigurationError,
+    ControlMessageError,
+    FatalKafkaError,
+    HeimdallError,
+    ModelContractError,
+    ModelLoadError,
+)
 from heimdall_stream.logs import setup_logging
 from heimdall_stream.network import load_network
 
 log = logging.getLogger("heimdall_stream")
 
 
+# The exit code of each error class; the first class the error is an instance of wins, so a
+# subclass listed before its base gets its own code.  Documented in ``main``'s help and README.
+EXIT_CODES: tuple[tuple[type[HeimdallError], int], ...] = (
+    (FatalKafkaError, 3),
+    (ConfigurationError, 2),
+    (ModelLoadError, 2),
+    (ModelContractError, 2),
+    (ControlMessageError, 2),
+    (HeimdallError, 4),
+)
+
+
+def exit_code(error: HeimdallError) -> int:
+    """The exit code a command ends with when ``error`` escapes it."""
+    return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line (a multi-line message is joined with spaces)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or repr(error)
+
+
+class HeimdallGroup(click.Group):
+    """A command group that turns every ``HeimdallError`` into one stderr line and an exit code.
+
+    Expected failures (bad settings, unreachable or refusing services, a model that does not
+    fit, a fenced producer) are the operator's to fix, so they get a sentence, not a traceback;
+    the traceback is still logged at DEBUG.  Any other exception is a bug and keeps click's
+    default (traceback, exit 1).
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        """Run the subcommand; map a ``HeimdallError`` it raises to its exit code."""
+        try:
+            return super().invoke(ctx)
+        except HeimdallError as exc:
+            log.debug("command failed", exc_info=True)
+            click.echo(f"error: {one_line(exc)}", err=True)
+            ctx.exit(exit_code(exc))
+
+
 def _settings() -> Settings:
-    settings = Settings()
+    """The settings (``ConfigurationError`` naming each bad variable), with logging set up."""
+    settings = load_settings()
     setup_logging(settings.log_level, settings.log_format)
     return settings
 
 
-def _connect_or_exit(settings: Settings) -> None:
-    """Stop with the reason (exit 2) when Kafka is unreachable or refuses the credentials."""
+def _connect_or_exit(settings: Settings) -> set[str]:
+    """The cluster's topics; stop (exit 2) when Kafka is unreachable or refuses the credentials.
+
+    The ``ConfigurationError`` of the check is reported by ``HeimdallGroup`` like any other.
+    """
     from heimdall_stream.clients import check_connectivity
 
-    try:
-        check_connectivity(settings)
-    except HeimdallError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(2)
+    return check_connectivity(settings)
 
 
-@click.group()
+@click.group(cls=HeimdallGroup)
 @click.version_option(package_name="heimdall-stream")
 def main() -> None:
-    """Real-time transmitter localization from SDR IQ captures on Kafka."""
+    """Real-time transmitter localization from SDR IQ captures on Kafka.
+
+    Every setting is a HEIMDALL_* environment variable (see the README).
+
+    \b
+    Exit codes:
+      0  done
+      1  the command ran but did not succeed (deploy: not applied by every live instance
+         within the timeout); also any unexpected error, which prints a traceback
+      2  bad usage or settings, a service that refuses or cannot be reached at start,
+         a model that cannot be loaded or does not fit its contract, a refused deployment
+      3  fatal Kafka error (producer fenced, authorization, fatal idempotence error): restart
+      4  any other heimdall-stream error
+    """  # noqa: D301 (click's \b keeps the list as written)
 
 
 @main.command()
 def run() -> None:
     """Consume captures and produce localizations until SIGTERM/SIGINT."""
-    from heimdall_stream.service import run_service
-
     settings = _settings()
-    try:
-        run_service(settings)
-    except HeimdallError as exc:
-        log.error("%s", exc)
-        sys.exit(2)
+    # Imported after the settings so a bad variable is reported before the heavy imports.
+    from heimdall_stream.stream.service import run_service
+
+    run_service(settings)
 
 
 @main.command()
@@ -96,7 +159,8 @@ def simulate(
     """Publish simulated IQ captures (with optional duplicates and malformed messages)."""
     from confluent_kafka import Producer
 
-    from heimdall_stream.publisher import Outgoing, SimulationPlan, publish, write_file
+    from heimdall_stream.clients import capture_producer_config
+    from heimdall_stream.lab.publisher import Outgoing, SimulationPlan, publish, write_file
 
     settings = _settings()
     network = load_network(network_path)
@@ -104,15 +168,14 @@ def simulate(
     if output is not None:
         stats = write_file(output, network, plan)
     else:
-        _connect_or_exit(settings)
-        producer = Producer(
-            {
-                **settings.kafka.client_config(),
-                "enable.idempotence": True,
-                "linger.ms": 5,
-                "message.max.bytes": 16 * 1024 * 1024,
-            }
-        )
+        target = topic or settings.kafka.input_topic
+        if target not in _connect_or_exit(settings):
+            # Otherwise every message would fail delivery only after the whole run was sent.
+            raise ConfigurationError(
+                f"topic {target} does not exist on {settings.kafka.bootstrap_servers}; "
+                "create it with `heimdall-stream topics`"
+            )
+        producer = Producer(capture_producer_config(settings))
         truth = truth_path.open("w") if truth_path else None
         try:
             with tqdm(total=count, unit="capture", disable=None) as bar:
@@ -123,7 +186,7 @@ def simulate(
 
                 stats = publish(
                     producer,
-                    topic or settings.kafka.input_topic,
+                    target,
                     network,
                     plan,
                     truth_file=truth,
@@ -145,8 +208,8 @@ def simulate(
 @click.option("--no-iq", is_flag=True, help="Skip the IQ benchmark model.")
 def train_reference(n_train: int, seed: int, if_absent: bool, no_iq: bool) -> None:
     """Train, evaluate and register the reference models in MLflow."""
-    from heimdall_stream.reference import champion_exists, train_and_register
-    from heimdall_stream.training import report_json
+    from heimdall_stream.lab.reference import champion_exists, train_and_register
+    from heimdall_stream.lab.training import report_json
 
     settings = _settings()
     uri = settings.mlflow.tracking_uri
@@ -191,7 +254,7 @@ def deploy(
     timeout: float,
 ) -> None:
     """Publish a signed deployment (weights, shadows) and wait until the instances apply it."""
-    from heimdall_stream.deployments import parse_versions, publish_deployment, wait_applied
+    from heimdall_stream.control.operator import parse_versions, publish_deployment, wait_applied
 
     settings = _settings()
     _connect_or_exit(settings)
@@ -214,7 +277,8 @@ def deploy(
     for instance, error in sorted(errors.items()):
         click.echo(f"{instance}: {error}", err=True)
     click.echo(
-        f"{len(applied)} instance(s) applied generation {deployment.generation}, {len(errors)} refused it"
+        f"{len(applied)} instance(s) applied generation {deployment.generation}, "
+        f"{len(errors)} did not (refused, or still pending at the timeout)"
     )
     if errors or not applied:
         sys.exit(1)
@@ -223,7 +287,8 @@ def deploy(
 @main.command()
 def status() -> None:
     """Show what every live instance has applied: generation, versions, weights, errors."""
-    from heimdall_stream.deployments import live_instances, statuses
+    from heimdall_stream.control.operator import live_instances, statuses
+    from heimdall_stream.wire.messages import ApplyState
 
     settings = _settings()
     _connect_or_exit(settings)
@@ -236,22 +301,22 @@ def status() -> None:
         )
         click.echo(f"{instance} [{state}] {report.model_name} generation {report.generation}: {versions}")
         if report.error:
-            click.echo(f"    error: {report.error}")
+            # pending / refused / rejected: what became of the newest generation it was sent
+            label = "error" if report.state is ApplyState.APPLIED else report.state.lower()
+            click.echo(f"    {label}: {report.error}")
 
 
 @main.command("check-model")
 @click.argument("uri")
 def check_model(uri: str) -> None:
     """Fetch a model (models:/...), verify its sha256 and contract, warm it up, describe it."""
-    from heimdall_stream.inference import load_model
-    from heimdall_stream.registry import ModelRegistry
+    from heimdall_stream.models.loading import load_version
+    from heimdall_stream.models.registry import ModelRegistry
 
     settings = _settings()
     try:
-        fetched = ModelRegistry(settings.mlflow.tracking_uri, settings.mlflow.cache_dir).fetch(uri)
-        model = load_model(
-            fetched.path, name=fetched.name, version=fetched.version, uri=uri, sha256=fetched.sha256
-        )
+        registry = ModelRegistry(settings.mlflow.tracking_uri, settings.mlflow.cache_dir)
+        model, _fetched = load_version(registry, uri, settings)  # as `run` would load it
     except HeimdallError as exc:
         click.echo(f"refused: {exc}", err=True)
         sys.exit(2)
@@ -280,7 +345,7 @@ def topics(partitions: int) -> None:
 @click.option("--keep-stack", is_flag=True, help="Leave Kafka, Redis and MLflow running afterwards.")
 def demo(count: int, rate: float, output: Path, keep_stack: bool) -> None:
     """Run everything end to end on the local stack and print a summary."""
-    from heimdall_stream.demo import run_demo
+    from heimdall_stream.lab.demo import run_demo
 
     setup_logging("INFO")
     sys.exit(run_demo(count=count, rate=rate, output=output, keep_stack=keep_stack))

@@ -2,7 +2,8 @@
 
 Every client shares ``KafkaSettings.client_config()`` (bootstrap, SASL/TLS, passthrough
 options); this module adds what each role needs: the stream consumer (cooperative-sticky, no
-auto-commit, read_committed), the transactional or idempotent producer, and plain readers.
+auto-commit, read_committed), the transactional or idempotent producer of results, the
+idempotent producer every other writer uses (control plane, simulator, demo), and plain readers.
 """
 
 from __future__ import annotations
@@ -23,6 +24,9 @@ DLQ_HEADROOM = 64 * 1024
 # Errors that retrying cannot fix: stop at once instead of waiting out the connect timeout.
 REFUSALS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED})
 CONNECT_PROBE_S = 1.0
+# Simulated captures can exceed librdkafka's 1 MB default; this is well above the consumer's
+# own 4 MiB input limit, so the producer never refuses what the consumer would judge.
+SIMULATOR_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
@@ -41,6 +45,12 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "max.poll.interval.ms": max(300_000, kafka.session_timeout_ms),
         # Prefetched input is bounded so a flood cannot grow memory without limit.
         "queued.max.messages.kbytes": kafka.prefetch_kbytes,
+        # Once that bound is reached librdkafka stops fetching for fetch.queue.backoff.ms, 1,000 ms
+        # by default: with ~280 KB captures the queue holds a few dozen, drained in well under a
+        # second, and the consumer then starves for the rest of it.  10 ms keeps it fed.
+        "fetch.queue.backoff.ms": 10,
+        # One fetch per partition brings about a dozen captures instead of three (default 1 MiB).
+        "fetch.message.max.bytes": min(4 * 1024 * 1024, kafka.prefetch_kbytes * 1024),
         "fetch.max.bytes": max(settings.limits.max_message_bytes * 2, 52_428_800),
     }
     if kafka.static_membership:
@@ -48,15 +58,42 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
     return config
 
 
+def idempotent_producer_config(
+    settings: Settings, *, linger_ms: int | None = None, max_message_bytes: int | None = None
+) -> dict[str, Any]:
+    """Any producer of the project: idempotent, every in-sync replica acknowledges.
+
+    Idempotence keeps librdkafka's own retries from writing a message twice or out of order;
+    ``acks=all`` (which idempotence needs anyway) is spelt out so nobody lowers it by accident.
+    ``linger_ms`` and ``max_message_bytes`` are set only when given (librdkafka's defaults else).
+    """
+    config: dict[str, Any] = {
+        **settings.kafka.client_config(),
+        "enable.idempotence": True,
+        "acks": "all",
+    }
+    if linger_ms is not None:
+        config["linger.ms"] = linger_ms
+    if max_message_bytes is not None:
+        config["message.max.bytes"] = max_message_bytes
+    return config
+
+
+def capture_producer_config(settings: Settings) -> dict[str, Any]:
+    """The simulator's and demo's producer of captures: lingers a little, allows large captures.
+
+    Whether a capture is too large is the consumer's decision (it dead-letters it with reason
+    ``oversized``), so this producer's own limit stays well above ``limits.max_message_bytes``.
+    """
+    return idempotent_producer_config(settings, linger_ms=5, max_message_bytes=SIMULATOR_MAX_MESSAGE_BYTES)
+
+
 def producer_config(settings: Settings) -> dict[str, Any]:
     """Results and dead letters: transactional for exactly_once, idempotent for at_least_once."""
     kafka = settings.kafka
     config: dict[str, Any] = {
-        **kafka.client_config(),
+        **idempotent_producer_config(settings, linger_ms=5),
         "client.id": f"heimdall-stream-{settings.instance_id}",
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 5,
         "message.max.bytes": max(kafka.dlq_max_value_bytes + DLQ_HEADROOM, 1_048_576),
         "transaction.timeout.ms": kafka.transaction_timeout_ms,
     }
@@ -118,7 +155,10 @@ def check_connectivity(settings: Settings, timeout_s: float = 15.0) -> set[str]:
     """
     kafka = settings.kafka
     errors: list[KafkaError] = []
-    admin = AdminClient({**kafka.client_config(), "error_cb": errors.append})  # type: ignore[dict-item]
+    # The errors reach error_cb and end up in the one message raised below; librdkafka's own
+    # log would print every failed connection attempt (many per second) on stderr as well.
+    probe = {**kafka.client_config(), "error_cb": errors.append, "log_level": 0}
+    admin = AdminClient(probe)
     deadline = time.monotonic() + timeout_s
     while True:
         try:
@@ -131,7 +171,7 @@ def check_connectivity(settings: Settings, timeout_s: float = 15.0) -> set[str]:
         if refused:
             raise ConfigurationError(_refusal_message(settings, refused[-1]))
         if time.monotonic() >= deadline:
-            detail = "; ".join(e.str() for e in errors[-3:]) or last.str()
+            detail = "; ".join(dict.fromkeys(e.str() for e in errors[-3:])) or last.str()
             hint = ""
             if kafka.security_protocol in (None, "PLAINTEXT") and "APIVERSION_QUERY" in detail:
                 hint = " (the listener may expect TLS or SASL: check HEIMDALL_KAFKA__SECURITY_PROTOCOL)"

@@ -14,8 +14,18 @@ import socket
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from heimdall_stream.errors import ConfigurationError
 
 DeliveryMode = Literal["exactly_once", "at_least_once"]
 
@@ -148,12 +158,33 @@ class ModelSettings(_Section):
         return value if value is not None and value.get_secret_value() else None
 
 
+def _usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, not the machine's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 class BatchingSettings(_Section):
     """Micro-batching and backpressure."""
 
-    max_batch_size: int = Field(32, ge=1, le=4096, description="Captures per inference batch.")
-    max_wait_ms: float = Field(20.0, ge=0, description="Longest a capture waits for its batch to fill.")
-    max_in_flight: int = Field(256, ge=1, description="Captures consumed but not yet committed.")
+    max_batch_size: int = Field(32, ge=1, le=4096, description="Most captures in one batch.")
+    max_wait_ms: float = Field(
+        0.0,
+        ge=0,
+        description="How long a batch may wait to fill while a worker is free (0 = hand it over at "
+        "once: the lowest latency; while every worker is busy, captures accumulate anyway, so batches "
+        "grow with the load).",
+    )
+    workers: int = Field(
+        default_factory=_usable_cores,
+        ge=1,
+        le=256,
+        description="Batches scored at once on worker threads (default: the cores this process may "
+        "use). Features, onnxruntime and Avro decode release the GIL, so each worker keeps a core "
+        "busy; batches are still committed in the order they were consumed.",
+    )
 
 
 class LimitsSettings(_Section):
@@ -199,3 +230,27 @@ class Settings(BaseSettings):
         if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
             raise ValueError(f"unknown log level {value!r}")
         return level
+
+
+def load_settings() -> Settings:
+    """The settings from the environment, or a ``ConfigurationError`` naming each bad variable.
+
+    pydantic's own message spans several lines per error; commands report one line, so each
+    problem is said as ``HEIMDALL_<SECTION>__<FIELD>: <what is wrong>``.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{_variable(error['loc'])}: {error['msg']}" for error in exc.errors(include_url=False)
+        )
+        raise ConfigurationError(f"invalid settings: {problems}") from None
+    except SettingsError as exc:  # a value that is not even JSON, e.g. KAFKA__CLIENT_OPTIONS
+        cause = f" ({exc.__cause__})" if exc.__cause__ is not None else ""
+        raise ConfigurationError(f"invalid settings: {exc}{cause}") from None
+
+
+def _variable(location: tuple[int | str, ...]) -> str:
+    """The environment variable of a pydantic error location, e.g. HEIMDALL_KAFKA__DELIVERY."""
+    parts = [str(part) for part in location if not isinstance(part, int)]
+    return "HEIMDALL_" + "__".join(parts).upper() if parts else "HEIMDALL_*"

@@ -1,7 +1,9 @@
 """One exception hierarchy for heimdall-stream.
 
 Every error that can reject a capture carries a short machine-readable ``reason`` (used as a
-metric label and a dead-letter header) next to its human-readable message.
+metric label and a dead-letter header) next to its human-readable message.  The command line
+turns each class into an exit code (``heimdall_stream.cli``): a ``HeimdallError`` never ends a
+command in a traceback.
 """
 
 from __future__ import annotations
@@ -70,3 +72,13 @@ class ControlMessageError(HeimdallError):
     """A model-control message that must not be applied (unsigned, forged, stale, malformed)."""
 
     reason = "control"
+
+
+class FatalKafkaError(HeimdallError):
+    """The producer or consumer cannot go on (fenced, authorization, fatal idempotence error).
+
+    Raised out of the consume loop: the process must exit and be restarted, since librdkafka
+    refuses every further call on a client that reported a fatal error.
+    """
+
+    reason = "fatal_kafka"

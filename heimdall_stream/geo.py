@@ -1,4 +1,4 @@
-"""Geometry: local east/north frames, covariance ellipses and their GeoJSON polygons.
+"""Geometry: local east/north frames, covariance ellipses, their overlap and GeoJSON polygons.
 
 Everything geodetic goes through pyproj on the WGS84 ellipsoid:
 
@@ -26,7 +26,7 @@ import numpy.typing as npt
 from pyproj import Geod, Transformer
 
 from heimdall_stream.errors import GeometryError
-from heimdall_stream.messages import Covariance, Ellipse
+from heimdall_stream.wire.messages import Covariance, Ellipse
 
 WGS84 = Geod(ellps="WGS84")
 POLYGON_POINTS = 72  # vertices of the ellipse ring (plus the closing one): 5° steps
@@ -99,8 +99,7 @@ def ellipse_from_covariance(cov: Covariance, confidence: float, *, radius: float
         if not (math.isfinite(radius) and radius > 0):
             raise GeometryError(f"ellipse radius must be finite and positive, got {radius}")
         scale = radius
-    se, sn, rho = cov.sigma_east_m, cov.sigma_north_m, cov.rho
-    matrix = np.array([[se * se, rho * se * sn], [rho * se * sn, sn * sn]])
+    matrix = _matrix((cov.sigma_east_m, cov.sigma_north_m, cov.rho))
     eigenvalues, eigenvectors = np.linalg.eigh(matrix)  # ascending
     minor_var, major_var = float(eigenvalues[0]), float(eigenvalues[1])
     if minor_var <= 0:
@@ -115,6 +114,28 @@ def ellipse_from_covariance(cov: Covariance, confidence: float, *, radius: float
         semi_minor_m=scale * math.sqrt(minor_var),
         orientation_deg=orientation,
     )
+
+
+def bhattacharyya_overlap(
+    mean_a: npt.ArrayLike, cov_a: npt.ArrayLike, mean_b: npt.ArrayLike, cov_b: npt.ArrayLike
+) -> float:
+    """Overlap in [0, 1] of two 2-D Gaussians (Bhattacharyya coefficient); 1 = identical.
+
+    Means are (east, north) metres, covariances (σe, σn, ρ) as a model outputs them.
+    """
+    a, b = _matrix(cov_a), _matrix(cov_b)
+    mixed = (a + b) / 2.0
+    delta = np.asarray(mean_a, dtype=np.float64) - np.asarray(mean_b, dtype=np.float64)
+    distance = delta @ np.linalg.solve(mixed, delta) / 8.0 + 0.5 * math.log(
+        np.linalg.det(mixed) / math.sqrt(np.linalg.det(a) * np.linalg.det(b))
+    )
+    return float(math.exp(-distance))
+
+
+def _matrix(cov: npt.ArrayLike) -> npt.NDArray[np.float64]:
+    """The 2×2 covariance matrix of (σe, σn, ρ)."""
+    se, sn, rho = (float(v) for v in np.asarray(cov, dtype=np.float64))
+    return np.array([[se * se, rho * se * sn], [rho * se * sn, sn * sn]])
 
 
 def ellipse_ring(

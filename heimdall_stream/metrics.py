@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 INFERENCE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+STAGE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 
@@ -79,6 +80,16 @@ class Metrics:
             "heimdall_processing_duration_seconds",
             "From consumption to commit of a capture.",
             buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.stage_duration = Histogram(
+            "heimdall_stage_duration_seconds",
+            "Where the time goes, per stage: broker (message timestamp to consumption, per capture), "
+            "queue (consumed to a worker starting its batch, per capture), decode, features, inference, "
+            "finish (per batch), commit_wait (scored to its transaction starting) and commit (the "
+            "transaction, per batch).",
+            ["stage"],
+            buckets=STAGE_BUCKETS,
             registry=registry,
         )
         self.batch_size = Histogram(

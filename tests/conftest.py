@@ -188,13 +188,7 @@ def new_topic(kafka_admin: Any) -> Iterator[Callable[..., str]]:
         )
         futures[name].result(timeout=30)
         created.append(name)
-        # Created does not mean visible yet: the broker's metadata may lag the controller a moment,
-        # and a consumer started right away would find the topic missing.
-        deadline = time.monotonic() + 60
-        while len(kafka_admin.list_topics(name, timeout=10).topics[name].partitions) != partitions:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topic {name} created but not visible in the metadata")
-            time.sleep(0.1)
+        _wait_for_metadata(kafka_admin, name, partitions)
         return name
 
     yield make
@@ -202,6 +196,28 @@ def new_topic(kafka_admin: Any) -> Iterator[Callable[..., str]]:
         with contextlib.suppress(Exception):
             for future in kafka_admin.delete_topics(created).values():
                 future.result(timeout=30)
+
+
+def _wait_for_metadata(admin: Any, topic: str, partitions: int, timeout_s: float = 60.0) -> None:
+    """Wait until the broker serves the new topic with a leader for every partition.
+
+    The controller answers ``create_topics`` before every broker's metadata cache has the topic;
+    on a loaded machine a consumer that starts at once can still be told it does not exist.
+    """
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        meta = admin.list_topics(topic, timeout=10).topics.get(topic)
+        if (
+            meta is not None
+            and meta.error is None
+            and len(meta.partitions) == partitions
+            and all(p.leader >= 0 for p in meta.partitions.values())
+        ):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {topic} not served with {partitions} partitions after {timeout_s} s")
+        time.sleep(0.1)
 
 
 @pytest.fixture

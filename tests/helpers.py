@@ -6,8 +6,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from heimdall_stream.contract import CONTRACT_KEY, ModelContract
-from heimdall_stream.features import FEATURE_NAMES
+from heimdall_stream.models.contract import CONTRACT_KEY, ModelContract
+from heimdall_stream.models.features import FEATURE_NAMES
 from heimdall_stream.network import Network, load_network
 
 NETWORK = load_network()
@@ -28,6 +28,58 @@ def features_contract(network: Network = NETWORK, **overrides) -> ModelContract:
     }
     values.update(overrides)
     return ModelContract(**values)
+
+
+def iq_contract(network: Network = NETWORK, **overrides) -> ModelContract:
+    """A contract of the ``iq`` kind (no features part), for the simulator's captures."""
+    values = {"input_kind": "iq", "feature_names": (), "feature_mean": (), "feature_std": ()}
+    values.update(overrides)
+    return features_contract(network, **values)
+
+
+def tiny_model(contract: ModelContract) -> bytes:
+    """A valid model of any input kind: fixed offset and covariance, every input read (times 0).
+
+    Its graph inputs are the ones the contract's input kind declares, so it fits any kind.
+    """
+    inits = [
+        numpy_helper.from_array(np.array([[1500.0, -2500.0]], np.float32), "offset"),
+        numpy_helper.from_array(np.array([[2000.0, 1000.0, 0.3]], np.float32), "cov"),
+        numpy_helper.from_array(np.array([0, -1], np.int64), "flat"),
+        numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+        numpy_helper.from_array(np.array([0.0], np.float32), "zero"),
+    ]
+    shapes = contract.input_adapter.input_shapes(contract)
+    nodes, sums = [], []
+    for name in shapes:  # each input → (b, 1): flattened, summed, times zero
+        nodes += [
+            helper.make_node("Reshape", [name, "flat"], [f"{name}_flat"]),
+            helper.make_node("ReduceSum", [f"{name}_flat", "axis1"], [f"{name}_sum"], keepdims=1),
+            helper.make_node("Mul", [f"{name}_sum", "zero"], [f"{name}_zero"]),
+        ]
+        sums.append(f"{name}_zero")
+    nodes += [
+        helper.make_node("Sum", sums, ["bias"]),
+        helper.make_node("Add", ["offset", "bias"], ["position_enu_m"]),
+        helper.make_node("Add", ["cov", "bias"], ["covariance_enu"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny_any",
+        [
+            helper.make_tensor_value_info(name, TensorProto.FLOAT, ["b", *shape[1:]])
+            for name, shape in shapes.items()
+        ],
+        [
+            helper.make_tensor_value_info("position_enu_m", TensorProto.FLOAT, ["b", 2]),
+            helper.make_tensor_value_info("covariance_enu", TensorProto.FLOAT, ["b", 3]),
+        ],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    helper.set_model_props(model, {CONTRACT_KEY: contract.to_json()})
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
 
 
 def tiny_features_model(

@@ -20,14 +20,14 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer
 from pydantic import SecretStr
 
-from heimdall_stream.codec import localization_codec
 from heimdall_stream.config import Settings
-from heimdall_stream.messages import Localization
+from heimdall_stream.lab.publisher import SimulationPlan, publish
+from heimdall_stream.lab.reference import register_onnx
+from heimdall_stream.lab.training import train_features_model
 from heimdall_stream.network import load_network
-from heimdall_stream.publisher import SimulationPlan, publish
-from heimdall_stream.reference import register_onnx
-from heimdall_stream.service import ConsumerService
-from heimdall_stream.training import train_features_model
+from heimdall_stream.stream.service import ConsumerService
+from heimdall_stream.wire.codec import localization_codec
+from heimdall_stream.wire.messages import Localization
 
 REPO = Path(__file__).resolve().parents[2]
 CONTROL_KEY = "integration-test-control-key"
@@ -38,12 +38,12 @@ def model_uri(mlflow_uri: str, tmp_path_factory) -> str:
     """A small trained features model registered under a session-unique name, @champion."""
     # Cached across sessions on this machine; the name changes whenever the model code does.
     sources = (
-        "features.py",
-        "training.py",
-        "training_data.py",
-        "localizer_graph.py",
-        "tdoa_grid.py",
-        "contract.py",
+        "models/features.py",
+        "lab/training.py",
+        "lab/training_data.py",
+        "lab/localizer_graph.py",
+        "lab/tdoa_grid.py",
+        "models/contract.py",
     )
     digest = hashlib.sha256(
         b"".join((REPO / "heimdall_stream" / f).read_bytes() for f in sources)

@@ -168,10 +168,10 @@ def test_at_least_once_mode_delivers_every_capture(make_settings, start_consumer
 def test_a_malformed_copy_never_stands_in_for_the_valid_capture(make_settings, start_consumer):
     from confluent_kafka import Producer
 
-    from heimdall_stream.codec import capture_codec
-    from heimdall_stream.faults import nan_samples, unknown_receiver
+    from heimdall_stream.lab.faults import nan_samples, unknown_receiver
+    from heimdall_stream.lab.simulator import IqSimulator
     from heimdall_stream.network import load_network
-    from heimdall_stream.simulator import IqSimulator
+    from heimdall_stream.wire.codec import capture_codec
 
     settings = make_settings()
     producer = Producer(

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from heimdall_stream.inference import load_model
-from heimdall_stream.registry import ModelRegistry
+from heimdall_stream.models.inference import load_model
+from heimdall_stream.models.registry import ModelRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 from confluent_kafka import Producer
 
-from heimdall_stream.codec import deployment_codec
-from heimdall_stream.control import signed
-from heimdall_stream.deployments import (
+from heimdall_stream.control.operator import (
     live_instances,
     parse_versions,
     publish_deployment,
     statuses,
     wait_applied,
 )
-from heimdall_stream.messages import ModelDeployment, WeightedVersion
-from heimdall_stream.reference import register_onnx
-from heimdall_stream.registry import ModelRef, ModelRegistry
-from heimdall_stream.routing import route_point
+from heimdall_stream.control.protocol import signed
+from heimdall_stream.lab.reference import register_onnx
+from heimdall_stream.models.registry import ModelRef, ModelRegistry
+from heimdall_stream.models.routing import route_point
+from heimdall_stream.wire.codec import deployment_codec
+from heimdall_stream.wire.messages import ModelDeployment, WeightedVersion
 from tests.helpers import features_contract, tiny_features_model
 from tests.integration.conftest import read_topic, results_of, send_captures, wait_for
 

@@ -10,12 +10,12 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from heimdall_stream.contract import CONTRACT_KEY, parse_contract
 from heimdall_stream.errors import ModelLoadError
-from heimdall_stream.inference import load_model
+from heimdall_stream.lab.reference import train_and_register
+from heimdall_stream.models.contract import CONTRACT_KEY, parse_contract
+from heimdall_stream.models.inference import load_model
+from heimdall_stream.models.registry import SHA_TAG, ModelRegistry
 from heimdall_stream.network import load_network
-from heimdall_stream.reference import train_and_register
-from heimdall_stream.registry import SHA_TAG, ModelRegistry
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

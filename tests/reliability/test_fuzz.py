@@ -15,13 +15,14 @@ from datetime import UTC, datetime
 import numpy as np
 import pytest
 
-from heimdall_stream.codec import capture_codec, deployment_codec
 from heimdall_stream.config import LimitsSettings
-from heimdall_stream.control import signed, verify
+from heimdall_stream.control.protocol import signed, verify
 from heimdall_stream.errors import ControlMessageError, DecodeError
-from heimdall_stream.messages import ModelDeployment, WeightedVersion
-from heimdall_stream.pipeline import DeadLetter, InputRecord, decode_and_validate
-from heimdall_stream.simulator import IqSimulator, LinkModel
+from heimdall_stream.lab.simulator import IqSimulator, LinkModel
+from heimdall_stream.processing.intake import decode_and_validate
+from heimdall_stream.processing.records import DeadLetter, InputRecord
+from heimdall_stream.wire.codec import capture_codec, deployment_codec
+from heimdall_stream.wire.messages import ModelDeployment, WeightedVersion
 from tests.helpers import NETWORK, features_contract
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from heimdall_stream.registry import ModelRef
+from heimdall_stream.models.registry import ModelRef
 from tests.conftest import load_stack_module
 from tests.integration.conftest import CONTROL_KEY, read_topic, results_of, wait_for
 

@@ -16,11 +16,10 @@ from collections import Counter
 import pytest
 import redis
 
-from heimdall_stream.control import PENDING_PREFIX
-from heimdall_stream.deployments import publish_deployment, statuses
-from heimdall_stream.messages import WeightedVersion
-from heimdall_stream.reference import register_onnx
-from heimdall_stream.registry import ModelRef, ModelRegistry
+from heimdall_stream.control.operator import publish_deployment, statuses
+from heimdall_stream.lab.reference import register_onnx
+from heimdall_stream.models.registry import ModelRef, ModelRegistry
+from heimdall_stream.wire.messages import ApplyState, WeightedVersion
 from tests.integration.conftest import read_topic, results_of, send_captures
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -63,7 +62,7 @@ def test_mlflow_down_during_a_deployment_keeps_serving_and_completes_when_back(
 
         def pending() -> bool:
             status = statuses(settings).get(settings.instance_id)
-            return bool(status and status.error and status.error.startswith(PENDING_PREFIX))
+            return bool(status and status.state is ApplyState.PENDING)
 
         _wait(pending, 120, "no pending status while MLflow is down")
         status = statuses(settings)[settings.instance_id]

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from heimdall_stream.batching import MicroBatcher
+from heimdall_stream.stream.batching import MicroBatcher
 
 
 class FakeClock:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tracemalloc
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -13,7 +14,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heimdall_stream.codec import (
+from heimdall_stream.errors import DecodeError
+from heimdall_stream.wire.codec import (
     HEADER_SIZE,
     MAGIC,
     Codec,
@@ -21,12 +23,13 @@ from heimdall_stream.codec import (
     deployment_codec,
     load_schema,
     localization_codec,
+    older_schemas,
     parse_schema,
     schema_fingerprint,
     status_codec,
 )
-from heimdall_stream.errors import DecodeError
-from heimdall_stream.messages import (
+from heimdall_stream.wire.messages import (
+    ApplyState,
     Covariance,
     Ellipse,
     IqCapture,
@@ -40,6 +43,7 @@ from heimdall_stream.messages import (
     Timings,
     WeightedVersion,
 )
+from heimdall_stream.wire.records import record_mapping
 
 REPO = Path(__file__).resolve().parents[2]
 finite = st.floats(allow_nan=False, allow_infinity=False, width=64)
@@ -105,6 +109,7 @@ statuses = st.builds(
     reported_at=timestamps,
     error=st.none() | text,
     requested_generation=st.integers(0, 2**63 - 1),
+    state=st.sampled_from(list(ApplyState)),
 )
 
 
@@ -154,6 +159,62 @@ def test_reader_with_an_added_defaulted_field_reads_old_data(identifier):
     writer = Codec(old, lambda v: {"id": v}, lambda r: r)
     reader = Codec(new, lambda v: v, lambda r: r, older_schemas=[old])
     assert reader.decode(writer.encode(identifier)) == {"id": identifier, "colour": "red"}
+
+
+def test_a_status_written_before_state_existed_decodes_as_applied():
+    (v1,) = older_schemas("ModelStatus")
+    # The fingerprint instances of the first version put on heimdall.model-status.
+    assert schema_fingerprint(v1).hex() == "c187e64f56ef0e50"
+    old_writer = Codec(v1, lambda record: record, lambda record: record)
+    record = {
+        "instance_id": "i-1",
+        "model_name": "m",
+        "generation": 4,
+        "versions": [
+            {"model_uri": "models:/m/4", "version": "4", "sha256": "ab", "weight": 1.0, "shadow": False}
+        ],
+        "error": None,
+        "requested_generation": 4,
+        "reported_at": datetime(2026, 1, 1, tzinfo=UTC),
+    }
+    decoded = status_codec().decode(old_writer.encode(record))
+    assert decoded.state is ApplyState.APPLIED
+    assert decoded.versions == (LoadedVersion("models:/m/4", "4", "ab", 1.0, False),)
+    assert (decoded.generation, decoded.requested_generation, decoded.error) == (4, 4, None)
+
+
+@dataclass(frozen=True)
+class _Thing:
+    id: str
+    colour: SampleFormat
+
+
+def _thing_schema(**changes):
+    schema = {
+        "type": "record",
+        "name": "_Thing",
+        "fields": [
+            {"name": "id", "type": "string"},
+            {"name": "colour", "type": {"type": "enum", "name": "SampleFormat", "symbols": ["CI16", "CF32"]}},
+        ],
+    }
+    return parse_schema({**schema, **changes})
+
+
+def test_a_dataclass_and_a_schema_that_disagree_are_refused_when_the_codec_is_built():
+    assert Codec(_thing_schema(), *_mapping(_thing_schema())).encode(_Thing("a", SampleFormat.CF32))
+    with pytest.raises(TypeError, match=r"only in the dataclass: \['colour'\]"):
+        _mapping(_thing_schema(fields=[{"name": "id", "type": "string"}]))
+    with pytest.raises(TypeError, match=r"_Thing.id: type <class 'str'> does not map to Avro type long"):
+        _mapping(_thing_schema(fields=[{"name": "id", "type": "long"}, _thing_schema()["fields"][1]]))
+    bad_enum = {"name": "colour", "type": {"type": "enum", "name": "SampleFormat", "symbols": ["CI16"]}}
+    with pytest.raises(TypeError, match="differ from symbols"):
+        _mapping(_thing_schema(fields=[{"name": "id", "type": "string"}, bad_enum]))
+
+
+def _mapping(schema):
+    mapping = record_mapping(_Thing, schema)
+    return mapping.to_record, mapping.from_record
 
 
 def test_each_shipped_schema_documents_every_field():

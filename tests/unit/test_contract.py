@@ -10,11 +10,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from heimdall_stream.contract import CONTRACT_KEY, TensorSpec, parse_contract, validate_contract
 from heimdall_stream.errors import ModelContractError
-from heimdall_stream.features import FEATURE_NAMES
 from heimdall_stream.geo import chi2_2_scale
-from heimdall_stream.inference import file_sha256, load_model
+from heimdall_stream.models.contract import CONTRACT_KEY, TensorSpec, parse_contract, validate_contract
+from heimdall_stream.models.features import FEATURE_NAMES
+from heimdall_stream.models.inference import load_model
+from heimdall_stream.models.registry import file_sha256
 from tests.helpers import NETWORK, features_contract, tiny_features_model
 
 SLOTS = len(NETWORK.receivers)

@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from heimdall_stream.dedup import InMemoryStore, RecentIds
+from heimdall_stream.processing.dedup import RecentIds
+from heimdall_stream.processing.store import InMemoryStore
 
 
 class FakeClock:

@@ -15,12 +15,13 @@ from pyproj import Geod
 from heimdall_stream.errors import GeometryError
 from heimdall_stream.geo import (
     LocalFrame,
+    bhattacharyya_overlap,
     chi2_2_scale,
     ellipse_from_covariance,
     ellipse_ring,
     geojson_feature,
 )
-from heimdall_stream.messages import Covariance, Ellipse
+from heimdall_stream.wire.messages import Covariance, Ellipse
 
 GEOD = Geod(ellps="WGS84")
 
@@ -174,3 +175,20 @@ def test_local_frame_round_trip_and_distance(lat, lon, east, north):
     e2, n2 = frame.to_enu(plat, plon)
     assert float(e2) == pytest.approx(east, abs=1e-3)
     assert float(n2) == pytest.approx(north, abs=1e-3)
+
+
+def test_overlap_of_identical_gaussians_is_one_and_far_apart_is_zero():
+    assert bhattacharyya_overlap([0, 0], [100, 50, 0.2], [0, 0], [100, 50, 0.2]) == pytest.approx(1.0)
+    assert bhattacharyya_overlap([0, 0], [100, 50, 0.2], [10_000, 0], [100, 50, 0.2]) < 1e-6
+
+
+@given(
+    shift=st.floats(0.0, 5_000.0),
+    a=st.tuples(sigmas, sigmas, rhos),
+    b=st.tuples(sigmas, sigmas, rhos),
+)
+def test_overlap_is_symmetric_and_in_the_unit_interval(shift, a, b):
+    forward = bhattacharyya_overlap([0, 0], a, [shift, -shift], b)
+    backward = bhattacharyya_overlap([shift, -shift], b, [0, 0], a)
+    assert forward == pytest.approx(backward, rel=1e-9, abs=1e-300)
+    assert 0.0 <= forward <= 1.0 + 1e-9

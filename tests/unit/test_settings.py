@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from pydantic import ValidationError
 
@@ -58,3 +60,50 @@ def test_prefetch_bound_reaches_the_consumer_configuration(monkeypatch):
     monkeypatch.setenv("HEIMDALL_KAFKA__PREFETCH_KBYTES", "10")
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_load_settings_names_each_bad_variable_on_one_line(monkeypatch):
+    from heimdall_stream.config import load_settings
+    from heimdall_stream.errors import ConfigurationError
+
+    monkeypatch.setenv("HEIMDALL_BATCHING__MAX_BATCH_SIZE", "0")
+    monkeypatch.setenv("HEIMDALL_KAFKA__DELIVERY", "twice")
+    with pytest.raises(ConfigurationError) as raised:
+        load_settings()
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith("invalid settings: ")
+    assert "HEIMDALL_BATCHING__MAX_BATCH_SIZE: " in message and "HEIMDALL_KAFKA__DELIVERY: " in message
+    monkeypatch.delenv("HEIMDALL_BATCHING__MAX_BATCH_SIZE")
+    monkeypatch.delenv("HEIMDALL_KAFKA__DELIVERY")
+    monkeypatch.setenv("HEIMDALL_KAFKA__CLIENT_OPTIONS", "{not json")
+    with pytest.raises(ConfigurationError, match=r"invalid settings: .*kafka"):
+        load_settings()
+
+
+def test_every_producer_is_idempotent_with_acks_all(monkeypatch):
+    from heimdall_stream.clients import (
+        capture_producer_config,
+        idempotent_producer_config,
+        producer_config,
+    )
+
+    monkeypatch.setenv("HEIMDALL_KAFKA__SASL_USERNAME", "svc")
+    settings = Settings()
+    plain = idempotent_producer_config(settings)
+    assert plain["enable.idempotence"] is True and plain["acks"] == "all"
+    assert plain["sasl.username"] == "svc" and "linger.ms" not in plain
+    tuned = idempotent_producer_config(settings, linger_ms=7, max_message_bytes=2_000_000)
+    assert tuned["linger.ms"] == 7 and tuned["message.max.bytes"] == 2_000_000
+    capture = capture_producer_config(settings)
+    assert capture["message.max.bytes"] > settings.limits.max_message_bytes
+    results = producer_config(settings)
+    assert results["enable.idempotence"] is True and results["acks"] == "all"
+    assert results["transactional.id"].endswith(settings.instance_id)
+
+
+def test_batching_knobs_and_the_worker_default():
+    # max_in_flight was never read: the bound is the pipeline (2 x workers batches) plus the prefetch.
+    batching = Settings().batching
+    assert set(batching.model_dump()) == {"max_batch_size", "max_wait_ms", "workers"}
+    assert batching.workers == len(os.sched_getaffinity(0))
+    assert Settings(batching={"workers": 3}).batching.workers == 3

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from heimdall_stream.codec import capture_codec
-from heimdall_stream.messages import SampleFormat
+from heimdall_stream.lab.simulator import IqSimulator, LinkModel, Transmitter
 from heimdall_stream.network import load_network
-from heimdall_stream.simulator import IqSimulator, LinkModel, Transmitter
+from heimdall_stream.wire.codec import capture_codec
+from heimdall_stream.wire.messages import SampleFormat
 
 NETWORK = load_network()
 

@@ -7,9 +7,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from heimdall_stream.features import assemble_batch, extract_features, normalise_features
-from heimdall_stream.simulator import IqSimulator, LinkModel, Transmitter
-from heimdall_stream.tdoa_grid import GRID_FEATURES, UNIT_M, run_grid
+from heimdall_stream.lab.simulator import IqSimulator, LinkModel, Transmitter
+from heimdall_stream.lab.tdoa_grid import GRID_FEATURES, UNIT_M, run_grid
+from heimdall_stream.models.features import assemble_batch, extract_features, normalise_features
 from tests.helpers import NETWORK, features_contract
 
 CONTRACT = features_contract()

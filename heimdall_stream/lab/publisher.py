@@ -1,0 +1,150 @@
+"""Publish simulated captures to Kafka (or a file), with optional duplicates and malformed input.
+
+Captures are stamped ``captured_at = now`` when sent, so end-to-end latency is meaningful.  With
+``pool`` > 0 only that many distinct transmissions are simulated and then re-sent under fresh
+capture ids, which lets one core offer loads far beyond what the simulator itself can generate.
+The truth of every valid capture can be written as JSON lines for later scoring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from confluent_kafka import Producer
+
+from heimdall_stream.lab.faults import FAULTS
+from heimdall_stream.lab.simulator import IqSimulator, SimulatedCapture
+from heimdall_stream.network import Network
+from heimdall_stream.wire.codec import capture_codec
+
+
+@dataclass(frozen=True)
+class SimulationPlan:
+    """What to send."""
+
+    count: int
+    rate: float = 0.0  # captures per second; 0 = as fast as possible
+    seed: int = 0
+    duplicate_fraction: float = 0.0
+    malformed_fraction: float = 0.0
+    pool: int = 0
+    id_prefix: str = "cap"
+
+
+@dataclass
+class PublishStats:
+    """What was sent."""
+
+    valid: int = 0
+    duplicates: int = 0
+    malformed: int = 0
+    malformed_kinds: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Outgoing:
+    """One message to send."""
+
+    key: bytes
+    value: bytes
+    truth: dict[str, Any] | None
+    kind: str  # valid, duplicate, or a fault name
+
+
+def messages(network: Network, plan: SimulationPlan) -> Iterator[Outgoing]:
+    """The message stream of a plan, deterministic but for the send-time timestamps."""
+    simulator = IqSimulator(network, seed=plan.seed)
+    rng = np.random.default_rng(plan.seed + 1)
+    pool: list[SimulatedCapture] = [simulator.generate(i) for i in range(plan.pool)]
+    fault_names = sorted(FAULTS)
+    for index in range(plan.count):
+        sim = pool[index % plan.pool] if pool else simulator.generate(index)
+        capture_id = f"{plan.id_prefix}-{plan.seed}-{index}"
+        capture = dataclasses.replace(sim.capture, capture_id=capture_id, captured_at=datetime.now(UTC))
+        value = capture_codec().encode(capture)
+        truth = {
+            "capture_id": capture_id,
+            "latitude": sim.transmitter.latitude,
+            "longitude": sim.transmitter.longitude,
+            "power_dbm": sim.transmitter.power_dbm,
+            "frequency_hz": sim.transmitter.frequency_hz,
+        }
+        yield Outgoing(capture_id.encode(), value, truth, "valid")
+        if rng.random() < plan.duplicate_fraction:
+            yield Outgoing(capture_id.encode(), value, None, "duplicate")
+        if rng.random() < plan.malformed_fraction:
+            name = fault_names[int(rng.integers(len(fault_names)))]
+            yield Outgoing(f"bad-{capture_id}".encode(), FAULTS[name](capture, rng), None, name)
+
+
+def publish(
+    producer: Producer,
+    topic: str,
+    network: Network,
+    plan: SimulationPlan,
+    *,
+    truth_file: IO[str] | None = None,
+    on_sent: Callable[[Outgoing], None] | None = None,
+) -> PublishStats:
+    """Send a plan's messages at its rate; wait for every delivery; return what was sent."""
+    stats = PublishStats()
+    failures: list[str] = []
+
+    def delivered(error: Any, _message: Any) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    start = time.monotonic()
+    sent_valid = 0
+    for out in messages(network, plan):
+        if plan.rate > 0 and out.kind == "valid":
+            due = start + sent_valid / plan.rate
+            # poll() returns early whenever it serves a delivery report: loop until due.
+            while (delay := due - time.monotonic()) > 0:
+                producer.poll(min(delay, 0.05))
+        while True:
+            try:
+                producer.produce(topic, key=out.key, value=out.value, on_delivery=delivered)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        producer.poll(0)
+        _count(stats, out)
+        if out.kind == "valid":
+            sent_valid += 1
+            if truth_file is not None and out.truth is not None:
+                truth_file.write(json.dumps(out.truth) + "\n")
+        if on_sent is not None:
+            on_sent(out)
+    remaining = producer.flush(60)
+    if remaining or failures:
+        raise RuntimeError(f"{remaining} messages undelivered; errors: {failures[:3]}")
+    return stats
+
+
+def write_file(path: Path, network: Network, plan: SimulationPlan) -> PublishStats:
+    """Write a plan's messages to a file: per message a 4-byte big-endian length, then the value."""
+    stats = PublishStats()
+    with path.open("wb") as out:
+        for message in messages(network, plan):
+            out.write(len(message.value).to_bytes(4, "big") + message.value)
+            _count(stats, message)
+    return stats
+
+
+def _count(stats: PublishStats, out: Outgoing) -> None:
+    if out.kind == "valid":
+        stats.valid += 1
+    elif out.kind == "duplicate":
+        stats.duplicates += 1
+    else:
+        stats.malformed += 1
+        stats.malformed_kinds[out.kind] = stats.malformed_kinds.get(out.kind, 0) + 1

@@ -1,0 +1,1 @@
+"""Models: the contract, input kinds, onnxruntime sessions, the MLflow registry cache and weighted routing."""

@@ -1,0 +1,47 @@
+"""The one way a model version is loaded: fetch it from the registry, then open and warm it up.
+
+The consumer at start-up, the control plane on a deployment and ``heimdall-stream check-model``
+all load through ``load_version``, so they open a model with the same onnxruntime thread
+settings and warm it up with the same batch shape as the one it will serve
+(``batching.max_batch_size``): a model that only fails at the real batch size fails here.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from heimdall_stream.config import Settings
+from heimdall_stream.models.inference import LoadedModel, load_model
+from heimdall_stream.models.registry import FetchedModel
+
+
+class ModelSource(Protocol):
+    """Where versions come from: ``ModelRegistry``, or a stand-in in unit tests."""
+
+    def fetch(self, uri: str, *, stale_alias_ok: bool = True) -> FetchedModel:
+        """The verified local file for ``uri`` (see ``ModelRegistry.fetch``)."""
+        ...
+
+
+def load_version(
+    source: ModelSource, uri: str, settings: Settings, *, stale_alias_ok: bool = True
+) -> tuple[LoadedModel, FetchedModel]:
+    """Fetch ``uri`` and load it with the configured threads, warmed up at the serving batch size.
+
+    Returns the model and what the fetch found (whether it came from the on-disk cache, for
+    instance).  ``stale_alias_ok`` is passed to the fetch: False where an alias answered from
+    the cache could report a change that did not happen.  Raises what the fetch or the load
+    raises (``ModelLoadError``, ``RegistryUnavailableError``, ``ModelContractError``...).
+    """
+    fetched = source.fetch(uri, stale_alias_ok=stale_alias_ok)
+    model = load_model(
+        fetched.path,
+        name=fetched.name,
+        version=fetched.version,
+        uri=uri,
+        sha256=fetched.sha256,
+        intra_op_threads=settings.model.intra_op_threads,
+        inter_op_threads=settings.model.inter_op_threads,
+        warm_up_batch=settings.batching.max_batch_size,
+    )
+    return model, fetched

@@ -1,0 +1,1 @@
+"""The batch path as values: decode, route, validate, dedup, cache, infer, finish, shadow; no Kafka."""

@@ -1,0 +1,121 @@
+"""Finishing: predictions in the model's east/north frame → ``Localization`` records.
+
+Every result of one version's inference batch shares a ``FinishContext`` (the model, the
+ellipse confidence and its calibrated radius, lineage and timings), so positions are converted
+to latitude/longitude in one pyproj call per batch and the radius is looked up once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+
+from heimdall_stream.errors import GeometryError
+from heimdall_stream.geo import ellipse_from_covariance, geojson_feature
+from heimdall_stream.models.inference import LoadedModel, PreparedBatch
+from heimdall_stream.processing.cache import Prediction, encode_prediction
+from heimdall_stream.processing.infer import Inferred
+from heimdall_stream.processing.records import DeadLetter, Decoded, Result
+from heimdall_stream.wire.codec import localization_codec
+from heimdall_stream.wire.messages import Covariance, Lineage, Localization, Timings
+
+
+@dataclass(frozen=True, slots=True)
+class FinishContext:
+    """What every result of one version's inference batch shares."""
+
+    model: LoadedModel
+    confidence: float
+    radius: float  # Mahalanobis radius of the ellipse at ``confidence`` (the model's calibration)
+    batch_id: str
+    batch_size: int
+    inference_started: float  # monotonic seconds: the end of each capture's queueing
+    inference_ms: float
+    now: datetime
+
+
+def finish_all(
+    items: Sequence[Decoded], prepared: PreparedBatch, inferred: Inferred, ctx: FinishContext
+) -> tuple[list[Result], list[DeadLetter]]:
+    """Results for the rows that have a prediction; dead letters for the rest."""
+    rows = range(len(items))
+    east = np.array([inferred.predictions[r][0][0] if r in inferred.predictions else 0.0 for r in rows])
+    north = np.array([inferred.predictions[r][0][1] if r in inferred.predictions else 0.0 for r in rows])
+    lats, lons = ctx.model.contract.frame.to_latlon(east, north)
+    results: list[Result] = []
+    letters: list[DeadLetter] = []
+    for row, item in enumerate(items):
+        if row in inferred.errors:
+            letters.append(DeadLetter.of(item.record, inferred.errors[row]))
+            continue
+        result = finish(
+            item,
+            inferred.predictions[row],
+            (float(lats[row]), float(lons[row])),
+            cache_key=prepared.cache_keys[row],
+            cache_hit=row in inferred.hits,
+            receivers_used=prepared.receivers_used[row],
+            ctx=ctx,
+        )
+        (letters if isinstance(result, DeadLetter) else results).append(result)  # type: ignore[arg-type]
+    return results, letters
+
+
+def finish(
+    item: Decoded,
+    prediction: Prediction,
+    latlon: tuple[float, float],
+    *,
+    cache_key: str,
+    cache_hit: bool,
+    receivers_used: tuple[str, ...],
+    ctx: FinishContext,
+) -> Result | DeadLetter:
+    """Position and covariance → ``Localization`` with ellipse and GeoJSON, or a dead letter."""
+    position, covariance = prediction
+    latitude, longitude = latlon
+    model = ctx.model
+    try:
+        cov = Covariance(float(covariance[0]), float(covariance[1]), float(covariance[2]))
+        ellipse = ellipse_from_covariance(cov, ctx.confidence, radius=ctx.radius)
+        geojson = geojson_feature(
+            latitude,
+            longitude,
+            ellipse,
+            {"capture_id": item.capture.capture_id, "model_name": model.name, "model_version": model.version},
+        )
+    except GeometryError as exc:
+        return DeadLetter.of(item.record, exc)
+    end_to_end_ms = max((ctx.now - item.capture.captured_at).total_seconds() * 1000.0, 0.0)
+    queued_ms = max((ctx.inference_started - item.record.consumed_at) * 1000.0, 0.0)
+    localization = Localization(
+        capture_id=item.capture.capture_id,
+        model_name=model.name,
+        model_version=model.version,
+        latitude=latitude,
+        longitude=longitude,
+        covariance=cov,
+        ellipse=ellipse,
+        geojson=geojson,
+        receivers_used=receivers_used,
+        cache_hit=cache_hit,
+        timings=Timings(queued_ms=queued_ms, inference_ms=ctx.inference_ms, end_to_end_ms=end_to_end_ms),
+        lineage=Lineage(
+            source_partition=item.record.partition,
+            source_offset=item.record.offset,
+            batch_id=ctx.batch_id,
+            batch_size=ctx.batch_size,
+        ),
+        produced_at=ctx.now,
+    )
+    return Result(
+        item.record,
+        localization,
+        localization_codec().encode(localization),
+        cache_key,
+        encode_prediction(position, covariance),
+        item.capture.captured_at,
+    )

@@ -1,0 +1,334 @@
+"""The consume → process → commit loop: the Kafka side only.
+
+One iteration: commit the batches the workers have scored (oldest first, several in one
+transaction when several are ready), hand the waiting captures to an idle worker, and consume
+what fits in the next batch.  A batch goes to a worker as soon as one is idle (optionally after
+``max_wait_ms`` to fill): an idle pipeline answers at once, a busy one batches what arrives
+meanwhile, so batches grow with the load, like a dynamic batcher.  In-flight work is bounded by
+the pipeline (``2 × workers`` batches) plus one batch being filled, and librdkafka's prefetch by
+``queued.max.messages.kbytes``.  ``delivery`` writes each outcome and commits its offsets exactly
+once (or at least once); after the commit the processor does its bookkeeping (dedup marks,
+cache, metrics).  Nothing calls back up this corridor.
+
+A transaction that aborts throws away every batch after it too (scored or not) and seeks back
+to the oldest offset of all of them, so they run again in order.
+
+Rebalances: pending captures are processed and committed in ``on_revoke`` (never for partitions
+no longer owned); on ``on_lost`` they are dropped uncommitted, for the new owner to process.  A
+new model set offered by the control plane is swapped in between two batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from heimdall_stream.clients import consumer_config
+from heimdall_stream.config import Settings
+from heimdall_stream.errors import FatalKafkaError
+from heimdall_stream.health import Health
+from heimdall_stream.metrics import Metrics
+from heimdall_stream.processing.processor import BatchProcessor
+from heimdall_stream.processing.records import InputRecord, ScoredBatch
+from heimdall_stream.stream.batching import MicroBatcher
+from heimdall_stream.stream.delivery import Delivery
+from heimdall_stream.stream.pipeline import BatchPipeline
+from heimdall_stream.stream.swap import ModelSwap
+
+log = logging.getLogger(__name__)
+LAG_INTERVAL_S = 10.0
+# How long consume() may block: briefly while workers hold batches (their results are committed
+# as soon as the loop comes round), longer when there is nothing to do but wait for input.
+BUSY_POLL_S = 0.005
+IDLE_POLL_S = 0.2
+
+
+class StreamApp:
+    """Consumes captures, localises them, and produces results with the configured semantics."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        processor: BatchProcessor,
+        models: ModelSwap,
+        metrics: Metrics,
+        health: Health,
+        *,
+        store_healthy: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.models = models
+        self.metrics = metrics
+        self.health = health
+        self.clock = clock
+        # Wall time only to compare with the producer's message timestamps (another process).
+        self.wall = wall
+        self._store_healthy = store_healthy
+        batching = settings.batching
+        self.batcher: MicroBatcher[InputRecord] = MicroBatcher(
+            batching.max_batch_size, batching.max_wait_ms / 1000.0, clock
+        )
+        self.pipeline = BatchPipeline(processor, batching.workers)
+        self.consumer = Consumer({**consumer_config(settings), "error_cb": self._on_kafka_error})
+        self.delivery = Delivery(
+            settings, self.consumer, metrics, self._on_kafka_error, lambda: self._assigned
+        )
+        self._fatal: str | None = None
+        self._assigned: set[tuple[str, int]] = set()
+        self._next_lag_at = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self, stop: threading.Event) -> None:
+        """Run until ``stop`` is set; then finish the pending batch and leave the group."""
+        self.delivery.start()
+        self.consumer.subscribe(
+            [self.settings.kafka.input_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        self._publish_model_metrics()
+        log.info(
+            "consuming %s as %s (group %s, %s, model %s)",
+            self.settings.kafka.input_topic,
+            self.settings.instance_id,
+            self.settings.kafka.group_id,
+            self.settings.kafka.delivery,
+            ", ".join(m.label for m in self.models.current().models),
+        )
+        try:
+            while not stop.is_set():
+                self.step()
+            self._finish_everything()
+        finally:
+            self.pipeline.close()
+            self.close()
+
+    def step(self) -> None:
+        """One loop iteration: commit scored batches, dispatch, consume, refresh gauges."""
+        if self._fatal:
+            raise FatalKafkaError(self._fatal)
+        self.health.beat()
+        self._swap_if_offered()
+        # Dispatch before delivering: a worker starts its next batch while this one commits.
+        self._dispatch()
+        self._deliver(self.pipeline.ready())
+        messages = self._consume()
+        now = self.clock()
+        wall = self.wall() if messages else 0.0
+        for message in messages:
+            self._accept(message, now, wall)
+        self._dispatch()
+        self._deliver(self.pipeline.ready())
+        self.metrics.in_flight.set(len(self.batcher) + self.pipeline.captures())
+        self.health.update(redis_healthy=self._store_healthy())
+        if now >= self._next_lag_at:
+            self._next_lag_at = now + LAG_INTERVAL_S
+            self._update_lag()
+
+    def close(self) -> None:
+        """Leave the group (commits nothing) and flush the producer."""
+        self.metrics.ready.set(0)
+        try:
+            self.consumer.close()
+        except (KafkaException, RuntimeError) as exc:
+            log.warning("consumer close failed: %s", exc)
+        self.delivery.close()
+        log.info("stopped %s", self.settings.instance_id)
+
+    # ------------------------------------------------------------------ consuming
+
+    def _consume(self) -> list[Message]:
+        """Messages that fit in the batch being filled, without making the first one wait.
+
+        ``consume`` only returns early once it has ``num_messages``: with nothing in flight it
+        first takes what is already fetched, then blocks for just one message; while workers
+        hold batches it blocks only briefly, so their results are committed promptly; with the
+        next batch full and every worker busy it waits for the oldest batch instead.
+        """
+        room = self.batcher.room
+        if room == 0:
+            self.pipeline.wait_head(IDLE_POLL_S)
+            return []
+        if len(self.pipeline) or len(self.batcher):
+            # A batch that is due only waits for a worker: keep filling it until one is idle.
+            due = self.batcher.ready() or not len(self.batcher)
+            timeout = BUSY_POLL_S if due else min(self.batcher.time_left(), BUSY_POLL_S)
+            return self.consumer.consume(num_messages=room, timeout=timeout)
+        ready = self.consumer.consume(num_messages=room, timeout=0)
+        return ready or self.consumer.consume(num_messages=1, timeout=IDLE_POLL_S)
+
+    def _accept(self, message: Message, now: float, wall: float) -> None:
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                self.metrics.kafka_errors.labels(error.name()).inc()
+                log.warning("consume error: %s", error.str())
+                if error.fatal():
+                    self._fatal = error.str()
+            return
+        self.metrics.captures_consumed.inc()
+        topic, partition, offset = message.topic(), message.partition(), message.offset()
+        if topic is None or partition is None or offset is None:  # only for error events
+            return
+        self.batcher.add(
+            InputRecord(
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                key=message.key(),
+                value=message.value(),
+                consumed_at=now,
+                broker_delay_s=_since_timestamp(message, wall),
+            )
+        )
+
+    # ------------------------------------------------------------------ processing
+
+    def _swap_if_offered(self) -> None:
+        offer = self.models.take_offer()
+        if offer is None:
+            return
+        previous, swapped = offer
+        for model in previous.models:
+            with contextlib.suppress(KeyError):
+                self.metrics.model_weight.remove(model.name, model.version)
+        self._publish_model_metrics()
+        swapped.set()
+
+    def _dispatch(self) -> None:
+        """Hand the waiting captures to a worker when one is idle and the batch is due."""
+        if self.batcher.ready() and self.pipeline.has_idle_worker():
+            self.pipeline.submit(self.batcher.take())
+
+    def _deliver(self, batches: list[ScoredBatch]) -> None:
+        """Commit scored batches in one transaction; on abort, rewind them and all behind them."""
+        if not batches:
+            return
+        started = self.clock()
+        for batch in batches:
+            batch.stages["commit_wait"] = max(started - batch.finished_at, 0.0)
+        if not self.delivery.commit(batches):
+            self._rewind(batches)
+            return
+        committed = self.clock() - started
+        for batch in batches:
+            batch.stages["commit"] = committed
+            self.processor.after_commit(batch)
+
+    def _rewind(self, batches: list[ScoredBatch]) -> None:
+        records = [record for batch in batches for record in batch.records]
+        for batch in batches:
+            self.processor.discard(batch)
+        records += self.pipeline.discard() + self.batcher.take(force=True)
+        self.delivery.rewind(records)
+
+    def _finish_everything(self) -> None:
+        """Score and commit every consumed capture (before a revoke, or when stopping)."""
+        pending = self.batcher.take(force=True)
+        if pending:
+            self.pipeline.submit(pending)
+        self._deliver(self.pipeline.drain())
+
+    # ------------------------------------------------------------------ rebalances, errors
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        self.metrics.rebalances.labels("assign").inc()
+        log.info("assigned %s", sorted(tp.partition for tp in partitions))
+        self.health.update(partitions=len(self._assigned))
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Finish and commit what was consumed from them while the generation is still ours.
+        self._finish_everything()
+        self._forget(partitions, "revoke")
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Nothing consumed may be committed now: throw it all away, seek the partitions still
+        # owned back to it, and leave the lost ones to their new owner.
+        self._forget(partitions, "lost")
+        discarded = self.pipeline.discard() + self.batcher.take(force=True)
+        self.delivery.rewind(discarded)
+        log.warning(
+            "lost %d partitions; %d consumed captures left to run again", len(partitions), len(discarded)
+        )
+
+    def _forget(self, partitions: list[TopicPartition], kind: str) -> None:
+        for tp in partitions:
+            self._assigned.discard((tp.topic, tp.partition))
+            with contextlib.suppress(KeyError):  # no lag series yet for this partition
+                self.metrics.consumer_lag.remove(tp.topic, str(tp.partition))
+        self.metrics.rebalances.labels(kind).inc()
+        log.info("%s %s", kind, sorted(tp.partition for tp in partitions))
+        self.health.update(partitions=len(self._assigned))
+
+    def _on_kafka_error(self, error: KafkaError) -> None:
+        self.metrics.kafka_errors.labels(error.name()).inc()
+        if error.fatal():
+            self._fatal = error.str()
+            log.error("fatal Kafka error: %s", error.str())
+        elif error.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
+            self._fatal = f"authentication failed: {error.str()}"
+            log.error("%s", self._fatal)
+        else:
+            if error.code() == KafkaError._ALL_BROKERS_DOWN:
+                self.delivery.outage()
+            log.warning("Kafka: %s", error.str())
+
+    def _update_lag(self) -> None:
+        assigned = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
+        if not assigned:
+            return
+        try:
+            positions = self.consumer.position(assigned)
+        except KafkaException:
+            return
+        for tp in positions:
+            try:
+                # The high watermark of the last fetch response: no broker round trip in the loop.
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            except KafkaException:
+                continue
+            if tp.offset >= 0:
+                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(high - tp.offset, 0))
+
+    def _publish_model_metrics(self) -> None:
+        models = self.models.current()
+        self.metrics.model_loaded.set(1)
+        self.metrics.ready.set(1)
+        for model, weight in models.primaries:
+            self.metrics.model_weight.labels(model.name, model.version).set(weight)
+        for model in models.shadows:
+            self.metrics.model_weight.labels(model.name, model.version).set(0.0)
+        # Generation 0 is the model named in configuration, before any deployment applies.
+        self.metrics.model_generation.labels(models.model_name).set(models.generation)
+        self.health.update(
+            model_loaded=True,
+            generation=models.generation,
+            models={m.label: w for m, w in models.primaries},
+            shadows=[m.label for m in models.shadows],
+        )
+
+
+def _since_timestamp(message: Message, wall: float) -> float | None:
+    """Seconds from the message's own timestamp (producer or broker time) to ``wall``."""
+    kind, millis = message.timestamp()
+    if kind == TIMESTAMP_NOT_AVAILABLE or millis <= 0:
+        return None
+    return wall - millis / 1000.0

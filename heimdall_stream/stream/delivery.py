@@ -1,0 +1,242 @@
+"""Delivery of a batch's outputs: exactly-once transactions or at-least-once flushes.
+
+``exactly_once``: one Kafka transaction carries the results, the dead letters and the input
+offsets (``send_offsets_to_transaction``); when it must abort, the consumer is sought back to the
+batch's first offsets so the batch runs again.  ``at_least_once``: results are flushed, and the
+offsets committed only once every delivery is confirmed.  Either way nothing is committed for a
+capture whose output was not written.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from heimdall_stream.clients import producer_config
+from heimdall_stream.config import Settings
+from heimdall_stream.errors import FatalKafkaError
+from heimdall_stream.metrics import Metrics
+from heimdall_stream.processing.records import DeadLetter, InputRecord, ScoredBatch
+from heimdall_stream.retry import Backoff, retry_call
+
+log = logging.getLogger(__name__)
+KAFKA_TIMEOUT_S = 30.0
+# Calls of a transactional API while librdkafka says its error is retriable (5 retries).
+TRANSACTIONAL_ATTEMPTS = 6
+
+
+class Delivery:
+    """Writes results and dead letters and commits the input offsets of each batch."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: Consumer,
+        metrics: Metrics,
+        on_error: Callable[[KafkaError], None],
+        assigned: Callable[[], set[tuple[str, int]]],
+    ) -> None:
+        self.settings = settings
+        self.consumer = consumer
+        self.metrics = metrics
+        self.exactly_once = settings.kafka.delivery == "exactly_once"
+        self._on_error = on_error
+        self._assigned = assigned
+        self._renew_producer = False
+        self.producer = Producer({**producer_config(settings), "error_cb": on_error})
+
+    def start(self) -> None:
+        """Register the transactional id (fencing any previous holder of it)."""
+        if self.exactly_once:
+            self._call(self.producer.init_transactions, KAFKA_TIMEOUT_S)
+
+    def outage(self) -> None:
+        """Every broker was down: the next transaction starts on a fresh producer."""
+        self._renew_producer = True
+
+    def close(self) -> None:
+        """Deliver whatever is still queued."""
+        self.producer.flush(10)
+
+    def commit(self, batches: Sequence[ScoredBatch]) -> bool:
+        """Write and commit batches (in one transaction); False when aborted.
+
+        An aborted commit leaves the consumer where it is: the caller rewinds it (``rewind``)
+        over these batches and whatever it consumed after them.
+        """
+        records = [record for batch in batches for record in batch.records]
+        offsets = next_offsets(records)
+        try:
+            if self.exactly_once:
+                self._commit_transaction(batches, offsets)
+            else:
+                self._commit_at_least_once(batches, offsets)
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.fatal():
+                self.metrics.transactions.labels("fatal").inc()
+                raise FatalKafkaError(f"fatal Kafka error: {error.str()}") from exc
+            self.metrics.transactions.labels("aborted").inc()
+            log.warning("batch not committed (%s); rewinding to reprocess it", error.str())
+            if self.exactly_once and error.txn_requires_abort():
+                self._call(self.producer.abort_transaction, KAFKA_TIMEOUT_S)
+            return False
+        self.metrics.transactions.labels("committed").inc()
+        return True
+
+    def _commit_transaction(self, batches: Sequence[ScoredBatch], offsets: list[TopicPartition]) -> None:
+        self._renew_producer_if_needed()
+        producer = self.producer
+        producer.begin_transaction()
+        for batch in batches:
+            self._produce_outcome(batch)
+        producer.send_offsets_to_transaction(
+            offsets, self.consumer.consumer_group_metadata(), KAFKA_TIMEOUT_S
+        )
+        self._call(producer.commit_transaction, KAFKA_TIMEOUT_S)
+
+    def _commit_at_least_once(self, batches: Sequence[ScoredBatch], offsets: list[TopicPartition]) -> None:
+        failures: list[KafkaError] = []
+
+        def on_delivery(error: KafkaError | None, _message: Message) -> None:
+            if error is not None:
+                failures.append(error)
+
+        for batch in batches:
+            self._produce_outcome(batch, on_delivery)
+        remaining = self.producer.flush(KAFKA_TIMEOUT_S)
+        if remaining or failures:
+            reason = failures[0] if failures else KafkaError(KafkaError._TIMED_OUT, "flush timed out")
+            raise KafkaException(reason)
+        self.consumer.commit(offsets=offsets, asynchronous=False)
+
+    def _produce_outcome(self, outcome: ScoredBatch, on_delivery: Any = None) -> None:
+        kafka = self.settings.kafka
+        for result in outcome.results:
+            self._produce(
+                kafka.output_topic, result.localization.capture_id.encode(), result.value, None, on_delivery
+            )
+        for letter in outcome.dead_letters:
+            value, headers = dead_letter_message(letter, self.settings)
+            self._produce(kafka.dlq_topic, letter.record.key, value, headers, on_delivery)
+
+    def _produce(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: list[tuple[str, str | bytes | None]] | None,
+        on_delivery: Any,
+    ) -> None:
+        paused: list[TopicPartition] = []
+        try:
+            while True:
+                try:
+                    self.producer.produce(
+                        topic, key=key, value=value, headers=headers, on_delivery=on_delivery
+                    )
+                    return
+                except BufferError:
+                    # Producer queue full: stop fetching input until delivery reports make room.
+                    if not paused:
+                        paused = [TopicPartition(t, p) for t, p in sorted(self._assigned())]
+                        self.consumer.pause(paused)
+                        self.metrics.paused.set(1)
+                    self.producer.poll(0.05)
+        finally:
+            if paused:
+                self.consumer.resume(paused)
+                self.metrics.paused.set(0)
+
+    def rewind(self, records: Sequence[InputRecord]) -> None:
+        """Seek the owned partitions back to the lowest offset of ``records`` (to run them again)."""
+        for tp in first_offsets(records):
+            if (tp.topic, tp.partition) in self._assigned():
+                try:
+                    self.consumer.seek(tp)
+                except KafkaException as exc:
+                    log.warning("seek %s[%d] failed: %s", tp.topic, tp.partition, exc)
+
+    def _call(
+        self, method: Callable[[float], Any], timeout: float, *, sleep: Callable[[float], None] = time.sleep
+    ) -> Any:
+        """Call a transactional API, retrying while librdkafka says the error is retriable.
+
+        Up to ``TRANSACTIONAL_ATTEMPTS`` calls, waiting 0.1 s doubling to 2 s in between (a
+        coordinator that is moving needs a moment); the last failure, or the first one that is
+        not a retriable ``KafkaException``, is raised unchanged.
+        """
+
+        def retriable(exc: BaseException) -> bool:
+            return isinstance(exc, KafkaException) and bool(exc.args[0].retriable())
+
+        def warn(exc: BaseException, delay: float) -> None:
+            log.warning("retrying %s in %.2f s: %s", method.__name__, delay, exc)
+
+        return retry_call(
+            lambda: method(timeout),
+            attempts=TRANSACTIONAL_ATTEMPTS,
+            retriable=retriable,
+            backoff=Backoff(first_s=0.1, max_s=2.0),
+            sleep=sleep,
+            on_retry=warn,
+        )
+
+    def _renew_producer_if_needed(self) -> None:
+        """After every broker was down, start the next transaction on a fresh producer.
+
+        librdkafka can keep a stale group-coordinator entry across a cluster outage, and then
+        ``send_offsets_to_transaction`` waits forever (librdkafka issue 5511).  A new producer with
+        the same ``transactional.id`` has no such cache, and ``init_transactions`` fences the old
+        one and aborts whatever transaction it left open.
+        """
+        if not (self._renew_producer and self.exactly_once):
+            return
+        self._renew_producer = False
+        log.warning("renewing the transactional producer after a broker outage")
+        self.producer = Producer({**producer_config(self.settings), "error_cb": self._on_error})
+        self._call(self.producer.init_transactions, KAFKA_TIMEOUT_S)
+        self.metrics.transactions.labels("producer_renewed").inc()
+
+
+def next_offsets(records: Sequence[InputRecord]) -> list[TopicPartition]:
+    """Offsets to commit: one past the highest consumed offset of each partition."""
+    highest: dict[tuple[str, int], int] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        highest[key] = max(highest.get(key, -1), record.offset)
+    return [TopicPartition(t, p, o + 1) for (t, p), o in sorted(highest.items())]
+
+
+def first_offsets(records: Sequence[InputRecord]) -> list[TopicPartition]:
+    """Where to seek back to re-consume a batch: its lowest offset of each partition."""
+    lowest: dict[tuple[str, int], int] = {}
+    for record in records:
+        key = (record.topic, record.partition)
+        lowest[key] = min(lowest.get(key, record.offset), record.offset)
+    return [TopicPartition(t, p, o) for (t, p), o in sorted(lowest.items())]
+
+
+def dead_letter_message(
+    letter: DeadLetter, settings: Settings
+) -> tuple[bytes | None, list[tuple[str, str | bytes | None]]]:
+    """The original value (unless too large for the DLQ) and Kafka-Connect-style error headers."""
+    record = letter.record
+    headers: list[tuple[str, str | bytes | None]] = [
+        ("heimdall.error.class", letter.error_class.encode()),
+        ("heimdall.error.reason", letter.reason.encode()),
+        ("heimdall.error.message", letter.message.encode()[:2048]),
+        ("heimdall.source.topic", record.topic.encode()),
+        ("heimdall.source.partition", str(record.partition).encode()),
+        ("heimdall.source.offset", str(record.offset).encode()),
+        ("heimdall.instance.id", settings.instance_id.encode()),
+    ]
+    value = record.value
+    if value is not None and len(value) > settings.kafka.dlq_max_value_bytes:
+        headers.append(("heimdall.value-omitted", str(len(value)).encode()))
+        value = None
+    return value, headers

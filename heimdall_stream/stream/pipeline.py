@@ -1,0 +1,89 @@
+"""Batches scored on worker threads, handed back strictly in the order they were handed out.
+
+The stream loop keeps consuming and committing while ``workers`` batches are scored at once
+(features, onnxruntime and Avro decode release the GIL, so each worker keeps a core busy).  A
+batch is delivered only after every batch handed out before it, so the input offsets are
+committed in consumption order and exactly-once holds as with a single thread.  At most
+``2 × workers`` batches are held (scoring or scored and waiting for their turn): in-flight
+memory stays bounded whatever the load.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+
+from heimdall_stream.processing.processor import BatchProcessor
+from heimdall_stream.processing.records import InputRecord, ScoredBatch
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    records: list[InputRecord]
+    future: Future[ScoredBatch]
+
+
+class BatchPipeline:
+    """A FIFO of batches being scored by a pool of worker threads."""
+
+    def __init__(self, processor: BatchProcessor, workers: int) -> None:
+        self.processor = processor
+        self.workers = workers
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="heimdall-batch")
+        self._queue: deque[_Held] = deque()
+
+    def __len__(self) -> int:
+        return len(self._queue)
+
+    def captures(self) -> int:
+        """Captures handed out and not yet taken back."""
+        return sum(len(held.records) for held in self._queue)
+
+    def has_idle_worker(self) -> bool:
+        """Whether a batch handed out now would start at once (and the FIFO has room)."""
+        busy = sum(1 for held in self._queue if not held.future.done())
+        return busy < self.workers and len(self._queue) < 2 * self.workers
+
+    def submit(self, records: Sequence[InputRecord]) -> None:
+        """Hand a batch to the workers."""
+        self._queue.append(_Held(list(records), self._pool.submit(self.processor.process, records)))
+
+    def ready(self) -> list[ScoredBatch]:
+        """The scored batches at the head of the FIFO, in order (a worker's error is raised)."""
+        done: list[ScoredBatch] = []
+        while self._queue and self._queue[0].future.done():
+            done.append(self._queue.popleft().future.result())
+        return done
+
+    def wait_head(self, timeout: float) -> None:
+        """Block until the oldest batch is scored, or ``timeout`` passes."""
+        if self._queue:
+            wait_futures([self._queue[0].future], timeout=timeout)
+
+    def drain(self) -> list[ScoredBatch]:
+        """Every batch still held, once scored, in order."""
+        return [self._queue.popleft().future.result() for _ in range(len(self._queue))]
+
+    def discard(self) -> list[InputRecord]:
+        """Throw every held batch away (after it is scored); return their records to rewind."""
+        records: list[InputRecord] = []
+        while self._queue:
+            held = self._queue.popleft()
+            records.extend(held.records)
+            try:
+                scored = held.future.result()
+            except Exception as exc:
+                log.warning("a discarded batch had failed: %s", exc)
+                continue
+            self.processor.discard(scored)
+        return records
+
+    def close(self) -> None:
+        """Stop the workers (after what they hold is finished)."""
+        self._pool.shutdown(wait=True)

@@ -62,7 +62,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 SERVICES = ("kafka", "redis", "mlflow")
-READY_TIMEOUT_S = 120.0
+# Generous: it only bounds a hang. A loaded or slow machine can take minutes to start a JVM.
+READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 30.0
 
 

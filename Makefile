@@ -46,8 +46,15 @@ stack-up: venv
 stack-down:
 	$(STACK) down
 
-bench: venv
-	$(BIN)/python -m bench.run
+## bench: heimdall-stream against the peers it writes itself (bench/peers), one run, recorded
+bench: venv .venv-peers/.installed
+	HEIMDALL_BENCH_PEER_PYTHON=$(CURDIR)/.venv-peers/bin/python $(BIN)/python -m bench.run
+
+# The peers get a venv of their own: quixstreams pins confluent-kafka and pydantic lower.
+.venv-peers/.installed: pyproject.toml
+	test -x .venv-peers/bin/python || $(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/pip install -q -e '.[bench]'
+	touch $@
 
 ## docs: regenerate docs/architecture.md (the wings and their imports) from the code
 docs:

@@ -1,13 +1,18 @@
 """Run every benchmark on the local stack and record the figures (``make bench``).
 
-Writes ``bench/results/<date>.json`` and prints a Markdown table for the README.  Everything is
-measured in one run on one machine, so the ratios (pipeline ÷ compute, batch 32 ÷ batch 1) are
-the figures to trust; absolute numbers depend on the machine and what else it is doing.
+Writes ``bench/results/<date>.json`` and prints Markdown tables for the README: the compute-only
+figures, heimdall-stream's own throughput and latency curve, and the comparison with
+hand-written peers (``bench.compare``) on two workloads, W1 the features model and W2 the IQ
+benchmark model.  Everything is measured in one run on one machine, so the ratios (pipeline ÷
+compute, batch 32 ÷ batch 1, system ÷ system) are the figures to trust; absolute numbers depend
+on the machine and what else it is doing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -18,13 +23,19 @@ import tempfile
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
+from bench import compare
 from bench.compute import decode_cost, encoded_pool, features_throughput, model_from_file, pipeline_throughput
 from bench.stream import Bench, run_load
+from heimdall_stream.models.inference import LoadedModel
 from heimdall_stream.wire.codec import capture_codec
+from heimdall_stream.wire.messages import IqCapture
 
 REPO = Path(__file__).resolve().parents[1]
 STACK = REPO / "deploy" / "local" / "stack.py"
+BENCH_FEATURES = "bench_localization"
+BENCH_IQ = "bench_localization_iq"
 
 
 def _free_port() -> int:
@@ -39,57 +50,138 @@ def _stack_env() -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.stdout.splitlines() if "=" in line)
 
 
-def _model(env: dict[str, str], work: Path) -> tuple[str, Path]:
-    """The registered champion if there is one, else a small model trained and registered now."""
+def _workload(key: str, label: str, uri: str, model_uri: str, work: Path) -> compare.Workload:
+    from heimdall_stream.models.registry import ModelRegistry
+
+    fetched = ModelRegistry(uri, work / "models").fetch(model_uri)
+    return compare.Workload(key, label, model_uri, fetched.path, fetched.name, fetched.version)
+
+
+def _features_model(env: dict[str, str], work: Path) -> compare.Workload:
+    """W1: the registered champion if there is one, else a small model trained and registered once."""
     from heimdall_stream.lab.reference import champion_exists, register_onnx
     from heimdall_stream.lab.training import train_features_model
-    from heimdall_stream.models.registry import ModelRegistry
     from heimdall_stream.network import load_network
 
     uri = env["HEIMDALL_MLFLOW__TRACKING_URI"]
     if champion_exists(uri):
         model_uri = "models:/localization_model@champion"
     else:
-        onnx_bytes, _ = train_features_model(load_network(), n_train=1200, n_calibration=300, n_test=300)
-        register_onnx(uri, onnx_bytes, "bench_localization", "champion", run_name="bench")
-        model_uri = "models:/bench_localization@champion"
-    fetched = ModelRegistry(uri, work / "models").fetch(model_uri)
-    return model_uri, fetched.path
+        if not champion_exists(uri, BENCH_FEATURES):
+            print("training a small features model ...", flush=True)
+            onnx_bytes, _ = train_features_model(load_network(), n_train=1200, n_calibration=300, n_test=300)
+            register_onnx(uri, onnx_bytes, BENCH_FEATURES, "champion", run_name="bench")
+        model_uri = f"models:/{BENCH_FEATURES}@champion"
+    return _workload("W1", "W1, features model", uri, model_uri, work)
+
+
+def _iq_model(env: dict[str, str], work: Path) -> compare.Workload:
+    """W2: the registered IQ benchmark model if there is one, else one built and registered now."""
+    from heimdall_stream.lab.iq_benchmark import build_iq_benchmark_model
+    from heimdall_stream.lab.reference import IQ_MODEL, champion_exists, register_onnx
+    from heimdall_stream.network import load_network
+
+    uri = env["HEIMDALL_MLFLOW__TRACKING_URI"]
+    if champion_exists(uri, IQ_MODEL, "benchmark"):
+        model_uri = f"models:/{IQ_MODEL}@benchmark"
+    else:
+        if not champion_exists(uri, BENCH_IQ, "benchmark"):
+            register_onnx(
+                uri, build_iq_benchmark_model(load_network()), BENCH_IQ, "benchmark", run_name="bench-iq"
+            )
+        model_uri = f"models:/{BENCH_IQ}@benchmark"
+    return _workload("W2", "W2, IQ model (1-D CNN over raw IQ, benchmark only)", uri, model_uri, work)
+
+
+def _versions() -> dict[str, str]:
+    """Versions of what the figures depend on most (the Kafka client is shared by every system)."""
+    import confluent_kafka
+    import onnxruntime
+
+    out = {
+        "confluent_kafka": importlib.metadata.version("confluent-kafka"),
+        "librdkafka": confluent_kafka.libversion()[0],
+        "onnxruntime": onnxruntime.__version__,
+    }
+    with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+        out["quixstreams"] = importlib.metadata.version("quixstreams")
+    return out
+
+
+def _compute(model: LoadedModel, encoded: list[bytes]) -> dict[str, float]:
+    return {
+        "batch_32": pipeline_throughput(model, encoded, 32),
+        "batch_1": pipeline_throughput(model, encoded, 1, repeats=3),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flood", type=int, default=2000, help="captures in the sustained-throughput flood")
     parser.add_argument("--seconds", type=float, default=15.0, help="duration of each offered load")
+    parser.add_argument("--backlog", type=int, default=1000, help="captures in the comparison's backlog")
+    parser.add_argument("--rounds", type=int, default=3, help="backlog runs per system (median)")
+    parser.add_argument(
+        "--half-load-seconds", type=float, default=30.0, help="duration of the comparison's half load"
+    )
+    parser.add_argument("--compare-only", action="store_true", help="only the comparison with the peers")
     parser.add_argument("--quick", action="store_true", help="smaller runs, for a smoke check")
     args = parser.parse_args()
-    flood = 300 if args.quick else args.flood
-    seconds = 5.0 if args.quick else args.seconds
+    if args.quick:
+        args.flood, args.seconds, args.backlog, args.rounds, args.half_load_seconds = 300, 5.0, 200, 1, 8.0
 
     env = _stack_env()
     work = Path(tempfile.mkdtemp(prefix="heimdall-bench-"))
-    model_uri, model_path = _model(env, work)
-    model = model_from_file(model_path)
+    print(f"logs of the consumers under test: {work}", flush=True)
+    workloads = [_features_model(env, work), _iq_model(env, work)]
     encoded = encoded_pool(64)
     captures = [capture_codec().decode(v) for v in encoded]
 
     print("compute-only benchmarks ...", flush=True)
-    figures: dict[str, object] = {
+    computes = [_compute(model_from_file(w.model_path), encoded) for w in workloads]
+    figures: dict[str, Any] = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {
             "cpus": os.cpu_count(),
             "platform": platform.platform(),
             "python": platform.python_version(),
         },
-        "model_uri": model_uri,
-        "decode": decode_cost(encoded),
-        "features_captures_per_s": features_throughput(encoded),
-        "compute_captures_per_s": {
-            "batch_32": pipeline_throughput(model, encoded, 32),
-            "batch_1": pipeline_throughput(model, encoded, 1, repeats=3),
-        },
+        "versions": _versions(),
+        "model_uri": workloads[0].model_uri,
+        "compute_captures_per_s": computes[0],
     }
-    bench = Bench(env, model_uri, work)
+    bench = Bench(env, workloads[0].model_uri, work)
+    if not args.compare_only:
+        figures.update(decode=decode_cost(encoded), features_captures_per_s=features_throughput(encoded))
+        figures.update(_heimdall_alone(bench, captures, args.flood, args.seconds, computes[0]))
+    figures["comparison"] = {
+        w.key: compare.compare(
+            bench,
+            captures,
+            w,
+            backlog=args.backlog,
+            rounds=args.rounds,
+            half_load_s=args.half_load_seconds,
+            free_port=_free_port,
+            compute=c,
+        )
+        for w, c in zip(workloads, computes, strict=True)
+    }
+    # A smoke run is no result: it is written beside the consumers' logs, not into bench/results.
+    out = (
+        work / "quick.json"
+        if args.quick
+        else REPO / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d}.json"
+    )
+    out.write_text(json.dumps(figures, indent=2, default=float))
+    print(table(figures))
+    print(f"recorded {out}")
+
+
+def _heimdall_alone(
+    bench: Bench, captures: list[IqCapture], flood: int, seconds: float, compute: dict[str, float]
+) -> dict[str, Any]:
+    """heimdall-stream's own figures: sustained flood, batch 1, and the latency curve."""
     print("flood (sustained throughput, peak RSS) ...", flush=True)
     sustained = run_load(
         bench, captures, count=flood, rate=None, batch_size=32, port=_free_port(), preload=True
@@ -112,30 +204,32 @@ def main() -> None:
                 preload=False,
             )
         )
-    compute = figures["compute_captures_per_s"]["batch_32"]  # type: ignore[index]
-    figures.update(
-        {
-            "sustained": asdict(sustained),
-            "unbatched": asdict(unbatched),
-            "loads": [asdict(run) for run in loads],
-            "ratios": {
-                "pipeline_over_compute": sustained.throughput / compute,
-                "batch32_over_batch1_pipeline": sustained.throughput / max(unbatched.throughput, 1e-9),
-                "batch32_over_batch1_compute": compute / figures["compute_captures_per_s"]["batch_1"],  # type: ignore[index]
-            },
-        }
-    )
-    out = REPO / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d}.json"
-    out.write_text(json.dumps(figures, indent=2, default=float))
-    print(table(figures))
-    print(f"recorded {out}")
+    return {
+        "sustained": asdict(sustained),
+        "unbatched": asdict(unbatched),
+        "loads": [asdict(run) for run in loads],
+        "ratios": {
+            "pipeline_over_compute": sustained.throughput / compute["batch_32"],
+            "batch32_over_batch1_pipeline": sustained.throughput / max(unbatched.throughput, 1e-9),
+            "batch32_over_batch1_compute": compute["batch_32"] / compute["batch_1"],
+        },
+    }
 
 
-def table(figures: dict) -> str:
-    """The README table of a result file."""
+def table(figures: dict[str, Any]) -> str:
+    """The README tables of a result file."""
     lines = [
-        f"Machine: {figures['machine']['cpus']} cores, {figures['machine']['platform']}; {figures['date']}.",
-        "",
+        f"Machine: {figures['machine']['cpus']} cores, {figures['machine']['platform']}; {figures['date']}."
+    ]
+    if "sustained" in figures:
+        lines += ["", _own_table(figures)]
+    for result in figures.get("comparison", {}).values():
+        lines += ["", compare.table(result)]
+    return "\n".join(lines)
+
+
+def _own_table(figures: dict[str, Any]) -> str:
+    lines = [
         "| figure | value |",
         "|---|---|",
         f"| decode, ms per 7×10k CI16 capture | {figures['decode']['decode_ms_per_capture']:.2f} |",

@@ -1,21 +1,30 @@
-"""End-to-end benchmarks through real Kafka: sustained throughput, latency under load, RSS.
+"""End-to-end benchmarks through real Kafka: sustained throughput, latency under load, CPU, RSS.
 
-A consumer runs as a child process (``heimdall-stream run``) on fresh topics; a producer in this
-process offers captures re-encoded from a pool (fresh capture ids and ``captured_at``), and a
-read_committed reader in this process timestamps every result as it becomes visible.  End-to-end
-latency = visible-to-reader time − ``captured_at``.
+A consumer runs as a child process (``heimdall-stream run``, or a peer from ``bench.peers``) on
+fresh topics; a producer in this process offers captures built from a pool, and a
+read_committed reader in this process timestamps every result as it becomes visible.
+End-to-end latency = visible-to-reader time − ``captured_at``.
+
+Every offered capture is distinct: the pool capture's first sample of each receiver is
+overwritten with the capture's sequence number, so no two captures prepare the same model
+input and the consumer's result cache never answers for the model.  A capture's content and id
+depend only on its sequence number and the pool, so runs that offer the same count offer the
+same captures (only ``captured_at``, the offer time, differs).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,11 +32,14 @@ from typing import Any
 
 import numpy as np
 import psutil
-from confluent_kafka import Consumer, Producer
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupState, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from heimdall_stream.wire.codec import capture_codec, localization_codec
-from heimdall_stream.wire.messages import IqCapture
+from heimdall_stream.wire.messages import IqCapture, SampleFormat
+
+PARTITIONS = 6
+SAMPLE_EVERY_S = 0.1
 
 
 @dataclass
@@ -43,6 +55,70 @@ class StreamRun:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def distinct_capture(pool: list[IqCapture], index: int, capture_id: str) -> IqCapture:
+    """Capture ``index`` of a run: pool content made unique by its first sample, offered now."""
+    base = pool[index % len(pool)]
+    stamp = index // len(pool) + 1  # unique for this base; bases differ in their other samples
+    receivers = []
+    for rx in base.receivers:
+        first = (
+            struct.pack("<hh", stamp % 32768, stamp // 32768)
+            if rx.sample_format is SampleFormat.CI16
+            else struct.pack("<ff", stamp * 1e-4, 0.0)
+        )
+        receivers.append(dataclasses.replace(rx, samples=first + rx.samples[len(first) :]))
+    return IqCapture(capture_id, datetime.now(UTC), base.center_frequency_hz, tuple(receivers))
+
+
+class ProcessWatch:
+    """Samples a process's RSS and CPU seconds (its children included) in a background thread."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[tuple[float, float, float]] = []  # (monotonic s, cpu s, rss MB)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        process = psutil.Process(self.pid)
+        while not self._stop.is_set():
+            try:
+                procs = [process, *process.children(recursive=True)]
+                cpu = sum(sum(p.cpu_times()[:2]) for p in procs)  # user + system
+                rss = sum(p.memory_info().rss for p in procs) / 1e6
+            except psutil.Error:
+                return
+            self.samples.append((time.monotonic(), cpu, rss))
+            time.sleep(SAMPLE_EVERY_S)
+
+    def stop(self) -> None:
+        """Stop sampling."""
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def peak_rss_mb(self) -> float:
+        """Peak RSS: the kernel's high-water mark where it exposes one, else the sampled peak."""
+        sampled = max((s[2] for s in self.samples), default=0.0)
+        try:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+        except OSError:
+            return sampled
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return max(sampled, int(line.split()[1]) / 1e3)
+        return sampled
+
+    def cpu_seconds(self, start: float, end: float) -> float:
+        """CPU seconds the process used between two monotonic times (interpolated samples)."""
+        if len(self.samples) < 2:
+            return float("nan")
+        times = [s[0] for s in self.samples]
+        cpus = [s[1] for s in self.samples]
+        return float(np.interp(end, times, cpus) - np.interp(start, times, cpus))
+
+
 class Bench:
     """Topics, a consumer process and a reader for one benchmark run."""
 
@@ -51,32 +127,55 @@ class Bench:
         self.bootstrap = env["HEIMDALL_KAFKA__BOOTSTRAP_SERVERS"]
         self.model_uri = model_uri
         self.log_dir = log_dir
+        # librdkafka's notices (level 6) about short-lived admin clients are noise here.
+        self.admin_config: dict[str, str | int | float | bool] = {
+            "bootstrap.servers": self.bootstrap,
+            "log_level": 4,
+        }
 
-    def topics(self, partitions: int = 6) -> dict[str, str]:
-        tag = uuid.uuid4().hex[:8]
-        names = {"input": f"bench.in.{tag}", "output": f"bench.out.{tag}", "dlq": f"bench.dlq.{tag}"}
-        admin = AdminClient({"bootstrap.servers": self.bootstrap})
+    def create_topics(self, names: list[str], partitions: int = PARTITIONS) -> None:
+        """Create fresh topics."""
+        admin = AdminClient(self.admin_config)
         futures = admin.create_topics(
-            [
-                NewTopic(n, num_partitions=partitions if k != "dlq" else 1, replication_factor=1)
-                for k, n in names.items()
-            ]
+            [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]
         )
         for future in futures.values():
             future.result(30)
+
+    def topics(self, partitions: int = PARTITIONS) -> dict[str, str]:
+        """Fresh input, output and dead-letter topics."""
+        tag = uuid.uuid4().hex[:8]
+        names = {"input": f"bench.in.{tag}", "output": f"bench.out.{tag}", "dlq": f"bench.dlq.{tag}"}
+        self.create_topics([names["input"], names["output"]], partitions)
+        self.create_topics([names["dlq"]], 1)
         return names
 
-    def start_consumer(self, topics: dict[str, str], batch_size: int, port: int) -> subprocess.Popen[bytes]:
+    def child_env(self) -> dict[str, str]:
+        """This process's environment with the stack's, for a consumer child process."""
         env = {k: v for k, v in os.environ.items() if not k.startswith(("HEIMDALL_", "MLFLOW_"))}
         env.update(self.env)
+        return env
+
+    def start_consumer(
+        self,
+        topics: dict[str, str],
+        batch_size: int,
+        port: int,
+        *,
+        group: str | None = None,
+        model_uri: str | None = None,
+    ) -> subprocess.Popen[bytes]:
+        """``heimdall-stream run`` (exactly-once) on ``topics``; returns once /readyz answers."""
+        group = group or f"bench-{topics['input']}"
+        env = self.child_env()
         env.update(
             {
                 "HEIMDALL_KAFKA__INPUT_TOPIC": topics["input"],
                 "HEIMDALL_KAFKA__OUTPUT_TOPIC": topics["output"],
                 "HEIMDALL_KAFKA__DLQ_TOPIC": topics["dlq"],
-                "HEIMDALL_KAFKA__GROUP_ID": f"bench-{topics['input']}",
-                "HEIMDALL_REDIS__KEY_PREFIX": f"bench:{topics['input']}:",
-                "HEIMDALL_MODEL__URI": self.model_uri,
+                "HEIMDALL_KAFKA__GROUP_ID": group,
+                "HEIMDALL_REDIS__KEY_PREFIX": f"bench:{group}:",
+                "HEIMDALL_MODEL__URI": model_uri or self.model_uri,
                 "HEIMDALL_BATCHING__MAX_BATCH_SIZE": str(batch_size),
                 "HEIMDALL_METRICS__PORT": str(port),
                 "HEIMDALL_METRICS__HOST": "127.0.0.1",
@@ -85,12 +184,9 @@ class Bench:
                 "HEIMDALL_MODEL__CONTROL_ENABLED": "false",
             }
         )
-        log = (self.log_dir / f"consumer-{topics['input']}.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "heimdall_stream.cli", "run"], env=env, stdout=log, stderr=log
-        )
+        proc = self.spawn([sys.executable, "-m", "heimdall_stream.cli", "run"], env, group)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and proc.poll() is None:
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as resp:
                     if resp.status == 200:
@@ -98,27 +194,34 @@ class Bench:
             except OSError:
                 time.sleep(0.3)
         proc.kill()
-        raise RuntimeError("bench consumer did not become ready")
+        raise RuntimeError(f"bench consumer did not become ready (see {self.log_dir})")
 
-    def produce(self, topic: str, pool: list[IqCapture], count: int, rate: float | None) -> None:
+    def spawn(self, argv: list[str], env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
+        """A consumer child process, logging to ``<log_dir>/<name>.log``."""
+        log = (self.log_dir / f"{name}.log").open("ab")
+        return subprocess.Popen(argv, env=env, stdout=log, stderr=log, cwd=Path(__file__).parents[1])
+
+    def produce(
+        self, topic: str, pool: list[IqCapture], count: int, rate: float | None, id_prefix: str = "b"
+    ) -> None:
+        """Offer ``count`` distinct captures, at ``rate`` per second (None: as fast as possible)."""
         producer = Producer(
             {
                 "bootstrap.servers": self.bootstrap,
                 "linger.ms": 5,
                 "enable.idempotence": True,
                 "queue.buffering.max.kbytes": 262_144,
+                "message.max.bytes": 16 * 1024 * 1024,
             }
         )
+        codec = capture_codec()
         start = time.monotonic()
         for i in range(count):
             if rate:
                 while (delay := start + i / rate - time.monotonic()) > 0:
                     producer.poll(min(delay, 0.02))
-            base = pool[i % len(pool)]
-            capture = IqCapture(
-                f"b-{i}-{uuid.uuid4().hex[:6]}", datetime.now(UTC), base.center_frequency_hz, base.receivers
-            )
-            value = capture_codec().encode(capture)
+            capture = distinct_capture(pool, i, f"{id_prefix}-{i:06d}")
+            value = codec.encode(capture)
             while True:
                 try:
                     producer.produce(topic, key=capture.capture_id.encode(), value=value)
@@ -128,33 +231,119 @@ class Bench:
             producer.poll(0)
         producer.flush(120)
 
+    def wait_assigned(
+        self, group: str, partitions: int, proc: subprocess.Popen[bytes], timeout: float = 120.0
+    ) -> None:
+        """Wait until ``group`` is stable with all ``partitions`` of its input assigned."""
+        admin = AdminClient(self.admin_config)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and proc.poll() is None:
+            description = admin.describe_consumer_groups([group])[group].result(10)
+            assigned = sum(len(m.assignment.topic_partitions) for m in description.members)
+            if description.state == ConsumerGroupState.STABLE and assigned >= partitions:
+                return
+            time.sleep(0.2)
+        proc.kill()
+        raise RuntimeError(f"{group}: partitions not assigned (see {self.log_dir})")
 
-def read_results(bootstrap: str, topic: str, expected: int, timeout: float) -> list[tuple[float, float]]:
-    """(visible wall time, end-to-end ms) for each result, read_committed."""
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """A result as the reader saw it."""
+
+    at: float  # monotonic seconds when it became visible
+    latency_ms: float  # visible time − captured_at
+    capture_id: str
+    latitude: float
+    longitude: float
+    batch_size: int  # of the inference batch it came from (lineage)
+
+
+def read_results(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    timeout: float,
+    alive: Callable[[], bool] = lambda: True,
+) -> list[Seen]:
+    """Every result, read_committed, timestamped as it becomes visible.
+
+    The reader assigns itself every partition (no group join, so nothing waits for a
+    rebalance before the first result is timestamped); it stops once ``expected`` results
+    are in, at ``timeout``, or when ``alive`` says the consumer under test has died.
+    """
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"bench-reader-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
         }
     )
-    consumer.subscribe([topic])
-    out: list[tuple[float, float]] = []
+    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+    codec = localization_codec()
+    out: list[Seen] = []
     deadline = time.monotonic() + timeout
     try:
-        while len(out) < expected and time.monotonic() < deadline:
-            for message in consumer.consume(num_messages=500, timeout=0.2):
-                if message.error() is not None:
+        while len(out) < expected and time.monotonic() < deadline and alive():
+            for message in consumer.consume(num_messages=500, timeout=0.1):
+                value = message.value()
+                if message.error() is not None or value is None:
                     continue
                 seen = datetime.now(UTC)
-                loc = localization_codec().decode(message.value())
+                loc = codec.decode(value)
                 visible_ms = loc.timings.end_to_end_ms + (seen - loc.produced_at).total_seconds() * 1000
-                out.append((time.monotonic(), visible_ms))
+                out.append(
+                    Seen(
+                        time.monotonic(),
+                        visible_ms,
+                        loc.capture_id,
+                        loc.latitude,
+                        loc.longitude,
+                        loc.lineage.batch_size,
+                    )
+                )
     finally:
         consumer.close()
     return out
+
+
+def summarise(results: list[Seen], watch: ProcessWatch, offered: float | None, count: int) -> StreamRun:
+    """Throughput and CPU per capture over the middle 90 % of results; latency percentiles.
+
+    The middle 90 % leaves out start-up (model load, group join) and the drain tail.
+    """
+    times = [r.at for r in results]
+    latencies = np.array([r.latency_ms for r in results]) if results else np.array([np.nan])
+    lo, hi = int(len(times) * 0.05), max(int(len(times) * 0.95) - 1, 1)
+    window = len(times) > 10 and times[hi] > times[lo]
+    throughput = (hi - lo) / (times[hi] - times[lo]) if window else 0.0
+    cpu = watch.cpu_seconds(times[lo], times[hi]) / (hi - lo) if window else float("nan")
+    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
+    return StreamRun(
+        offered,
+        count,
+        throughput,
+        {"p50": p50, "p95": p95, "p99": p99},
+        watch.peak_rss_mb,
+        len(results),
+        {
+            "cpu_s_per_capture": cpu,
+            "median_batch_size": float(np.median([r.batch_size for r in results])) if results else 0.0,
+        },
+    )
+
+
+def stop_process(proc: subprocess.Popen[bytes], watch: ProcessWatch) -> None:
+    """Stop sampling, then ask the process to stop (SIGTERM), killing it if it does not."""
+    watch.stop()
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
 
 
 def run_load(
@@ -167,40 +356,22 @@ def run_load(
     port: int,
     preload: bool,
 ) -> StreamRun:
-    """Offer ``count`` captures at ``rate`` (None = flood) and measure the consumer."""
+    """Offer ``count`` captures at ``rate`` (None = flood) to ``heimdall-stream run`` and measure it."""
     topics = bench.topics()
     if preload:  # a flood: everything is waiting before the consumer starts
         bench.produce(topics["input"], pool, count, None)
     proc = bench.start_consumer(topics, batch_size, port)
-    rss_peak = 0.0
-    stop = threading.Event()
-
-    def sample_rss() -> None:
-        nonlocal rss_peak
-        process = psutil.Process(proc.pid)
-        while not stop.is_set():
-            try:
-                rss_peak = max(rss_peak, process.memory_info().rss / 1e6)
-            except psutil.Error:
-                return
-            time.sleep(0.2)
-
-    sampler = threading.Thread(target=sample_rss, daemon=True)
-    sampler.start()
+    watch = ProcessWatch(proc.pid)
     producer_thread = None
     if not preload:
+        bench.wait_assigned(f"bench-{topics['input']}", PARTITIONS, proc)
         producer_thread = threading.Thread(target=bench.produce, args=(topics["input"], pool, count, rate))
         producer_thread.start()
-    results = read_results(bench.bootstrap, topics["output"], count, timeout=60 + count / 20)
+    results = read_results(
+        bench.bootstrap, topics["output"], count, 60 + count / 20, lambda: proc.poll() is None
+    )
     if producer_thread:
         producer_thread.join()
-    stop.set()
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
-    times = [t for t, _ in results]
-    latencies = np.array([ms for _, ms in results]) if results else np.array([np.nan])
-    # Throughput over the middle 90 % of results: ignores start-up and the drain tail.
-    lo, hi = int(len(times) * 0.05), max(int(len(times) * 0.95) - 1, 1)
-    throughput = (hi - lo) / (times[hi] - times[lo]) if len(times) > 10 and times[hi] > times[lo] else 0.0
-    p50, p95, p99 = np.percentile(latencies, [50, 95, 99])
-    return StreamRun(rate, count, throughput, {"p50": p50, "p95": p95, "p99": p99}, rss_peak, len(results))
+    run = summarise(results, watch, rate, count)
+    stop_process(proc, watch)
+    return run

@@ -28,6 +28,7 @@ from typing import Any
 from bench import compare
 from bench.compute import decode_cost, encoded_pool, features_throughput, model_from_file, pipeline_throughput
 from bench.stream import Bench, run_load
+from heimdall_stream.config import Settings
 from heimdall_stream.models.inference import LoadedModel
 from heimdall_stream.wire.codec import capture_codec
 from heimdall_stream.wire.messages import IqCapture
@@ -109,9 +110,13 @@ def _versions() -> dict[str, str]:
 
 
 def _compute(model: LoadedModel, encoded: list[bytes]) -> dict[str, float]:
+    """The compute limit on the same cores as the consumer (its default worker count), and on one."""
+    workers = Settings().batching.workers
     return {
-        "batch_32": pipeline_throughput(model, encoded, 32),
-        "batch_1": pipeline_throughput(model, encoded, 1, repeats=3),
+        "workers": float(workers),
+        "batch_32": pipeline_throughput(model, encoded, 32, workers=workers),
+        "batch_1": pipeline_throughput(model, encoded, 1, repeats=3, workers=workers),
+        "batch_32_one_worker": pipeline_throughput(model, encoded, 32, workers=1),
     }
 
 

@@ -20,7 +20,7 @@ demo: venv
 
 ## test: every tier (unit, integration, reliability); starts the local stack if needed
 test: venv
-	$(BIN)/pytest tests
+	$(BIN)/pytest tests --durations=15
 
 unit: venv
 	$(BIN)/pytest tests/unit

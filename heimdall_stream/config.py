@@ -55,8 +55,8 @@ class KafkaSettings(_Section):
     prefetch_kbytes: int = Field(
         16_384,
         ge=1_024,
-        description="Most input librdkafka prefetches per partition (queued.max.messages.kbytes); "
-        "memory grows with it times the partitions assigned to the instance.",
+        description="Most input librdkafka prefetches (queued.max.messages.kbytes: the consumer's "
+        "queue, whatever the number of partitions; a fetch may overshoot it by one partition fetch).",
     )
     transaction_timeout_ms: int = Field(30_000, ge=1_000, description="Producer transaction timeout.")
     dlq_max_value_bytes: int = Field(
@@ -182,8 +182,8 @@ class BatchingSettings(_Section):
         ge=1,
         le=256,
         description="Batches scored at once on worker threads (default: the cores this process may "
-        "use). Features, onnxruntime and Avro decode release the GIL, so each worker keeps a core "
-        "busy; batches are still committed in the order they were consumed.",
+        "use). The FFTs and onnxruntime release the GIL, so workers run on every core; batches are "
+        "still committed in the order they were consumed.",
     )
 
 

@@ -63,23 +63,31 @@ class Deduplicator:
 
         A repeat of a capture that an earlier batch still holds is dropped here: that batch
         either commits it (and the repeat was a duplicate) or is discarded, and then every
-        later batch is discarded with it and runs again.
+        later batch is discarded with it and runs again.  Ids are claimed *before* Redis is
+        asked, so a batch committing meanwhile (mark, then release) cannot slip between the
+        two and let a repeat through.
         """
-        done = self.store.filter_done(sorted({item.capture.capture_id for item in items}))
-        fresh: list[Decoded] = []
-        memory_only = 0
+        claimed: list[Decoded] = []
+        in_memory: list[str] = []
         with self._lock:
             for item in items:
                 capture_id = item.capture.capture_id
-                if capture_id in done or capture_id in self._claimed:
+                if capture_id in self._claimed:
                     continue
                 if capture_id in self.recent:
-                    memory_only += 1  # Redis forgot it (down, restarted, evicted): a duplicate averted
+                    in_memory.append(capture_id)
                     continue
                 self._claimed.add(capture_id)
-                fresh.append(item)
+                claimed.append(item)
+        ids = {item.capture.capture_id for item in claimed}
+        done = self.store.filter_done(sorted(ids | set(in_memory)))
+        if done & ids:
+            self.release(done & ids)
+        fresh = [item for item in claimed if item.capture.capture_id not in done]
         if len(items) > len(fresh):
             self.metrics.dedup_hits.inc(len(items) - len(fresh))
+        # Repeats that only the in-process memory caught (Redis down, restarted, evicted).
+        memory_only = sum(1 for capture_id in in_memory if capture_id not in done)
         if memory_only:
             self.metrics.dedup_memory_hits.inc(memory_only)
         return fresh

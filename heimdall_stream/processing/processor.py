@@ -7,8 +7,10 @@ comparison.  It writes nothing: ``stream.delivery`` commits the outcome, and onl
 ``after_commit`` mark the captures done, fill the cache and record the metrics; a batch that
 is thrown away to run again (its transaction aborted) is handed to ``discard``.
 
-Several worker threads may run ``process`` at once: its state is the dedup claims (locked) and
-a batch counter; everything else is per call.
+Several worker threads may run ``process`` at once.  What they share is safe for that: the
+dedup claims (locked), the batch counter (atomic), the model sessions (onnxruntime's ``run`` is
+thread-safe), the metrics, and the store (redis-py's pool; its degraded-mode flags are plain
+values whose races only shift when Redis is probed again).
 
 Validation comes before dedup, so a malformed copy of a capture can never stand in for the
 valid one: every invalid message goes to the DLQ, and only valid captures count as done.
@@ -76,12 +78,16 @@ class BatchProcessor:
         valid, slot_of = self._route_and_validate(models, decoded, scored)
         fresh = self.dedup.claim_fresh(valid)
         scored.claimed = [item.capture.capture_id for item in fresh]
-        scored.stages["decode"] = clock() - started
-        by_slot: dict[int, list[Decoded]] = {}
-        for item in fresh:
-            by_slot.setdefault(slot_of[item.capture.capture_id], []).append(item)
-        for slot, items in sorted(by_slot.items()):
-            self._score_version(models.primaries[slot][0], models.shadows, items, scored)
+        try:
+            scored.stages["decode"] = clock() - started
+            by_slot: dict[int, list[Decoded]] = {}
+            for item in fresh:
+                by_slot.setdefault(slot_of[item.capture.capture_id], []).append(item)
+            for slot, items in sorted(by_slot.items()):
+                self._score_version(models.primaries[slot][0], models.shadows, items, scored)
+        except BaseException:
+            self.dedup.release(scored.claimed)  # the batch runs again; its captures are not taken
+            raise
         scored.finished_at = clock()
         return scored
 

@@ -13,8 +13,10 @@ cache, metrics).  Nothing calls back up this corridor.
 A transaction that aborts throws away every batch after it too (scored or not) and seeks back
 to the oldest offset of all of them, so they run again in order.
 
-Rebalances: pending captures are processed and committed in ``on_revoke`` (never for partitions
-no longer owned); on ``on_lost`` they are dropped uncommitted, for the new owner to process.  A
+Rebalances: everything consumed is scored and committed in ``on_revoke`` (while the generation
+is still ours); on ``on_lost`` it is all thrown away uncommitted and the partitions still owned
+are sought back to it (the lost ones are their new owner's).  After a failure nothing more is
+committed: a restart resumes from the last commit.  A
 new model set offered by the control plane is swapped in between two batches.
 """
 
@@ -89,6 +91,7 @@ class StreamApp:
             settings, self.consumer, metrics, self._on_kafka_error, lambda: self._assigned
         )
         self._fatal: str | None = None
+        self._failed = False
         self._assigned: set[tuple[str, int]] = set()
         self._next_lag_at = 0.0
 
@@ -112,13 +115,19 @@ class StreamApp:
             self.settings.kafka.delivery,
             ", ".join(m.label for m in self.models.current().models),
         )
+        finished = False
         try:
             while not stop.is_set():
                 self.step()
             self._finish_everything()
+            finished = True
         finally:
-            self.pipeline.close()
+            if not finished:
+                # Something failed: nothing consumed after the last commit may be committed now
+                # (closing the consumer revokes its partitions); a restart resumes from there.
+                self._failed = True
             self.close()
+            self.pipeline.close()
 
     def step(self) -> None:
         """One loop iteration: commit scored batches, dispatch, consume, refresh gauges."""
@@ -143,7 +152,7 @@ class StreamApp:
             self._update_lag()
 
     def close(self) -> None:
-        """Leave the group (commits nothing) and flush the producer."""
+        """Leave the group (revoking commits what is finished, unless the loop failed), flush."""
         self.metrics.ready.set(0)
         try:
             self.consumer.close()
@@ -183,10 +192,12 @@ class StreamApp:
                 if error.fatal():
                     self._fatal = error.str()
             return
-        self.metrics.captures_consumed.inc()
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         if topic is None or partition is None or offset is None:  # only for error events
             return
+        if (topic, partition) not in self._assigned:  # fetched before a revoke served meanwhile
+            return
+        self.metrics.captures_consumed.inc()
         self.batcher.add(
             InputRecord(
                 topic=topic,
@@ -255,8 +266,10 @@ class StreamApp:
         self.health.update(partitions=len(self._assigned))
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Finish and commit what was consumed from them while the generation is still ours.
-        self._finish_everything()
+        # Finish and commit what was consumed from them while the generation is still ours,
+        # unless the loop failed: then nothing behind the last commit may be committed.
+        if not self._failed:
+            self._finish_everything()
         self._forget(partitions, "revoke")
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:

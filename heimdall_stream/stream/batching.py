@@ -63,11 +63,3 @@ class MicroBatcher(Generic[T]):
             batch, self._items = batch + self._items, []
         self._first_at = self.clock() if self._items else None
         return batch
-
-    def drop(self, keep: Callable[[T], bool]) -> list[T]:
-        """Remove the items ``keep`` rejects (e.g. of partitions just lost); return them."""
-        dropped = [item for item in self._items if not keep(item)]
-        self._items = [item for item in self._items if keep(item)]
-        if not self._items:
-            self._first_at = None
-        return dropped

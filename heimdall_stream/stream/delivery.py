@@ -1,10 +1,11 @@
 """Delivery of a batch's outputs: exactly-once transactions or at-least-once flushes.
 
 ``exactly_once``: one Kafka transaction carries the results, the dead letters and the input
-offsets (``send_offsets_to_transaction``); when it must abort, the consumer is sought back to the
-batch's first offsets so the batch runs again.  ``at_least_once``: results are flushed, and the
-offsets committed only once every delivery is confirmed.  Either way nothing is committed for a
-capture whose output was not written.
+offsets (``send_offsets_to_transaction``) of one or more batches; when it must abort, the caller
+seeks the consumer back (``rewind``) over them and every batch behind them, which run again.  A
+transaction that can be neither committed nor aborted stops the instance (``FatalKafkaError``).
+``at_least_once``: results are flushed, and the offsets committed only once every delivery is
+confirmed.  Either way nothing is committed for a capture whose output was not written.
 """
 
 from __future__ import annotations
@@ -82,8 +83,8 @@ class Delivery:
                 raise FatalKafkaError(f"fatal Kafka error: {error.str()}") from exc
             self.metrics.transactions.labels("aborted").inc()
             log.warning("batch not committed (%s); rewinding to reprocess it", error.str())
-            if self.exactly_once and error.txn_requires_abort():
-                self._call(self.producer.abort_transaction, KAFKA_TIMEOUT_S)
+            if self.exactly_once:
+                self._abort(error)
             return False
         self.metrics.transactions.labels("committed").inc()
         return True
@@ -94,8 +95,9 @@ class Delivery:
         producer.begin_transaction()
         for batch in batches:
             self._produce_outcome(batch)
-        producer.send_offsets_to_transaction(
-            offsets, self.consumer.consumer_group_metadata(), KAFKA_TIMEOUT_S
+        metadata = self.consumer.consumer_group_metadata()
+        self._call(
+            lambda timeout: producer.send_offsets_to_transaction(offsets, metadata, timeout), KAFKA_TIMEOUT_S
         )
         self._call(producer.commit_transaction, KAFKA_TIMEOUT_S)
 
@@ -153,13 +155,33 @@ class Delivery:
                 self.metrics.paused.set(0)
 
     def rewind(self, records: Sequence[InputRecord]) -> None:
-        """Seek the owned partitions back to the lowest offset of ``records`` (to run them again)."""
+        """Seek the owned partitions back to the lowest offset of ``records`` (to run them again).
+
+        A seek that fails would let the next commit skip those captures: that stops the
+        instance instead (``FatalKafkaError``); a restart resumes from the last commit.
+        """
         for tp in first_offsets(records):
             if (tp.topic, tp.partition) in self._assigned():
                 try:
                     self.consumer.seek(tp)
                 except KafkaException as exc:
-                    log.warning("seek %s[%d] failed: %s", tp.topic, tp.partition, exc)
+                    self.metrics.transactions.labels("rewind_failed").inc()
+                    raise FatalKafkaError(
+                        f"cannot rewind {tp.topic}[{tp.partition}] to {tp.offset}: {exc.args[0].str()}"
+                    ) from exc
+
+    def _abort(self, error: KafkaError) -> None:
+        """Abort the open transaction; if that is refused too, its outcome is unknown: stop.
+
+        On restart ``init_transactions`` settles whatever this instance left open.
+        """
+        try:
+            self._call(self.producer.abort_transaction, KAFKA_TIMEOUT_S)
+        except KafkaException as exc:
+            self.metrics.transactions.labels("fatal").inc()
+            raise FatalKafkaError(
+                f"transaction failed ({error.str()}) and could not be aborted ({exc.args[0].str()})"
+            ) from exc
 
     def _call(
         self, method: Callable[[float], Any], timeout: float, *, sleep: Callable[[float], None] = time.sleep

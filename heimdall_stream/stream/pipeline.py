@@ -58,7 +58,9 @@ class BatchPipeline:
         """The scored batches at the head of the FIFO, in order (a worker's error is raised)."""
         done: list[ScoredBatch] = []
         while self._queue and self._queue[0].future.done():
-            done.append(self._queue.popleft().future.result())
+            scored = self._queue[0].future.result()  # a failed batch stays held, for discard()
+            self._queue.popleft()
+            done.append(scored)
         return done
 
     def wait_head(self, timeout: float) -> None:

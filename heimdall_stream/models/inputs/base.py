@@ -116,7 +116,7 @@ class InputKind(ABC):
         """
         digest = blake3.blake3(self._model_id)
         for array in inputs.values():
-            digest.update(memoryview(np.ascontiguousarray(array[row])).cast("B"))
+            digest.update(np.ascontiguousarray(array[row]).data.cast("B"))
         return digest.hexdigest(20)
 
     def warm_up_inputs(self, batch_size: int) -> dict[str, F32]:

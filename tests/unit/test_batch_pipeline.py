@@ -1,0 +1,97 @@
+"""The worker pipeline hands batches back in order, keeps a failed one for discard, and the
+processor gives back its dedup claims on every path (no Kafka: a stand-in processor, or the real
+one on a tiny model)."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import pytest
+
+from heimdall_stream.models.routing import ModelSet
+from heimdall_stream.processing.records import InputRecord, ScoredBatch
+from heimdall_stream.stream.pipeline import BatchPipeline
+from tests.unit.test_processor import (
+    _captures,
+    _encoded,
+    _processor,
+    model,  # noqa: F401 - the tiny model fixture
+)
+
+
+class Scorer:
+    """Stands in for the processor: random short work per batch, optionally failing one."""
+
+    def __init__(self, fail_batch: int | None = None) -> None:
+        self.fail_batch = fail_batch
+        self.discarded: list[str] = []
+        self._lock = threading.Lock()
+
+    def process(self, records: list[InputRecord]) -> ScoredBatch:
+        time.sleep(random.uniform(0, 0.02))
+        if records[0].offset == self.fail_batch:
+            raise RuntimeError("boom")
+        return ScoredBatch(list(records), f"b{records[0].offset}")
+
+    def discard(self, scored: ScoredBatch) -> None:
+        with self._lock:
+            self.discarded.append(scored.batch_id)
+
+
+def _batch(n: int) -> list[InputRecord]:
+    return [InputRecord("in", 0, n, None, b"", 0.0)]
+
+
+def test_batches_come_back_in_the_order_they_were_handed_out():
+    pipeline = BatchPipeline(Scorer(), workers=3)  # type: ignore[arg-type]
+    seen: list[str] = []
+    for n in range(20):
+        while not pipeline.has_idle_worker():
+            pipeline.wait_head(1.0)
+            seen += [b.batch_id for b in pipeline.ready()]
+        pipeline.submit(_batch(n))
+        assert len(pipeline) <= 6  # bounded: 2 x workers
+    seen += [b.batch_id for b in pipeline.drain()]
+    pipeline.close()
+    assert seen == [f"b{n}" for n in range(20)]
+
+
+def test_a_failed_batch_stays_held_and_discard_returns_every_record():
+    scorer = Scorer(fail_batch=1)
+    pipeline = BatchPipeline(scorer, workers=2)  # type: ignore[arg-type]
+    for n in range(4):
+        pipeline.submit(_batch(n))
+    deadline = time.monotonic() + 30
+    while not all(held.future.done() for held in pipeline._queue) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    with pytest.raises(RuntimeError):
+        pipeline.ready()  # batch 0 comes off, batch 1 raises and stays
+    assert len(pipeline) == 3
+    records = pipeline.discard()
+    pipeline.close()
+    assert sorted(r.offset for r in records) == [1, 2, 3]
+    assert sorted(scorer.discarded) == ["b2", "b3"]  # the failed one released its own claims
+
+
+def test_a_batch_that_fails_gives_back_its_claims_and_runs_again(model, monkeypatch):  # noqa: F811
+    processor, _ = _processor(ModelSet.single(model))
+    records = _encoded(_captures(3, prefix="fail"))
+    monkeypatch.setattr(model, "prepare", lambda captures: (_ for _ in ()).throw(RuntimeError("boom")))
+    with pytest.raises(RuntimeError):
+        processor.process(records)
+    monkeypatch.undo()
+    assert len(processor.process(records).results) == 3
+
+
+def test_a_repeat_in_a_batch_behind_is_not_scored_while_the_first_is_in_flight(model):  # noqa: F811
+    processor, _ = _processor(ModelSet.single(model))
+    capture = _captures(1, prefix="twice")[0]
+    first = processor.process(_encoded([capture]))
+    behind = processor.process(_encoded([capture]))  # the first is not committed yet
+    assert len(first.results) == 1 and not behind.results
+    processor.discard(behind)
+    processor.after_commit(first)
+    again = processor.process(_encoded([capture]))
+    assert not again.results  # now done: marked in the store and remembered

@@ -68,6 +68,12 @@ class InferenceError(HeimdallError):
     reason = "inference"
 
 
+class InternalError(HeimdallError):
+    """An error no stage anticipated while scoring a batch (a bug): its captures are dead-lettered."""
+
+    reason = "internal"
+
+
 class ControlMessageError(HeimdallError):
     """A model-control message that must not be applied (unsigned, forged, stale, malformed)."""
 

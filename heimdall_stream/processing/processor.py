@@ -19,11 +19,13 @@ valid one: every invalid message goes to the DLQ, and only valid captures count 
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from heimdall_stream.config import LimitsSettings
+from heimdall_stream.errors import InternalError
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.models.inference import LoadedModel
 from heimdall_stream.models.routing import ModelSet
@@ -31,9 +33,11 @@ from heimdall_stream.processing.cache import ResultCache
 from heimdall_stream.processing.dedup import Deduplicator
 from heimdall_stream.processing.infer import infer_rows
 from heimdall_stream.processing.intake import decode_all, rejection
-from heimdall_stream.processing.records import Decoded, InputRecord, ScoredBatch, VersionStats
+from heimdall_stream.processing.records import DeadLetter, Decoded, InputRecord, ScoredBatch, VersionStats
 from heimdall_stream.processing.results import FinishContext, finish_all
 from heimdall_stream.processing.shadow import compare_shadow
+
+log = logging.getLogger(__name__)
 
 
 class BatchProcessor:
@@ -84,7 +88,7 @@ class BatchProcessor:
             for item in fresh:
                 by_slot.setdefault(slot_of[item.capture.capture_id], []).append(item)
             for slot, items in sorted(by_slot.items()):
-                self._score_version(models.primaries[slot][0], models.shadows, items, scored)
+                self._score_version_or_dead_letter(models.primaries[slot][0], models.shadows, items, scored)
         except BaseException:
             self.dedup.release(scored.claimed)  # the batch runs again; its captures are not taken
             raise
@@ -106,9 +110,9 @@ class BatchProcessor:
                 metrics.inference_latency.labels(version).observe(stats.inference_s)
             if stats.results:
                 metrics.results_produced.labels(version).inc(len(stats.results))
+            end_to_end = metrics.end_to_end_latency.labels(version)  # looked up once per batch
             for result in stats.results:
-                lag = (now - result.captured_at).total_seconds()
-                metrics.end_to_end_latency.labels(version).observe(max(lag, 0.0))
+                end_to_end.observe(max((now - result.captured_at).total_seconds(), 0.0))
                 metrics.processing_latency.observe(max(done_at - result.record.consumed_at, 0.0))
         for letter in scored.dead_letters:
             metrics.dead_letters.labels(letter.reason).inc()
@@ -145,6 +149,25 @@ class BatchProcessor:
             else:
                 scored.dead_letters.append(letter)
         return valid, slot_of
+
+    def _score_version_or_dead_letter(
+        self, model: LoadedModel, shadows: Sequence[LoadedModel], items: list[Decoded], scored: ScoredBatch
+    ) -> None:
+        """Score one version's captures; an error nobody anticipated dead-letters them.
+
+        Inference failures are already isolated per capture (bisection); anything else that
+        escapes (a bug in preparing or finishing) would otherwise stop the instance and stop it
+        again on the same batch after every restart.  Dead-lettered with reason ``internal``,
+        logged with its traceback and counted, the captures stay replayable from the DLQ.
+        """
+        results, letters, versions = len(scored.results), len(scored.dead_letters), len(scored.versions)
+        try:
+            self._score_version(model, shadows, items, scored)
+        except Exception as exc:
+            log.exception("scoring %d captures with %s failed; dead-lettering them", len(items), model.label)
+            del scored.results[results:], scored.dead_letters[letters:], scored.versions[versions:]
+            error = InternalError(f"{model.label}: {type(exc).__name__}: {exc}")
+            scored.dead_letters.extend(DeadLetter.of(item.record, error) for item in items)
 
     def _score_version(
         self, model: LoadedModel, shadows: Sequence[LoadedModel], items: list[Decoded], scored: ScoredBatch

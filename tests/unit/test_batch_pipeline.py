@@ -16,6 +16,7 @@ from heimdall_stream.stream.pipeline import BatchPipeline
 from tests.unit.test_processor import (
     _captures,
     _encoded,
+    _metric,
     _processor,
     model,  # noqa: F401 - the tiny model fixture
 )
@@ -75,14 +76,18 @@ def test_a_failed_batch_stays_held_and_discard_returns_every_record():
     assert sorted(scorer.discarded) == ["b2", "b3"]  # the failed one released its own claims
 
 
-def test_a_batch_that_fails_gives_back_its_claims_and_runs_again(model, monkeypatch):  # noqa: F811
-    processor, _ = _processor(ModelSet.single(model))
+def test_an_unanticipated_error_dead_letters_the_version_and_releases_nothing_early(model, monkeypatch):  # noqa: F811
+    processor, metrics = _processor(ModelSet.single(model))
     records = _encoded(_captures(3, prefix="fail"))
     monkeypatch.setattr(model, "prepare", lambda captures: (_ for _ in ()).throw(RuntimeError("boom")))
-    with pytest.raises(RuntimeError):
-        processor.process(records)
+    broken = processor.process(records)
     monkeypatch.undo()
+    assert not broken.results and {d.reason for d in broken.dead_letters} == {"internal"}
+    assert len(broken.dead_letters) == 3 and "RuntimeError: boom" in broken.dead_letters[0].message
+    processor.discard(broken)  # its transaction aborted: the captures run again, and now score
     assert len(processor.process(records).results) == 3
+    processor.after_commit(broken)
+    assert _metric(metrics, "heimdall_dead_letters_total", reason="internal") == 3
 
 
 def test_a_repeat_in_a_batch_behind_is_not_scored_while_the_first_is_in_flight(model):  # noqa: F811

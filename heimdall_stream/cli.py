@@ -32,6 +32,7 @@ from heimdall_stream.errors import (
     ModelLoadError,
 )
 from heimdall_stream.logs import setup_logging
+from heimdall_stream.map.command import map_command
 from heimdall_stream.network import load_network
 
 log = logging.getLogger("heimdall_stream")
@@ -349,6 +350,9 @@ def demo(count: int, rate: float, output: Path, keep_stack: bool) -> None:
 
     setup_logging("INFO")
     sys.exit(run_demo(count=count, rate=rate, output=output, keep_stack=keep_stack))
+
+
+main.add_command(map_command)
 
 
 if __name__ == "__main__":

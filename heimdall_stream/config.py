@@ -202,6 +202,25 @@ class MetricsSettings(_Section):
     port: int = Field(9108, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 = any).")
 
 
+class MapSettings(_Section):
+    """The live map (``heimdall-stream map``): where it listens, its basemap, what it keeps."""
+
+    host: str = Field("127.0.0.1", description="Address the map server binds.")
+    port: int = Field(8765, ge=0, le=65535, description="Port of the map page (0 = any).")
+    tile_url: str = Field(
+        "",
+        description="XYZ tile URL template, e.g. https://tile.example.org/{z}/{x}/{y}.png; empty = the "
+        "offline basemap only (a latitude/longitude grid and coarse coastlines and borders).",
+    )
+    tile_attribution: str = Field("", description="Attribution shown for the tiles.")
+    keep: int = Field(
+        10_000, ge=1, le=100_000, description="Newest results the server buffers and the page keeps."
+    )
+    group_id_prefix: str = Field(
+        "heimdall-map", description="Prefix of the map's own consumer group (+ the instance id)."
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of heimdall-stream; built once at start-up and then immutable."""
 
@@ -222,6 +241,7 @@ class Settings(BaseSettings):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    map: MapSettings = Field(default_factory=MapSettings)
 
     @field_validator("log_level")
     @classmethod

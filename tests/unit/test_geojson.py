@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from datetime import UTC, datetime
@@ -137,7 +138,7 @@ def test_round_ring_never_repeats_a_vertex_and_stays_closed(points):
         assert len(distinct) < 3
         return
     assert rounded[0] == rounded[-1] and len(rounded) >= 4
-    assert all(p != q for p, q in zip(rounded, rounded[1:], strict=False))
+    assert all(p != q for p, q in itertools.pairwise(rounded))
 
 
 def test_an_ellipse_below_the_precision_is_a_geometry_error():

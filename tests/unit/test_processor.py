@@ -7,7 +7,6 @@ the bisection of poisonous captures, all as production runs them.
 from __future__ import annotations
 
 import dataclasses
-import json
 from datetime import UTC, datetime, timedelta
 
 import numpy as np

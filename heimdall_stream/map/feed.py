@@ -120,7 +120,12 @@ class ResultFeed:
 
     # ------------------------------------------------------------------ the thread
     def _run(self) -> None:
-        consumer = self._consumer_factory(self._config)
+        try:
+            consumer = self._consumer_factory(self._config)
+        except KafkaException as exc:  # a bad librdkafka option: /healthz says why
+            self.stats.fatal, self.stats.last_error = True, str(exc)
+            log.error("map feed cannot start: %s", exc)
+            return
         try:
             consumer.subscribe([self.topic], on_assign=self._on_assign)
             while not self._stop.is_set():

@@ -140,3 +140,15 @@ def test_the_event_stream_sends_results_in_order_with_their_sequence_as_id():
     assert head == "id: 3\nevent: results"
     payload = json.loads(data)
     assert [r["id"] for r in payload["results"]] == ["c-1", "c-2"] and payload["skipped"] == 0
+
+
+def test_a_consumer_that_cannot_be_created_makes_the_feed_unhealthy_with_the_reason():
+    from confluent_kafka import KafkaException
+
+    def refuse(config):
+        raise KafkaException('No such configuration property: "bogus"')
+
+    feed = ResultFeed({"bogus": "1"}, "results", keep=10, consumer_factory=refuse).start()
+    feed.stop()
+    ok, detail = feed.healthy()
+    assert not ok and "bogus" in detail["last_error"]

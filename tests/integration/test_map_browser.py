@@ -235,16 +235,31 @@ def test_results_appear_the_count_grows_and_a_click_shows_the_record(map_server,
     popup = browser.find_element("css selector", ".result-popup")
     assert popup.get_attribute("data-capture-id") == target
     assert target in popup.text and "map_test_model v1" in popup.text and "MHz" in popup.text
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "map-popup.png"))
 
     # The band filter hides the other band's results.
     browser.execute_script(
         "const s = document.getElementById('band'); s.value = '2 m'; s.dispatchEvent(new Event('change'))"
     )
     assert browser.execute_script("return window.heimdallMap.shown()") == 25
-    ARTIFACTS.mkdir(exist_ok=True)
-    assert browser.save_screenshot(str(ARTIFACTS / "map-popup.png"))
+
+    # Follow mode: the view moves to the newest result shown.
+    browser.find_element("id", "follow").click()
+    newest = writer.commit(2)[-1]  # index 51: a 2 m result, shown under the filter
+
+    def centred_on_newest() -> bool:
+        pixel = browser.execute_script("return window.heimdallMap.pixelOf(arguments[0])", newest)
+        size = browser.find_element("id", "map").size
+        return (
+            bool(pixel)
+            and abs(pixel["x"] - size["width"] / 2) < 60
+            and abs(pixel["y"] - size["height"] / 2) < 60
+        )
+
+    wait_for(centred_on_newest, 60, "the view followed the newest result")
     health = server.health()
-    assert health["consumed"] == 50 and health["undecodable"] == 0
+    assert health["consumed"] == 52 and health["undecodable"] == 0
 
 
 SYNTHETIC = """

@@ -75,7 +75,8 @@
     }
     while (layer.count() > keep) layer.delete(layer.oldest());
     received += views.length;
-    if (byId("follow").checked && views.length) follow(views[views.length - 1]);
+    const shownViews = views.filter(visible);
+    if (byId("follow").checked && shownViews.length) follow(shownViews[shownViews.length - 1]);
     layer.redraw();
     updateFigures();
   }

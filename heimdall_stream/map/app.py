@@ -113,7 +113,9 @@ async def _stream(feed: ResultFeed, seq: int) -> AsyncIterator[str]:
         items, skipped = feed.since(seq, EVENT_BATCH)
         if items:
             seq = items[-1]["seq"]
-            data = json.dumps({"results": items, "skipped": skipped}, separators=(",", ":"))
+            # "now": the server's clock, so the page tells ages right even if its own clock is off
+            payload = {"results": items, "skipped": skipped, "now": time.time()}
+            data = json.dumps(payload, separators=(",", ":"))
             yield f"id: {seq}\nevent: results\ndata: {data}\n\n"
             beat = time.monotonic()
             if len(items) == EVENT_BATCH:

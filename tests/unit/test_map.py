@@ -140,6 +140,7 @@ def test_the_event_stream_sends_results_in_order_with_their_sequence_as_id():
     assert head == "id: 3\nevent: results"
     payload = json.loads(data)
     assert [r["id"] for r in payload["results"]] == ["c-1", "c-2"] and payload["skipped"] == 0
+    assert payload["now"] > 0  # the server's clock: the page's ages do not depend on its own
 
 
 def test_a_consumer_that_cannot_be_created_makes_the_feed_unhealthy_with_the_reason():

@@ -13,13 +13,13 @@
   // opacity in steps of 0.1: a handful of styles, each drawn as one path
   const layer = new HeimdallResultsLayer((item) => ({ colour: colourOf(item), alpha: Math.round(alphaOf(item.view) * 10) / 10 }));
   const byId = (id) => document.getElementById(id);
-  let keep = 10000, received = 0, skewS = Infinity, lastFollow = 0;
+  let keep = 10000, received = 0, skewS = 0, lastFollow = 0;
   const arrivals = []; // server receive times of recent results, for the rate
 
   // ------------------------------------------------------------------ appearance
   // Age from the capture's time (the receive time for results that do not carry it).
   function timeOf(view) { return view.time ? Date.parse(view.time) / 1000 : view.received; }
-  function serverNow() { return Date.now() / 1000 - (isFinite(skewS) ? skewS : 0); }
+  function serverNow() { return Date.now() / 1000 - skewS; }
   function colourOf(item) {
     const age = serverNow() - item.t;
     return AGE_COLOURS.find(([limit]) => age < limit)[1];
@@ -114,8 +114,7 @@
     source.onerror = () => { status.textContent = "reconnecting"; status.className = "status down"; };
     source.addEventListener("results", (event) => {
       const batch = JSON.parse(event.data);
-      const newest = batch.results[batch.results.length - 1];
-      if (newest) skewS = Math.min(skewS, Date.now() / 1000 - newest.received);
+      skewS = Date.now() / 1000 - batch.now; // the browser's clock minus the server's
       addResults(batch.results);
     });
   }

@@ -13,6 +13,9 @@
 // ellipses are outlines only (thousands of overlapping fills merge into one tint anyway).
 const ELLIPSE_LIMIT = 2000;
 const FILL_LIMIT = 1000;
+// Large ellipses (fainter than this, about 25 km and more) are outlines only: filled, a handful
+// of them tints the whole area and hides the precise results.
+const FILL_MIN_ALPHA = 0.5;
 
 window.HeimdallResultsLayer = L.Layer.extend({
   initialize(styleOf) {
@@ -164,7 +167,7 @@ window.HeimdallResultsLayer = L.Layer.extend({
           ctx.lineTo(xs[last] * scale - minX, ys[last] * scale - minY);
         }
       }
-      if (drawn <= FILL_LIMIT) {
+      if (drawn <= FILL_LIMIT && style.alpha >= FILL_MIN_ALPHA) {
         ctx.globalAlpha = style.alpha * 0.2;
         ctx.fillStyle = style.colour;
         ctx.fill("nonzero");

@@ -3,8 +3,8 @@
 ``heimdall-stream map`` runs as a child process on a fresh results topic; Localization records
 are produced into it in transactions (as the stream does), with real ellipse geometry.  The
 page must show them, its count must grow as more are committed, a click on a result must open
-its record, and a screenshot is kept in ``test-artifacts/``.  A second test loads 10,000
-results into the page and bounds the time it takes.
+its record, and a screenshot is kept in ``test-artifacts/``.  Another loads 10,000 results into
+the page and bounds the time it takes; one without a browser checks ``--from``.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them); without them
 the tests skip with a reason starting ``unavailable:``.
@@ -197,6 +197,23 @@ def map_server(kafka_bootstrap, new_topic, tmp_path) -> Iterator[tuple[MapServer
     finally:
         if server.proc.poll() is None:
             assert server.stop() == 0, server.log_path.read_text()
+
+
+def test_from_a_time_shows_the_committed_results_since_then_and_never_aborted_ones(
+    kafka_bootstrap, new_topic, tmp_path
+):
+    topic = new_topic("localizations", partitions=3)
+    writer = ResultWriter(kafka_bootstrap, topic)
+    writer.commit(7)
+    writer.abort(3)
+    server = MapServer(kafka_bootstrap, topic, tmp_path / "map.log", "--from", "10m")
+    try:
+        wait_for(lambda: server.health()["consumed"] == 7, 120, "the 7 committed results replayed")
+        writer.commit(2)
+        wait_for(lambda: server.health()["consumed"] == 9, 120, "2 more results")
+        assert server.health()["undecodable"] == 0
+    finally:
+        assert server.stop() == 0, server.log_path.read_text()
 
 
 def _count(driver: Any) -> int:

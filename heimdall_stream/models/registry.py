@@ -33,7 +33,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from heimdall_stream.errors import ModelLoadError, RegistryUnavailableError
+from heimdall_stream.errors import ModelLoadError, ModelNotFoundError, RegistryUnavailableError
 
 SHA_TAG = "heimdall.sha256"
 # Longest a fetcher waits for another one downloading the same version (a big model, slow link).
@@ -57,6 +57,12 @@ class ModelRef:
     alias: str | None = None
     version: str | None = None
     stage: str | None = None
+
+    def __str__(self) -> str:
+        """The URI form (messages name the model as the operator wrote it, not as a repr)."""
+        if self.alias:
+            return f"models:/{self.name}@{self.alias}"
+        return f"models:/{self.name}/{self.version or self.stage}"
 
     @classmethod
     def parse(cls, uri: str) -> ModelRef:
@@ -146,11 +152,11 @@ class ModelRegistry:
             else:
                 latest = client.get_latest_versions(ref.name, stages=[ref.stage])
                 if not latest:
-                    raise ModelLoadError(f"model {ref.name} has no version in stage {ref.stage!r}")
+                    raise ModelNotFoundError(f"model {ref.name} has no version in stage {ref.stage!r}")
                 mv = latest[0]
         except MlflowException as exc:
             if getattr(exc, "error_code", "") in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
-                raise ModelLoadError(f"registry has no {ref}: {exc.message}") from exc
+                raise ModelNotFoundError(f"registry {self.tracking_uri} has no {ref}: {exc.message}") from exc
             raise
         return str(mv.version), (mv.tags or {}).get(SHA_TAG)
 

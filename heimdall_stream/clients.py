@@ -159,6 +159,7 @@ def ensure_topics(settings: Settings, partitions: int = 6, timeout_s: float = 30
             error = exc.args[0]
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise ConfigurationError(f"cannot create topic {topic}: {error.str()}") from exc
+    admin.poll(0)  # hands librdkafka's queued log lines to the logger
 
 
 def check_connectivity(settings: Settings, timeout_s: float | None = None) -> set[str]:

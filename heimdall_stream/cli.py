@@ -177,6 +177,10 @@ def train_reference(n_train: int, seed: int, if_absent: bool, no_iq: bool) -> No
     Prints each phase on stderr as it begins (simulate, fit, calibrate, export, register) and
     the evaluation report as JSON on stdout.
     """
+    # Before mlflow is imported: stdout carries the report only, and MLflow's INFO chatter
+    # (experiment created, waiting for the version) would bury the steps.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     from heimdall_stream.lab.reference import champion_exists, train_and_register
     from heimdall_stream.lab.training import report_json
 

@@ -135,5 +135,5 @@ def train_and_register(
             run_name="iq-benchmark",
             report={"benchmark_only": True},
         )
-    log.info("evaluation: %s", json.dumps(report.as_dict()))
+    log.debug("evaluation: %s", json.dumps(report.as_dict()))  # returned, and logged to MLflow
     return features, report

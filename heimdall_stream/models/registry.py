@@ -124,7 +124,11 @@ class ModelRegistry:
                     f"copy of {uri}"
                 ) from exc
             return cached
-        fetched = self._cached_version(uri, ref.name, version) or self._fetch_locked(uri, ref.name, version)
+        # The cache is keyed by name and version: an entry whose file is not the one this registry
+        # tags (another registry's, or one re-created since, numbered alike) is fetched anew.
+        fetched = self._cached_version(uri, ref.name, version, expected=expected_sha) or self._fetch_locked(
+            uri, ref.name, version, expected_sha
+        )
         if expected_sha and fetched.sha256 != expected_sha:
             raise ModelLoadError(
                 f"{ref.name}/{version}: file sha256 {fetched.sha256[:12]}… does not match the "
@@ -160,7 +164,7 @@ class ModelRegistry:
             raise
         return str(mv.version), (mv.tags or {}).get(SHA_TAG)
 
-    def _fetch_locked(self, uri: str, name: str, version: str) -> FetchedModel:
+    def _fetch_locked(self, uri: str, name: str, version: str, expected: str | None = None) -> FetchedModel:
         """Download a version once, however many threads and processes ask for it at once.
 
         Under the version's file lock the cache is checked again: whoever waited for the lock
@@ -170,7 +174,7 @@ class ModelRegistry:
         target = self._version_dir(name, version)
         target.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(target) + ".lock", timeout=DOWNLOAD_LOCK_TIMEOUT_S):
-            cached = self._cached_version(uri, name, version)
+            cached = self._cached_version(uri, name, version, expected=expected)
             if cached is not None:
                 return cached
             try:
@@ -219,7 +223,7 @@ class ModelRegistry:
         return self.cache_dir / _safe(name) / _safe(version)
 
     def _cached_version(
-        self, uri: str, name: str, version: str, *, from_cache: bool = False
+        self, uri: str, name: str, version: str, *, from_cache: bool = False, expected: str | None = None
     ) -> FetchedModel | None:
         directory = self._version_dir(name, version)
         manifest, model = directory / "manifest.json", directory / "model.onnx"
@@ -230,8 +234,8 @@ class ModelRegistry:
         except (OSError, ValueError):
             return None
         actual = file_sha256(model)
-        if actual != recorded:
-            # A corrupted or tampered entry is never loaded; the locked fetch replaces it.
+        if actual != recorded or (expected and actual != expected):
+            # A corrupted, tampered or foreign entry is never loaded; the locked fetch replaces it.
             return None
         return FetchedModel(uri, name, version, model, actual, from_cache=from_cache)
 

@@ -124,3 +124,33 @@ def test_a_missing_model_suggests_train_reference(mlflow_uri: str, reference: st
     assert message.startswith(f"refused: registry {mlflow_uri} has no {uri}"), message
     assert "`heimdall-stream train-reference`" in message and "HEIMDALL_MODEL__URI" in message
     assert "ModelRef(" not in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_cached_version_of_another_registry_is_fetched_anew(mlflow_uri: str, tmp_path: Path) -> None:
+    # A stack re-created from scratch numbers its versions from 1 again: the on-disk cache,
+    # keyed by name and version, then holds a valid entry of the *old* version 1.
+    import hashlib
+
+    from onnx import TensorProto, helper
+
+    from heimdall_stream.lab.reference import register_onnx
+    from heimdall_stream.models.registry import ModelRegistry
+
+    def tiny(label: str) -> bytes:
+        x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+        y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+        graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], label, [x], [y])
+        return bytes(helper.make_model(graph).SerializeToString())
+
+    name = f"it_cache_{uuid.uuid4().hex[:8]}"
+    registered = register_onnx(mlflow_uri, tiny("current"), name, "champion", run_name="integration-tests")
+    registry = ModelRegistry(mlflow_uri, tmp_path)
+    entry = registry.fetch(f"models:/{name}@champion").path.parent
+    foreign = tiny("from-another-registry")
+    (entry / "model.onnx").write_bytes(foreign)
+    manifest = json.loads((entry / "manifest.json").read_text())
+    manifest["sha256"] = hashlib.sha256(foreign).hexdigest()  # self-consistent, but not this one
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+
+    again = registry.fetch(f"models:/{name}/{registered.version}")
+    assert again.sha256 == registered.sha256 and not again.from_cache

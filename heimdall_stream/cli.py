@@ -138,11 +138,12 @@ def simulate(
         producer = Producer(capture_producer_config(settings))
         truth = truth_path.open("w") if truth_path else None
         try:
-            with tqdm(total=count, unit="capture", disable=None) as bar:
+            with Steps() as steps:
+                steps.start(f"publishing {count} captures to {target}", count)
 
                 def tick(out: Outgoing) -> None:
                     if out.kind == "valid":
-                        bar.update(1)
+                        steps.advance()
 
                 stats = publish(
                     producer,

@@ -8,6 +8,7 @@ command prints on stdout (results, reports) stays clean.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -35,7 +36,7 @@ class Steps:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.stream = stream if stream is not None else sys.stderr
-        self.tty = self.stream.isatty() if tty is None else tty
+        self.tty = _sized_terminal(self.stream) if tty is None else tty
         self._clock = clock
         self._text = ""
         self._started = 0.0
@@ -70,11 +71,12 @@ class Steps:
         """End the current step, if any, saying how long it took."""
         if not self._text:
             return
-        if self._bar is not None:
+        if self._bar is not None:  # the bar left on screen already says it all
             self._bar.close()
             self._bar = None
-        counted = f"{self._done}/{self._total}, " if self._total is not None else ""
-        self._line(f"  {self._text}: done ({counted}{self._clock() - self._started:.1f} s)")
+        else:
+            counted = f"{self._done}/{self._total}, " if self._total is not None else ""
+            self._line(f"  {self._text}: done ({counted}{self._clock() - self._started:.1f} s)")
         self._text = ""
 
     def fail(self) -> None:
@@ -100,3 +102,11 @@ class Steps:
             self.finish()
         else:
             self.fail()
+
+
+def _sized_terminal(stream: TextIO) -> bool:
+    """Whether ``stream`` is a terminal with a width (a pseudo-terminal of 0 columns gets lines)."""
+    try:
+        return stream.isatty() and os.get_terminal_size(stream.fileno()).columns > 0
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -67,3 +67,8 @@ def test_on_a_terminal_a_counted_step_is_a_bar() -> None:
         steps.advance(4)
     text = out.getvalue()
     assert "collecting the results" in text and "4/4" in text and "\r" in text
+    assert "done (" not in text  # the bar left on screen says it
+
+
+def test_a_stream_that_is_no_terminal_gets_lines() -> None:
+    assert not Steps(io.StringIO()).tty

@@ -160,7 +160,9 @@ class ModelRegistry:
                 mv = latest[0]
         except MlflowException as exc:
             if getattr(exc, "error_code", "") in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
-                raise ModelNotFoundError(f"registry {self.tracking_uri} has no {ref}: {exc.message}") from exc
+                raise ModelNotFoundError(
+                    f"registry has no {ref} (MLflow at {self.tracking_uri}): {exc.message}"
+                ) from exc
             raise
         return str(mv.version), (mv.tags or {}).get(SHA_TAG)
 

@@ -121,7 +121,7 @@ def test_a_missing_model_suggests_train_reference(mlflow_uri: str, reference: st
     done = heimdall("check-model", uri, env=cli_env(HEIMDALL_MLFLOW__TRACKING_URI=mlflow_uri))
     assert done.returncode == 2, done.stderr
     message = done.stderr.splitlines()[-1]
-    assert message.startswith(f"refused: registry {mlflow_uri} has no {uri}"), message
+    assert message.startswith(f"refused: registry has no {uri} (MLflow at {mlflow_uri}): "), message
     assert "`heimdall-stream train-reference`" in message and "HEIMDALL_MODEL__URI" in message
     assert "ModelRef(" not in done.stderr and "Traceback" not in done.stderr
 

@@ -137,7 +137,7 @@ def test_the_exit_codes_are_documented_in_the_help() -> None:
 
 def test_a_missing_model_suggests_train_reference(failing_command: FailingCommand) -> None:
     missing = ModelNotFoundError(
-        "registry http://mlflow:5000 has no models:/localization_model@champion: alias not found"
+        "registry has no models:/localization_model@champion (MLflow at http://mlflow:5000): not found"
     )
     result = CliRunner().invoke(cli.main, [failing_command(missing)])
     assert result.exit_code == 2

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -118,6 +119,13 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    # MLflow gives its loggers a text handler of their own when it is imported, unless told not
+    # to: its lines then come through this handler, in this format (JSON lines stay JSON).
+    os.environ.setdefault("MLFLOW_CONFIGURE_LOGGING", "false")
     # Third-party chatter stays at WARNING unless asked for.
     for noisy in ("mlflow", "urllib3", "alembic", "botocore", "git"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+        logger = logging.getLogger(noisy)
+        logger.setLevel(max(logging.WARNING, root.level))
+        if noisy in ("mlflow", "alembic"):  # already imported: undo what it set up
+            logger.handlers.clear()
+            logger.propagate = True

@@ -62,6 +62,21 @@ def test_an_unreachable_kafka_names_the_variable_and_the_address(command: list[s
     assert "Traceback" not in done.stderr
 
 
+def test_under_json_logs_every_line_but_the_error_is_json() -> None:
+    address = f"127.0.0.1:{closed_port()}"
+    env = cli_env(
+        HEIMDALL_KAFKA__BOOTSTRAP_SERVERS=address,
+        HEIMDALL_KAFKA__CONNECT_TIMEOUT_S="2",
+        HEIMDALL_LOG_FORMAT="json",
+        HEIMDALL_LOG_LEVEL="DEBUG",
+    )
+    done = heimdall("run", env=env)
+    assert done.returncode == 2, done.stderr
+    *logged, error = done.stderr.splitlines()
+    assert logged and all(json.loads(line)["level"] for line in logged), done.stderr
+    assert error.startswith(f"error: cannot reach Kafka at {address}")
+
+
 PROBE = textwrap.dedent(
     """
     import logging, sys, time

@@ -13,13 +13,23 @@ WORKDIR /src
 # installs (PEP 668), and a self-contained /opt/heimdall-stream can be copied as one layer.
 RUN python3 -m venv /opt/heimdall-stream
 COPY pyproject.toml README.md ./
-COPY heimdall_stream ./heimdall_stream
-# The optional build secret `pip-ca` is a CA bundle for a TLS-intercepting proxy between the
-# build and the package index; it is read only during this step and never stored in the image.
+# Dependencies first, from pyproject.toml alone (an empty package stands in for the code), so that
+# a change of code rebuilds only the small layer below. The optional build secret `pip-ca` is a CA
+# bundle for a TLS-intercepting proxy between the build and the package index; it is read only
+# while these steps run and is never stored in the image.
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=secret,id=pip-ca \
     if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && mkdir heimdall_stream && touch heimdall_stream/__init__.py \
     && /opt/heimdall-stream/bin/pip install ".[train]" \
+    && /opt/heimdall-stream/bin/pip uninstall --yes heimdall-stream \
+    && rm -rf heimdall_stream build ./*.egg-info
+COPY heimdall_stream ./heimdall_stream
+RUN --mount=type=cache,target=/root/.cache/pip \
+    --mount=type=secret,id=pip-ca \
+    if [ -s /run/secrets/pip-ca ]; then export PIP_CERT=/run/secrets/pip-ca; fi \
+    && /opt/heimdall-stream/bin/pip install --no-deps . \
+    && /opt/heimdall-stream/bin/pip check \
     && /opt/heimdall-stream/bin/heimdall-stream --help >/dev/null
 
 FROM ${BASE_IMAGE} AS runtime

@@ -2,7 +2,7 @@
 # heimdall-stream consumer image: multi-stage, slim, non-root, runtime dependencies only.
 #
 # BASE_IMAGE is any Debian bookworm image with python3 (3.11) and its venv module. The default
-# comes from Docker Hub; `make image` (deploy/image/build) assembles a local one from Debian's
+# comes from Docker Hub; `make image` (deploy/image/image) assembles a local one from Debian's
 # packages when it builds with buildah, so the image builds without Docker Hub too.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 

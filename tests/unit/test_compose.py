@@ -117,3 +117,18 @@ def test_prometheus_image_is_the_release_of_the_promtool_that_checks_its_rules()
         f"docker-compose.yml runs Prometheus {_image_version('prometheus')}, "
         f"the rules are tested with promtool {match.group(1)}"
     )
+
+
+def test_every_heimdall_stream_command_in_the_file_parses_with_the_cli():
+    import click
+
+    from heimdall_stream.cli import main
+
+    services = _model()["services"]
+    commands = {name: s["command"] for name, s in services.items() if s["image"] == "heimdall-stream:local"}
+    assert set(commands) == {"trainer", "consumer", "simulator"}
+    for name, (command, *args) in commands.items():
+        group_context = click.Context(main, info_name="heimdall-stream")
+        subcommand = main.get_command(group_context, command)
+        assert subcommand is not None, f"{name}: heimdall-stream has no command {command!r}"
+        subcommand.make_context(command, list(args), parent=group_context)  # raises on a bad option

@@ -48,7 +48,6 @@ def built_image() -> str:
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     built = [line for line in result.stderr.splitlines() if line.startswith("image: built")]
     assert built, result.stderr[-4000:]
-    print(built[-1])
     return built[-1]
 
 

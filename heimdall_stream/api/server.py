@@ -44,6 +44,7 @@ class ApiServer:
         registry: CollectorRegistry,
     ) -> None:
         self.settings = settings
+        self.registry = registry
         api = settings.api
         self.metrics = ApiMetrics(registry)
         self.scorer = Scorer(models, store, metrics, settings)

@@ -351,5 +351,9 @@ def demo(count: int, rate: float, output: Path, keep_stack: bool) -> None:
     sys.exit(run_demo(count=count, rate=rate, output=output, keep_stack=keep_stack))
 
 
+from heimdall_stream.replay.command import replay as _replay  # noqa: E402 (light: click only)
+
+main.add_command(_replay)
+
 if __name__ == "__main__":
     main()

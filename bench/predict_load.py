@@ -98,9 +98,11 @@ async def load(base: str, pool: list[Any], clients: int, seconds: float, warm_up
             index = next(counter)
             body = codec.encode(distinct_capture(pool, index, f"load-{tag}-{index}"))
             sent = time.monotonic()
+            retry_after = 0.0
             try:
                 answer = await http.post("/predict", content=body, headers={"content-type": AVRO_CAPTURE})
                 status = answer.status_code
+                retry_after = float(answer.headers.get("retry-after", "0"))
             except httpx.HTTPError:
                 status = 0  # no answer at all (connection refused, timeout)
             done = time.monotonic()
@@ -108,8 +110,8 @@ async def load(base: str, pool: list[Any], clients: int, seconds: float, warm_up
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == 200:
                     latencies.append(done - sent)
-            if status in (429, 503):
-                await asyncio.sleep(float(answer.headers.get("retry-after", "1")))
+            if retry_after:
+                await asyncio.sleep(retry_after)
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
@@ -153,6 +155,13 @@ def scenario(
     )
     after = scrape(metrics_port)
     figures["batch_sizes"] = batch_sizes(before, after)
+    # Server side: from the body read to the answer (the rest of a client's wait is the network
+    # stack, uvicorn, and the load generator itself, all on the same cores).
+    key = 'heimdall_api_request_duration_seconds_{}{{route="/predict"}}'
+    count = after.get(key.format("count"), 0.0) - before.get(key.format("count"), 0.0)
+    total = after.get(key.format("sum"), 0.0) - before.get(key.format("sum"), 0.0)
+    figures["server_mean_ms"] = round(total / count * 1000.0, 1) if count else None
+    figures["load_average_1m"] = round(os.getloadavg()[0], 1)
     if producer is not None:
         results = sum(v for k, v in after.items() if k.startswith("heimdall_results_produced_total")) - sum(
             v for k, v in before.items() if k.startswith("heimdall_results_produced_total")

@@ -20,6 +20,7 @@ An error body is ``{"error": {"reason": ..., "class": ..., "message": ...}}``.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -37,6 +38,8 @@ from heimdall_stream.api.scoring import Job, Outcome, Refusal, Scorer, find_vers
 from heimdall_stream.config import ApiSettings
 from heimdall_stream.errors import DecodeError
 from heimdall_stream.processing.records import DeadLetter, Result
+
+log = logging.getLogger(__name__)
 
 # The HTTP status of each dead-letter error class (a reason may override it below).
 STATUS_OF_CLASS = {
@@ -139,6 +142,10 @@ class PredictApi:
                 self.metrics.captures.labels(exc.reason).inc()
             except OverloadedError as exc:
                 response = self._error(exc.status, exc.reason, "OverloadedError", str(exc))
+            except Exception as exc:  # a bug, or a dependency failing in a way no stage anticipated
+                log.exception("%s failed", name)
+                response = self._error(500, "internal", type(exc).__name__, str(exc))
+                self.metrics.captures.labels("internal").inc()
             self.metrics.requests.labels(name, str(response.status_code)).inc()
             self.metrics.duration.labels(name).observe(time.monotonic() - started)
             return response

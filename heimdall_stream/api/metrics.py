@@ -26,7 +26,8 @@ class ApiMetrics:
         )
         self.captures = Counter(
             "heimdall_api_captures_total",
-            "Captures in predict API requests, by outcome: ok, or the dead-letter or refusal reason.",
+            "Captures in predict API requests by outcome: ok, or the dead-letter or refusal reason "
+            "(a request refused before its captures were read counts once, under its reason).",
             ["outcome"],
             registry=registry,
         )

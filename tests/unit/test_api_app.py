@@ -223,3 +223,21 @@ def test_a_body_over_the_limit_is_refused(models, captures) -> None:
         )
         assert answer.status_code == 413 and answer.json()["error"]["reason"] == "body_too_large"
         assert json.loads(answer.text)["error"]["class"] == "RequestError"
+
+
+def test_an_unanticipated_failure_is_a_500_with_reason_internal(models, captures) -> None:
+    api = Api(ModelSet.single(models[0]))
+
+    def broken(_jobs):
+        raise RuntimeError("store exploded")
+
+    api.scorer.score = broken  # type: ignore[method-assign]
+    with api as client:
+        answer = client.post("/predict", json=capture_json(captures[0]))
+        assert answer.status_code == 500
+        assert answer.json()["error"] == {
+            "reason": "internal",
+            "class": "RuntimeError",
+            "message": "store exploded",
+        }
+    assert api.metric("heimdall_api_requests_total", route="/predict", status="500") == 1

@@ -39,7 +39,7 @@ from heimdall_stream.processing.processor import BatchProcessor
 from heimdall_stream.processing.store import InMemoryStore
 from heimdall_stream.replay.report import Answer, VersionReport
 from heimdall_stream.replay.sinks import FileSink, Sink, TopicSink, check_target
-from heimdall_stream.replay.source import Range, read, reader, resolve
+from heimdall_stream.replay.source import Range, is_time, read, reader, resolve
 from heimdall_stream.wire.codec import localization_codec
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,7 @@ def replay(settings: Settings, job: ReplayJob, progress: Progress | None = None)
         span = resolve(consumer, settings.kafka.input_topic, job.start, job.end)
         start, reports = _resume(job, span, models)
         truth = load_truth(job.truth_file) if job.truth_file else {}
-        live = load_live(settings, job.live_topic, span) if job.live_topic else {}
+        live = load_live(settings, job.live_topic, span, since=job.start) if job.live_topic else {}
         log.info(
             "replaying %d offsets of %s with %s", span.total, span.topic, ", ".join(m.label for m in models)
         )
@@ -145,13 +145,17 @@ def load_truth(path: Path) -> dict[str, tuple[float, float]]:
     return truth
 
 
-def load_live(settings: Settings, topic: str, span: Range) -> dict[str, Answer]:
-    """The live service's answers to captures of the range, by capture id (read_committed, no commits)."""
+def load_live(settings: Settings, topic: str, span: Range, *, since: str = "earliest") -> dict[str, Answer]:
+    """The live service's answers to captures of the range, by capture id (read_committed, no commits).
+
+    The live topic is read from ``since`` when it is a time (an answer is written after its
+    capture, so none of the range's answers is older), else from its start.
+    """
     consumer = reader(settings)
     answers: dict[str, Answer] = {}
     codec = localization_codec()
     try:
-        output = resolve(consumer, topic, "earliest", "latest")
+        output = resolve(consumer, topic, since if is_time(since) else "earliest", "latest")
         for records in read(consumer, output, {p: s for p, (s, _) in output.bounds.items()}, chunk=1000):
             for record in records:
                 if record.value is None:

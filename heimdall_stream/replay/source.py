@@ -99,6 +99,12 @@ def _offset(
     return high if offset < 0 else min(max(offset, low), high)  # -1: nothing at or after that time
 
 
+def is_time(spec: str) -> bool:
+    """Whether a position is a time (rather than an offset, earliest or latest)."""
+    text = spec.strip().lower()
+    return text not in ("earliest", "latest") and not text.lstrip("-").isdigit()
+
+
 def read(
     consumer: Consumer, span: Range, start: dict[int, int], *, chunk: int = 256, idle_timeout: float = 60.0
 ) -> Iterator[list[InputRecord]]:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -133,10 +134,23 @@ def test_the_replay_command_writes_a_file_and_refuses_the_live_output(
     producer = Producer(
         {"bootstrap.servers": settings.kafka.bootstrap_servers, "message.max.bytes": 16 << 20}
     )
+    publish(producer, settings.kafka.input_topic, load_network(), SimulationPlan(count=5, id_prefix="old"))
+    # The range starts at a time between the two publications (timestamps are milliseconds).
+    since = datetime.now(UTC) + timedelta(milliseconds=2)
+    wait_for(lambda: datetime.now(UTC) > since + timedelta(milliseconds=3), 10, "clock", interval=0.001)
     publish(producer, settings.kafka.input_topic, load_network(), SimulationPlan(count=12, id_prefix="cmd"))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HEIMDALL_", "MLFLOW_"))}
     env.update(settings_env(settings))
-    command = [sys.executable, "-m", "heimdall_stream.cli", "replay", "--model", model_uri, "--from", "0"]
+    command = [
+        sys.executable,
+        "-m",
+        "heimdall_stream.cli",
+        "replay",
+        "--model",
+        model_uri,
+        "--from",
+        since.isoformat(),
+    ]
     refused = subprocess.run(
         [*command, "--output-topic", settings.kafka.output_topic],
         env=env,

@@ -216,3 +216,32 @@ def test_an_overloaded_api_sheds_with_429_and_503_then_recovers(standalone_api) 
     assert value("heimdall_api_requests_total", route="/predict", status="429") == 1
     assert value("heimdall_api_requests_total", route="/predict", status="503") == 4
     assert value("heimdall_api_requests_total", route="/predict", status="200") == 1
+
+
+def test_a_stuck_api_does_not_hold_the_stream(make_settings, start_consumer) -> None:
+    settings = make_settings(
+        api={**API, "workers": 1, "max_batch_size": 1, "max_queue": 2, "queue_timeout_ms": 600_000}
+    )
+    consumer = start_consumer(settings)
+    api = consumer.service.api
+    assert api is not None
+    gate = threading.Event()
+    api.executor.submit(gate.wait, 300)  # the API's only worker is stuck
+    requests = Requests(f"http://127.0.0.1:{api.port}")
+    for capture in captures(3, seed=13):
+        requests.send(capture)
+    wait_for(lambda: api.registry.get_sample_value("heimdall_api_queued_captures") == 2, 60, "API queue full")
+    try:
+        sample = captures(20, seed=14)
+        produce(settings, [(c.capture_id.encode(), capture_codec().encode(c)) for c in sample])
+        wait_for(
+            lambda: consumer.metric_sum("heimdall_results_produced_total") >= 20, 120, "the stream's results"
+        )
+        answered = results_of(
+            read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=20)
+        )
+        assert sorted(a.capture_id for a in answered) == sorted(c.capture_id for c in sample)
+        assert not requests.answers  # the API's requests are all still waiting
+    finally:
+        gate.set()
+    assert [a.status_code for a in requests.join()] == [200, 200, 200]

@@ -6,8 +6,11 @@
 Starts the local stack if needed and one ``heimdall-stream run`` child process with the predict
 API enabled (the registered features model, as ``bench.run`` finds or trains it).  Each client
 (httpx, asyncio) posts one capture at a time to ``POST /predict`` as Avro and posts the next as
-soon as it has its answer (a closed loop: latency ≈ clients ÷ throughput).  Every capture is
-distinct (``distinct_capture``), so the result cache never answers for the model.
+soon as it has its answer (a closed loop: latency ≈ clients ÷ throughput).  The clients are
+spread over ``--processes`` load-generator processes (one event loop and one httpx client
+each): a single Python process cannot feed 100 clients with 280 kB bodies, and measured itself
+instead of the server.  Every capture is distinct (``distinct_capture``), so the result cache
+never answers for the model.
 
 Two scenarios, in this order, against the same instance:
 
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import platform
 import tempfile
@@ -47,6 +51,8 @@ from heimdall_stream.api.bodies import AVRO_CAPTURE
 from heimdall_stream.lab.simulator import IqSimulator
 from heimdall_stream.network import load_network
 from heimdall_stream.wire.codec import capture_codec
+
+SPAWN_GRACE_S = 10.0  # for the load-generator processes to start (imports, simulated pool)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -83,21 +89,31 @@ def batch_sizes(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     }
 
 
-async def load(base: str, pool: list[Any], clients: int, seconds: float, warm_up: float) -> dict[str, Any]:
-    """``clients`` closed-loop clients for ``seconds``; figures over the window after ``warm_up``."""
+async def load(
+    base: str, clients: int, window: tuple[float, float, float], seed: int
+) -> tuple[list[float], dict[int, int]]:
+    """``clients`` closed-loop clients from ``window[0]`` to ``window[2]`` (wall clock, shared by
+    the processes); figures from ``window[1]`` on.
+
+    Returns the latencies of the 200 answers and the count of each status, for the requests
+    sent and answered within the window.
+    """
+    sim = IqSimulator(load_network(), seed=seed)
+    pool = [sim.generate(i).capture for i in range(8)]
     codec = capture_codec()
     counter = iter(range(10**9))
     tag = uuid.uuid4().hex[:6]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
-    started = time.monotonic()
-    window = (started + warm_up, started + seconds)
+    begin, measured, end = window
+    while (wait := begin - time.time()) > 0:  # every process starts together
+        await asyncio.sleep(min(wait, 0.1))
 
     async def client(http: httpx.AsyncClient) -> None:
-        while time.monotonic() < window[1]:
+        while time.time() < end:
             index = next(counter)
             body = codec.encode(distinct_capture(pool, index, f"load-{tag}-{index}"))
-            sent = time.monotonic()
+            sent = time.time()
             retry_after = 0.0
             try:
                 answer = await http.post("/predict", content=body, headers={"content-type": AVRO_CAPTURE})
@@ -105,8 +121,8 @@ async def load(base: str, pool: list[Any], clients: int, seconds: float, warm_up
                 retry_after = float(answer.headers.get("retry-after", "0"))
             except httpx.HTTPError:
                 status = 0  # no answer at all (connection refused, timeout)
-            done = time.monotonic()
-            if window[0] <= sent and done <= window[1]:
+            done = time.time()
+            if measured <= sent and done <= end:
                 statuses[status] = statuses.get(status, 0) + 1
                 if status == 200:
                     latencies.append(done - sent)
@@ -116,10 +132,36 @@ async def load(base: str, pool: list[Any], clients: int, seconds: float, warm_up
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as http:
         await asyncio.gather(*(client(http) for _ in range(clients)))
-    span = window[1] - window[0]
+    return latencies, statuses
+
+
+def client_process(
+    base: str, clients: int, window: tuple[float, float, float], seed: int
+) -> tuple[list[float], dict[int, int]]:
+    """One load-generator process (its own interpreter: one event loop cannot feed 100 clients)."""
+    return asyncio.run(load(base, clients, window, seed))
+
+
+def run_clients(base: str, args: argparse.Namespace) -> dict[str, Any]:
+    """``args.clients`` clients spread over ``args.processes`` processes; merged figures."""
+    start = time.time() + SPAWN_GRACE_S
+    window = (start, start + args.warm_up, start + args.seconds)
+    share = [
+        args.clients // args.processes + (i < args.clients % args.processes) for i in range(args.processes)
+    ]
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(args.processes) as workers:
+        parts = workers.starmap(client_process, [(base, n, window, i) for i, n in enumerate(share)])
+    latencies = [x for part, _ in parts for x in part]
+    statuses: dict[int, int] = {}
+    for _, counts in parts:
+        for status, n in counts.items():
+            statuses[status] = statuses.get(status, 0) + n
+    span = window[2] - window[1]
     ms = np.array(latencies) * 1000.0
     return {
-        "clients": clients,
+        "clients": args.clients,
+        "processes": args.processes,
         "window_s": round(span, 1),
         "answered_per_s": round(len(latencies) / span, 1),
         "latency_ms": {
@@ -142,18 +184,16 @@ def scenario(
     """One load run; with ``topics``, captures are offered to the stream during it."""
     producer: threading.Thread | None = None
     if topics is not None:
-        count = int(args.stream_rate * (args.seconds + 2))
+        offered = int(args.stream_rate * (args.seconds + SPAWN_GRACE_S + 2))
         producer = threading.Thread(
             target=bench.produce,
-            args=(topics["input"], pool, count, args.stream_rate, f"s{uuid.uuid4().hex[:4]}"),
+            args=(topics["input"], pool, offered, args.stream_rate, f"s{uuid.uuid4().hex[:4]}"),
             daemon=True,
         )
         producer.start()
-    before = scrape(metrics_port)
-    figures = asyncio.run(
-        load(f"http://127.0.0.1:{api_port}", pool, args.clients, args.seconds, args.warm_up)
-    )
-    after = scrape(metrics_port)
+    before, scraped_at = scrape(metrics_port), time.monotonic()
+    figures = run_clients(f"http://127.0.0.1:{api_port}", args)
+    after, elapsed = scrape(metrics_port), time.monotonic() - scraped_at
     figures["batch_sizes"] = batch_sizes(before, after)
     # Server side: from the body read to the answer (the rest of a client's wait is the network
     # stack, uvicorn, and the load generator itself, all on the same cores).
@@ -168,7 +208,7 @@ def scenario(
         )
         figures["stream"] = {
             "offered_per_s": args.stream_rate,
-            "results_per_s_during_load": round(results / args.seconds, 1),
+            "results_per_s_during_load": round(results / elapsed, 1),
         }
         producer.join(args.seconds + 120)
     return figures
@@ -177,6 +217,9 @@ def scenario(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=100)
+    parser.add_argument(
+        "--processes", type=int, default=4, help="load-generator processes sharing the clients"
+    )
     parser.add_argument("--seconds", type=float, default=30.0, help="duration of each scenario")
     parser.add_argument("--warm-up", type=float, default=5.0, help="seconds left out at the start")
     parser.add_argument("--stream-rate", type=float, default=50.0, help="captures/s offered to the stream")

@@ -52,6 +52,12 @@ class KafkaSettings(_Section):
         False, description="Set group.instance.id to the instance id so a quick restart keeps partitions."
     )
     session_timeout_ms: int = Field(10_000, ge=1_000, description="Consumer group session timeout.")
+    connect_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="How long a command waits at start for the brokers to answer before it stops "
+        "with an error naming HEIMDALL_KAFKA__BOOTSTRAP_SERVERS.",
+    )
     prefetch_kbytes: int = Field(
         16_384,
         ge=1_024,
@@ -257,16 +263,18 @@ class Settings(BaseSettings):
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
         description="Names this process in status reports, DLQ headers and transactional ids.",
     )
-    log_level: str = Field("INFO", description="Python log level.")
-    log_format: Literal["text", "json"] = Field("text", description="text or json log lines.")
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    redis: RedisSettings = Field(default_factory=RedisSettings)
-    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
-    model: ModelSettings = Field(default_factory=ModelSettings)
-    batching: BatchingSettings = Field(default_factory=BatchingSettings)
-    limits: LimitsSettings = Field(default_factory=LimitsSettings)
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
-    api: ApiSettings = Field(default_factory=ApiSettings)
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or as one JSON object each (librdkafka's included)."
+    )
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description=KafkaSettings.__doc__)
+    redis: RedisSettings = Field(default_factory=RedisSettings, description=RedisSettings.__doc__)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings, description=MlflowSettings.__doc__)
+    model: ModelSettings = Field(default_factory=ModelSettings, description=ModelSettings.__doc__)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings, description=BatchingSettings.__doc__)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings, description=LimitsSettings.__doc__)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description=MetricsSettings.__doc__)
+    api: ApiSettings = Field(default_factory=ApiSettings, description=ApiSettings.__doc__)
 
     @field_validator("log_level")
     @classmethod

@@ -7,8 +7,12 @@ from pathlib import Path
 
 import click
 
+from heimdall_stream.console.settings_doc import GENERAL, SettingsCommand
 
-@click.command("replay")
+
+@click.command(
+    "replay", cls=SettingsCommand, reads=(GENERAL, "kafka", "mlflow", "model", "batching", "limits")
+)
 @click.option(
     "--from",
     "start",

@@ -358,5 +358,9 @@ def show_config(as_json: bool) -> None:
             click.echo(line)
 
 
+from heimdall_stream.replay.command import replay as _replay  # noqa: E402 (light: click only)
+
+main.add_command(_replay)
+
 if __name__ == "__main__":
     main()

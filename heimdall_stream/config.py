@@ -208,6 +208,50 @@ class MetricsSettings(_Section):
     port: int = Field(9108, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 = any).")
 
 
+class ApiSettings(_Section):
+    """The HTTP predict API (``POST /predict``, ``/predict/batch``) served beside the stream."""
+
+    enabled: bool = Field(
+        False, description="Serve the predict API in ``heimdall-stream run`` (on its own port and threads)."
+    )
+    host: str = Field("0.0.0.0", description="Address the predict API binds.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the predict API (0 = any).")
+    max_batch_size: int = Field(
+        32, ge=1, le=4096, description="Most captures of concurrent requests scored in one inference batch."
+    )
+    max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        description="How long the first waiting capture may wait for companions while a worker is "
+        "free (while every worker is busy, requests accumulate anyway, so batches grow with the load).",
+    )
+    max_queue: int = Field(
+        256,
+        ge=1,
+        description="Most captures waiting for a worker; a request that does not fit is answered 429 "
+        "with Retry-After at once (the queue is never unbounded).",
+    )
+    queue_timeout_ms: float = Field(
+        2_000.0,
+        gt=0,
+        description="A capture that waited longer than this for a worker is not scored: 503 with "
+        "Retry-After (its client has likely given up; scoring it would only delay the others).",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Batches scored at once, on the API's own threads (never the stream's workers).",
+    )
+    max_request_captures: int = Field(
+        256, ge=1, description="Most captures in one /predict/batch request (more: 413)."
+    )
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest request body accepted (more: 413)."
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429 and 503 answers.")
+
+
 class Settings(BaseSettings):
     """Every setting of heimdall-stream; built once at start-up and then immutable."""
 
@@ -230,6 +274,7 @@ class Settings(BaseSettings):
     batching: BatchingSettings = Field(default_factory=BatchingSettings, description=BatchingSettings.__doc__)
     limits: LimitsSettings = Field(default_factory=LimitsSettings, description=LimitsSettings.__doc__)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description=MetricsSettings.__doc__)
+    api: ApiSettings = Field(default_factory=ApiSettings, description=ApiSettings.__doc__)
 
     @field_validator("log_level")
     @classmethod

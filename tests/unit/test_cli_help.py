@@ -26,6 +26,7 @@ READS = {
     "check-model": ("general", "mlflow", "model", "batching"),
     "topics": ("general", "kafka"),
     "demo": ("general", "kafka", "redis", "mlflow", "model", "batching", "limits"),
+    "replay": ("general", "kafka", "mlflow", "model", "batching", "limits"),
 }
 
 

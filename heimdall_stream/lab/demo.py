@@ -7,7 +7,8 @@ localization error against the simulator's truth, how often the truth falls insi
 ellipse, latency percentiles, and the dead letters by reason.  It writes every result as a
 GeoJSON FeatureCollection (receivers, estimates, ellipses and truth points) that any map tool
 opens, and says how to see the same results on the live map (``heimdall-stream map``).  It stops
-what it started.
+what it started.  Each phase is announced on stderr as it begins (``console.progress.Steps``: a
+bar on a terminal, plain lines elsewhere); the summary goes to stdout.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,8 +32,9 @@ from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 from pyproj import Geod
 
-from heimdall_stream.clients import capture_producer_config
+from heimdall_stream.clients import capture_producer_config, reader_config
 from heimdall_stream.config import Settings
+from heimdall_stream.console.progress import Steps
 from heimdall_stream.geojson import receiver_features, truth_feature
 from heimdall_stream.lab.publisher import SimulationPlan, publish
 from heimdall_stream.network import load_network
@@ -49,6 +52,8 @@ def run_demo(*, count: int, rate: float, output: Path, keep_stack: bool) -> int:
     if not STACK.exists():
         log.error("the demo needs a source checkout (deploy/local/stack.py); see README")
         return 2
+    steps = Steps()
+    steps.start("starting Kafka, Redis and MLflow (deploy/local/stack up)")
     started_stack = _stack("up") == 0
     if not started_stack:
         return 1
@@ -57,26 +62,40 @@ def run_demo(*, count: int, rate: float, output: Path, keep_stack: bool) -> int:
         env = {**os.environ, **_stack_env()}
         port = _free_port()
         env.update({"HEIMDALL_METRICS__PORT": str(port), "HEIMDALL_INSTANCE_ID": "demo-consumer"})
+        # The consumer's lifecycle lines would bury the demo's own; warnings and errors still show.
+        env.setdefault("HEIMDALL_LOG_LEVEL", "WARNING")
         cli = [sys.executable, "-m", "heimdall_stream.cli"]
+        steps.start("training the reference model unless the registry has one")
         subprocess.run([*cli, "train-reference", "--if-absent"], env=env, check=True)
-        subprocess.run([*cli, "topics"], env=env, check=True)
+        steps.start("creating topics")
+        subprocess.run([*cli, "topics"], env=env, check=True, stdout=subprocess.DEVNULL)
+        steps.start("starting the consumer (heimdall-stream run) and waiting until it is ready")
         consumer_proc = subprocess.Popen([*cli, "run"], env=env)
         _wait_ready(port, consumer_proc)
         settings = Settings(**_settings_from(env))
         started = datetime.now(UTC)
         run_id = started.strftime("%Y%m%d%H%M%S")
-        truth = _publish(settings, count, rate, run_id)
-        results = _collect(settings, set(truth), timeout_s=60 + count / max(rate, 1))
+        steps.start(f"publishing {count} captures at {rate:g}/s", count)
+        truth = _publish(settings, count, rate, run_id, steps.advance)
+        steps.start("collecting the results", len(truth))
+        results = _collect(settings, set(truth), timeout_s=60 + count / max(rate, 1), tick=steps.advance)
+        steps.finish()
         metrics = _scrape(port)
         _summarise(results, truth, metrics, output)
         _print_map_hint(settings, started, output, keep_stack)
         return 0 if len(results) == len(truth) else 1
+    except BaseException:
+        steps.fail()
+        raise
     finally:
         if consumer_proc is not None:
+            steps.start("stopping the consumer")
             consumer_proc.send_signal(signal.SIGTERM)
             consumer_proc.wait(timeout=60)
         if not keep_stack:
+            steps.start("stopping the stack")
             _stack("down")
+        steps.finish()
 
 
 def _stack(command: str) -> int:
@@ -117,7 +136,9 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 120
     raise RuntimeError("consumer did not become ready")
 
 
-def _publish(settings: Settings, count: int, rate: float, run_id: str) -> dict[str, dict[str, Any]]:
+def _publish(
+    settings: Settings, count: int, rate: float, run_id: str, tick: Callable[[int], None]
+) -> dict[str, dict[str, Any]]:
     producer = Producer(capture_producer_config(settings))
     plan = SimulationPlan(
         count=count,
@@ -132,6 +153,8 @@ def _publish(settings: Settings, count: int, rate: float, run_id: str) -> dict[s
     def remember(out: Any) -> None:
         if out.truth is not None:
             truth[out.truth["capture_id"]] = out.truth
+        if out.kind == "valid":
+            tick(1)
 
     stats = publish(producer, settings.kafka.input_topic, load_network(), plan, on_sent=remember)
     print(
@@ -141,16 +164,10 @@ def _publish(settings: Settings, count: int, rate: float, run_id: str) -> dict[s
     return truth
 
 
-def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> dict[str, Localization]:
-    consumer = Consumer(
-        {
-            **settings.kafka.client_config(),
-            "group.id": f"demo-reader-{time.time_ns()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
+def _collect(
+    settings: Settings, wanted: set[str], timeout_s: float, tick: Callable[[int], None]
+) -> dict[str, Localization]:
+    consumer = Consumer(reader_config(settings, f"demo-reader-{time.time_ns()}"))
     consumer.subscribe([settings.kafka.output_topic])
     results: dict[str, Localization] = {}
     duplicates = 0
@@ -163,6 +180,7 @@ def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> dict[str
             loc = localization_codec().decode(message.value() or b"")
             if loc.capture_id in wanted:
                 duplicates += loc.capture_id in results
+                tick(loc.capture_id not in results)
                 results[loc.capture_id] = loc
     finally:
         consumer.close()

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from heimdall_stream.console.settings_doc import GENERAL, SettingsCommand
 from heimdall_stream.errors import ConfigurationError
 
 _AGO = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhd])$")
@@ -34,7 +35,7 @@ def parse_start(text: str | None, now: datetime | None = None) -> datetime | Non
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
 
 
-@click.command("map")
+@click.command("map", cls=SettingsCommand, reads=(GENERAL, "kafka", "map"))
 @click.option(
     "--from",
     "start",

@@ -32,6 +32,7 @@ from heimdall_stream.console.progress import Steps
 from heimdall_stream.console.settings_doc import GENERAL, SECTIONS, SettingsCommand, effective, env_lines
 from heimdall_stream.errors import ConfigurationError, HeimdallError
 from heimdall_stream.logs import setup_logging
+from heimdall_stream.map.command import map_command
 from heimdall_stream.network import load_network
 
 __all__ = ["EXIT_CODES", "HeimdallGroup", "SettingsCommand", "describe", "exit_code", "main", "one_line"]
@@ -361,6 +362,9 @@ def show_config(as_json: bool) -> None:
 from heimdall_stream.replay.command import replay as _replay  # noqa: E402 (light: click only)
 
 main.add_command(_replay)
+
+main.add_command(map_command)
+
 
 if __name__ == "__main__":
     main()

@@ -252,6 +252,25 @@ class ApiSettings(_Section):
     retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429 and 503 answers.")
 
 
+class MapSettings(_Section):
+    """The live map (``heimdall-stream map``): where it listens, its basemap, what it keeps."""
+
+    host: str = Field("127.0.0.1", description="Address the map server binds.")
+    port: int = Field(8765, ge=0, le=65535, description="Port of the map page (0 = any).")
+    tile_url: str = Field(
+        "",
+        description="XYZ tile URL template, e.g. https://tile.example.org/{z}/{x}/{y}.png; empty = the "
+        "offline basemap only (a latitude/longitude grid and coarse coastlines and borders).",
+    )
+    tile_attribution: str = Field("", description="Attribution shown for the tiles.")
+    keep: int = Field(
+        10_000, ge=1, le=100_000, description="Newest results the server buffers and the page keeps."
+    )
+    group_id_prefix: str = Field(
+        "heimdall-map", description="Prefix of the map's own consumer group (+ the instance id)."
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of heimdall-stream; built once at start-up and then immutable."""
 
@@ -275,6 +294,7 @@ class Settings(BaseSettings):
     limits: LimitsSettings = Field(default_factory=LimitsSettings, description=LimitsSettings.__doc__)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description=MetricsSettings.__doc__)
     api: ApiSettings = Field(default_factory=ApiSettings, description=ApiSettings.__doc__)
+    map: MapSettings = Field(default_factory=MapSettings, description=MapSettings.__doc__)
 
     @field_validator("log_level")
     @classmethod

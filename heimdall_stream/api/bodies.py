@@ -136,7 +136,7 @@ def capture_json(capture: IqCapture) -> dict[str, Any]:
 
 
 def localization_json(localization: Localization) -> dict[str, Any]:
-    """A ``Localization`` as JSON: every wire field, the GeoJSON Feature as an object."""
+    """A ``Localization`` as JSON: every wire field, the GeoJSON FeatureCollection as an object."""
     document = dataclasses.asdict(localization)
     document["geojson"] = json.loads(localization.geojson)
     document["receivers_used"] = list(localization.receivers_used)

@@ -5,9 +5,10 @@ if the registry has none, starts a consumer, publishes simulated captures (with 
 and malformed messages), reads the committed results, and prints: how many results, the median
 localization error against the simulator's truth, how often the truth falls inside the 95 %
 ellipse, latency percentiles, and the dead letters by reason.  It writes every result as a
-GeoJSON FeatureCollection (ellipses plus truth points) that any map tool opens.  It stops what it
-started.  Each phase is announced on stderr as it begins (``console.progress.Steps``: a bar on a
-terminal, plain lines elsewhere); the summary goes to stdout.
+GeoJSON FeatureCollection (receivers, estimates, ellipses and truth points) that any map tool
+opens, and says how to see the same results on the live map (``heimdall-stream map``).  It stops
+what it started.  Each phase is announced on stderr as it begins (``console.progress.Steps``: a
+bar on a terminal, plain lines elsewhere); the summary goes to stdout.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pyproj import Geod
 from heimdall_stream.clients import capture_producer_config, reader_config
 from heimdall_stream.config import Settings
 from heimdall_stream.console.progress import Steps
+from heimdall_stream.geojson import receiver_features, truth_feature
 from heimdall_stream.lab.publisher import SimulationPlan, publish
 from heimdall_stream.network import load_network
 from heimdall_stream.wire.codec import localization_codec
@@ -71,7 +73,8 @@ def run_demo(*, count: int, rate: float, output: Path, keep_stack: bool) -> int:
         consumer_proc = subprocess.Popen([*cli, "run"], env=env)
         _wait_ready(port, consumer_proc)
         settings = Settings(**_settings_from(env))
-        run_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+        started = datetime.now(UTC)
+        run_id = started.strftime("%Y%m%d%H%M%S")
         steps.start(f"publishing {count} captures at {rate:g}/s", count)
         truth = _publish(settings, count, rate, run_id, steps.advance)
         steps.start("collecting the results", len(truth))
@@ -79,6 +82,7 @@ def run_demo(*, count: int, rate: float, output: Path, keep_stack: bool) -> int:
         steps.finish()
         metrics = _scrape(port)
         _summarise(results, truth, metrics, output)
+        _print_map_hint(settings, started, output, keep_stack)
         return 0 if len(results) == len(truth) else 1
     except BaseException:
         steps.fail()
@@ -192,23 +196,19 @@ def _scrape(port: int) -> str:
 def _summarise(
     results: dict[str, Localization], truth: dict[str, dict[str, Any]], metrics: str, output: Path
 ) -> None:
-    errors, inside, latencies, features = [], 0, [], []
+    errors, inside, latencies = [], 0, []
+    features: list[dict[str, Any]] = receiver_features(load_network())
     for capture_id, loc in results.items():
         true = truth[capture_id]
         azimuth, _, distance = GEOD.inv(loc.longitude, loc.latitude, true["longitude"], true["latitude"])
         errors.append(distance)
         latencies.append(loc.timings.end_to_end_ms)
         inside += _inside_ellipse(loc, azimuth, distance)
-        feature = json.loads(loc.geojson)
-        features.append(feature)
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": {"type": "Point", "coordinates": [true["longitude"], true["latitude"]]},
-                "properties": {"capture_id": capture_id, "kind": "truth", "error_m": distance},
-            }
-        )
+        features.extend(json.loads(loc.geojson)["features"])  # the estimate and its ellipse
+        features.append(truth_feature(capture_id, true["latitude"], true["longitude"], distance))
     output.mkdir(parents=True, exist_ok=True)
+    with (output / "truth.jsonl").open("w") as handle:  # for `heimdall-stream map --truth`
+        handle.writelines(json.dumps(item) + "\n" for item in truth.values())
     path = output / "localizations.geojson"
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     if errors:
@@ -229,7 +229,21 @@ def _summarise(
                 dedup = int(sample.value)
     print("dead letters by reason:", letters or "none")
     print("duplicates suppressed:", dedup)
-    print(f"wrote {len(results)} ellipses and truth points to {path}")
+    print(f"wrote {len(results)} estimates, ellipses and truth points and the receivers to {path}")
+
+
+def _print_map_hint(settings: Settings, started: datetime, output: Path, keep_stack: bool) -> None:
+    """How to see these results on the live map (it needs the stack's Kafka, so --keep-stack)."""
+    command = (
+        f"heimdall-stream map --from {started.isoformat(timespec='seconds')} --truth {output / 'truth.jsonl'}"
+    )
+    url = f"http://{settings.map.host}:{settings.map.port}/"
+    if keep_stack:
+        print(f"live map of these results: `env $(deploy/local/stack env) {command}`, then open {url}")
+    else:
+        print(
+            f"to see these results on the live map, run the demo with --keep-stack, then `{command}` ({url})"
+        )
 
 
 def _inside_ellipse(loc: Localization, azimuth_deg: float, distance_m: float) -> bool:

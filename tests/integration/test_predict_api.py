@@ -68,7 +68,8 @@ def same_answer(api: dict[str, Any], stream) -> None:
     for field in ("sigma_east_m", "sigma_north_m", "rho"):
         assert api["covariance"][field] == pytest.approx(getattr(stream.covariance, field), rel=1e-6)
     assert api["ellipse"]["semi_major_m"] == pytest.approx(stream.ellipse.semi_major_m, rel=1e-6)
-    assert api["geojson"]["geometry"]["type"] == "Polygon"
+    kinds = [feature["properties"]["kind"] for feature in api["geojson"]["features"]]
+    assert kinds == ["estimate", "ellipse"] and api["geojson"]["features"][1]["geometry"]["type"] == "Polygon"
 
 
 def test_predict_answers_what_the_stream_answers_and_leaves_kafka_and_dedup_alone(

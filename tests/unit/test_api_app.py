@@ -112,11 +112,12 @@ def test_one_capture_gets_its_localization_as_json_or_avro(models, captures) -> 
         body = answer.json()
         assert body["capture_id"] == captures[0].capture_id and body["model_version"] == "1"
         assert body["lineage"]["source_partition"] == -1 and body["lineage"]["batch_size"] == 1
-        polygon = shapely.geometry.shape(body["geojson"]["geometry"])
+        ellipse = next(f for f in body["geojson"]["features"] if f["properties"]["kind"] == "ellipse")
+        polygon = shapely.geometry.shape(ellipse["geometry"])
         assert polygon.is_valid and polygon.contains(
             shapely.geometry.Point(body["longitude"], body["latitude"])
         )
-        assert body["ellipse"]["confidence"] == 0.95 and body["geojson"]["type"] == "Feature"
+        assert body["ellipse"]["confidence"] == 0.95 and body["geojson"]["type"] == "FeatureCollection"
 
         as_json = client.post("/predict", json=capture_json(captures[0]))
         assert as_json.status_code == 200

@@ -27,6 +27,7 @@ READS = {
     "topics": ("general", "kafka"),
     "demo": ("general", "kafka", "redis", "mlflow", "model", "batching", "limits"),
     "replay": ("general", "kafka", "mlflow", "model", "batching", "limits"),
+    "map": ("general", "kafka", "map"),
 }
 
 

@@ -1,5 +1,6 @@
 # syntax=docker/dockerfile:1
-# heimdall-stream consumer image: multi-stage, slim, non-root, runtime dependencies only.
+# heimdall-stream consumer image: multi-stage, slim, non-root; runtime dependencies and the `train`
+# extra (the compose file's reference-model job runs `train-reference` from this image), no dev tools.
 #
 # BASE_IMAGE is any Debian bookworm image with python3 (3.11) and its venv module. The default
 # comes from Docker Hub; `make image` (deploy/image/image) assembles a local one from Debian's
@@ -44,7 +45,8 @@ COPY --from=build /opt/heimdall-stream /opt/heimdall-stream
 USER 10001:10001
 WORKDIR /home/heimdall
 VOLUME ["/var/cache/heimdall/models"]
-EXPOSE 9108
+# 9108: /metrics, /healthz, /readyz; 8080: the predict API when HEIMDALL_API__ENABLED=true.
+EXPOSE 9108 8080
 # Kept only in the Docker image format: build with `--format docker` (OCI has no HEALTHCHECK).
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
     CMD ["python", "-c", "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9108/healthz', timeout=2).status == 200 else 1)"]

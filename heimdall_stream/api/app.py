@@ -140,8 +140,9 @@ class PredictApi:
             except DecodeError as exc:
                 response = self._error(400, exc.reason, type(exc).__name__, str(exc))
                 self.metrics.captures.labels(exc.reason).inc()
-            except OverloadedError as exc:
+            except OverloadedError as exc:  # shed: counted once, like a request refused unread
                 response = self._error(exc.status, exc.reason, "OverloadedError", str(exc))
+                self.metrics.captures.labels(exc.reason).inc()
             except Exception as exc:  # a bug, or a dependency failing in a way no stage anticipated
                 log.exception("%s failed", name)
                 response = self._error(500, "internal", type(exc).__name__, str(exc))

@@ -27,7 +27,7 @@ class ApiMetrics:
         self.captures = Counter(
             "heimdall_api_captures_total",
             "Captures in predict API requests by outcome: ok, or the dead-letter or refusal reason "
-            "(a request refused before its captures were read counts once, under its reason).",
+            "(a request refused as a whole, e.g. 413, 429 or 503 when shed, counts once, under its reason).",
             ["outcome"],
             registry=registry,
         )

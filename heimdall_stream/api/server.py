@@ -95,6 +95,9 @@ class ApiServer:
         deadline = time.monotonic() + timeout
         while not server.started:
             if not self._thread.is_alive() or time.monotonic() > deadline:
+                # The caller never gets a server to stop: stop the thread and free the port here.
+                self.stop(timeout=5.0)
+                sock.close()
                 raise ConfigurationError(f"predict API on port {self.port} did not start")
             time.sleep(0.01)
         log.info("predict API on port %d", self.port)

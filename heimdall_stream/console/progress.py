@@ -55,6 +55,11 @@ class Steps:
         else:
             self._line(f"{text}…" if total is None else f"{text} (0/{total})…")
 
+    @property
+    def active(self) -> bool:
+        """Whether a step is in progress."""
+        return bool(self._text)
+
     def advance(self, n: int = 1) -> None:
         """Count ``n`` units of the current step's work."""
         self._done += n

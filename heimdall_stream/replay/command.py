@@ -80,9 +80,8 @@ def replay(
     report_file: Path | None,
 ) -> None:
     """Score a range of the input topic with candidate versions, into a topic or file of its own."""
-    from tqdm import tqdm
-
     from heimdall_stream.config import load_settings
+    from heimdall_stream.console.progress import Steps
     from heimdall_stream.logs import setup_logging
     from heimdall_stream.replay.runner import ReplayJob
     from heimdall_stream.replay.runner import replay as run_replay
@@ -99,11 +98,13 @@ def replay(
         settings.kafka.output_topic if live_topic is None else (live_topic or None),
         state_file,
     )
-    with tqdm(unit="record", disable=None) as bar:
+    # Like the other long commands: a bar on a terminal, plain quarter lines in CI logs and pipes.
+    with Steps() as steps:
 
         def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done)
+            if not steps.active:  # the first call: the range is resolved, its size known
+                steps.start(f"replaying {total} offsets of {settings.kafka.input_topic}", total)
+            steps.advance(done)
 
         report = run_replay(settings, job, progress)
     text = json.dumps(report, indent=2)

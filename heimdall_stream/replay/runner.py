@@ -10,8 +10,9 @@ and with what the live service answered for the same captures (read from its out
 Memory stays bounded whatever the range: records are read a chunk at a time and reports are
 fixed-bin histograms.  Two lookups grow with the range: the truth (one entry per line of the
 truth file) and the live answers (about 100 bytes per capture in the range).  With ``state``,
-the offsets reached and the reports are saved after every chunk once its answers are durable:
-a replay that stops resumes there (answers of the chunk in progress may then be written twice).
+the resolved range, the offsets reached and the reports are saved after every chunk once its
+answers are durable: a replay that stops resumes there, over the range it started with (answers
+of the chunk in progress may then be written twice).
 """
 
 from __future__ import annotations
@@ -70,8 +71,13 @@ def replay(settings: Settings, job: ReplayJob, progress: Progress | None = None)
     models = [load_version(registry, uri, settings)[0] for uri in job.model_uris]
     consumer = reader(settings)
     try:
-        span = resolve(consumer, settings.kafka.input_topic, job.start, job.end)
-        start, reports = _resume(job, span, models)
+        saved = _saved_progress(job, settings.kafka.input_topic, models)
+        if saved is None:  # a new replay: its range is fixed now, and saved with its progress
+            span = resolve(consumer, settings.kafka.input_topic, job.start, job.end)
+            start = {p: first for p, (first, _) in span.bounds.items()}
+            reports = {m.label: VersionReport(m.label) for m in models}
+        else:
+            span, start, reports = saved
         truth = load_truth(job.truth_file) if job.truth_file else {}
         live = load_live(settings, job.live_topic, span, since=job.start) if job.live_topic else {}
         log.info(
@@ -175,27 +181,34 @@ def load_live(settings: Settings, topic: str, span: Range, *, since: str = "earl
     return answers
 
 
-def _identity(span: Range, models: list[LoadedModel]) -> dict[str, Any]:
-    return {"topic": span.topic, "range": span.to_json(), "models": [m.sha256 for m in models]}
+def _identity(job: ReplayJob, topic: str, models: list[LoadedModel]) -> dict[str, Any]:
+    """What a saved progress must match to be resumed: the positions as given, not as resolved.
+
+    The range is resolved once, when the replay first starts, and saved with the progress: a
+    resumed ``--to latest`` keeps the end it had (the live topic has grown since), and a resumed
+    ``--from earliest`` its start (retention may have deleted the first messages since).
+    """
+    return {"topic": topic, "from": job.start, "to": job.end, "models": [m.sha256 for m in models]}
 
 
-def _resume(
-    job: ReplayJob, span: Range, models: list[LoadedModel]
-) -> tuple[dict[int, int], dict[str, VersionReport]]:
-    start = {p: s for p, (s, _) in span.bounds.items()}
-    reports = {m.label: VersionReport(m.label) for m in models}
+def _saved_progress(
+    job: ReplayJob, topic: str, models: list[LoadedModel]
+) -> tuple[Range, dict[int, int], dict[str, VersionReport]] | None:
+    """The range, next offsets and reports saved by an earlier run of this replay, if any."""
     if job.state_file is None or not job.state_file.exists():
-        return start, reports
+        return None
     saved = json.loads(job.state_file.read_text(encoding="utf-8"))
-    if saved.get("identity") != _identity(span, models):
+    if saved.get("identity") != _identity(job, topic, models):
         raise ConfigurationError(
-            f"{job.state_file} is the progress of another replay (range or models differ); "
+            f"{job.state_file} is the progress of another replay (topic, positions or models differ); "
             "remove it to start over"
         )
+    span = Range.from_json(topic, saved["range"])
+    start = {p: s for p, (s, _) in span.bounds.items()}
     start.update({int(p): int(o) for p, o in saved["next"].items()})
     reports = {label: VersionReport.from_json(r) for label, r in saved["reports"].items()}
     log.info("resuming from %s", job.state_file)
-    return start, reports
+    return span, start, reports
 
 
 def _save(
@@ -208,7 +221,8 @@ def _save(
     if job.state_file is None:
         return
     state = {
-        "identity": _identity(span, models),
+        "identity": _identity(job, span.topic, models),
+        "range": span.to_json(),
         "next": {str(p): o for p, o in start.items()},
         "reports": {label: r.to_json() for label, r in reports.items()},
     }

@@ -41,6 +41,11 @@ class Range:
         """For the saved progress: partition → [start, end]."""
         return {str(p): [first, end] for p, (first, end) in sorted(self.bounds.items())}
 
+    @classmethod
+    def from_json(cls, topic: str, saved: dict[str, list[int]]) -> Range:
+        """The range ``to_json`` saved."""
+        return cls(topic, {int(p): (int(first), int(end)) for p, (first, end) in saved.items()})
+
 
 def reader(settings: Settings) -> Consumer:
     """A read_committed consumer that never commits (assigned partitions, no group membership)."""

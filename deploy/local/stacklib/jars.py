@@ -166,7 +166,8 @@ def download(jar: Jar, target: Path, base: str) -> int:
                 )
             os.replace(tmp, target)
             return size
-        time.sleep(2**attempt)
+        if attempt + 1 < ATTEMPTS:
+            time.sleep(2**attempt)  # a transient network error: back off 1 s, then 2 s
     raise LockError(
         f"could not download {url} after {ATTEMPTS} attempts: {last} "
         "(set HEIMDALL_STACK_MAVEN_URL to use a Maven mirror)"

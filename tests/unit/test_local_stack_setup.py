@@ -162,3 +162,10 @@ def test_an_unreachable_jar_is_retried_then_reported_with_the_mirror_setting(tmp
     with pytest.raises(jars.LockError, match=r"after 3 attempts.*HEIMDALL_STACK_MAVEN_URL"):
         jars.ensure_jars(locked, tmp_path / "cache", (tmp_path / "empty").as_uri())
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_cluster_ids_are_kafka_shaped_and_never_look_like_an_option():
+    kafka = importlib.import_module("stacklib.kafka")
+    ids = [kafka.new_cluster_id() for _ in range(2000)]
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
+    assert len(set(ids)) == len(ids)

@@ -134,7 +134,14 @@ def start_kafka(paths: Paths, ports: dict[str, int]) -> int:
             ):
                 users += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={values[key]}]"]
         storage = [java.path, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id]
-        subprocess.run([*storage, "-c", str(props), *users], check=True, stdout=subprocess.DEVNULL)
+        formatted = subprocess.run(
+            [*storage, "-c", str(props), *users], capture_output=True, text=True, check=False
+        )
+        if formatted.returncode != 0:  # its own message, not a command line of 46 jar paths
+            raise RuntimeError(
+                f"formatting Kafka's storage in {kdir} failed (exit {formatted.returncode}): "
+                + (formatted.stderr or formatted.stdout).strip()[-2000:]
+            )
     heap = os.environ.get("HEIMDALL_STACK_KAFKA_HEAP", "768m")
     return spawn(
         paths,
@@ -155,8 +162,15 @@ def start_kafka(paths: Paths, ports: dict[str, int]) -> int:
 
 
 def new_cluster_id() -> str:
-    """A cluster id in Kafka's own format: URL-safe base64 of a random UUID, 22 characters."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A cluster id in Kafka's own format: URL-safe base64 of a random UUID, 22 characters.
+
+    Like Kafka's ``Uuid.randomUuid``, never one that starts with "-": the storage tool's argument
+    parser would take it for an option (one id in 64 otherwise).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def kafka_ready(paths: Paths, port: int) -> bool:

@@ -12,8 +12,9 @@ touches Kafka takes fresh topic names and group ids from the factory fixtures be
 
 A test that needs something only a system package gives (``promtool``, ``openssl``, a
 ``redis-server`` built with TLS) calls :func:`unavailable` when it is missing: the test is
-skipped, the end of the run lists every such test and what to install, and with
-``HEIMDALL_REQUIRE_ALL=1`` (which ``.ci/run`` sets) it fails instead.
+skipped, and with ``HEIMDALL_REQUIRE_ALL=1`` (which ``.ci/run`` sets) it fails instead.  The end
+of the run lists every test skipped with a reason that starts with "unavailable: " (those of
+:func:`unavailable` and plain skips written that way) and what would make it run.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ SERVICES = ("kafka", "redis", "mlflow")
 ENV_VARS = {"kafka": "HEIMDALL_TEST_KAFKA", "redis": "HEIMDALL_TEST_REDIS", "mlflow": "HEIMDALL_TEST_MLFLOW"}
 
 
-UNAVAILABLE = "unavailable on this machine: "
+UNAVAILABLE = "unavailable: "
 REQUIRE_ALL = "HEIMDALL_REQUIRE_ALL"
 
 
@@ -51,28 +52,34 @@ def unavailable(what: str, install: str) -> NoReturn:
 
 def _skip_reason(report: pytest.TestReport) -> str:
     longrepr = report.longrepr
-    if isinstance(longrepr, tuple) and len(longrepr) == 3:
-        return str(longrepr[2])
-    return str(longrepr)
+    reason = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason.removeprefix("Skipped: ")
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """List, at the end of the run, every test skipped because the machine lacks something."""
+    """List, at the end of the run, every test skipped because the machine lacks something.
+
+    That is every skip whose reason starts with "unavailable: ", whether :func:`unavailable` or a
+    plain ``pytest.skip`` wrote it.
+    """
     by_reason: dict[str, list[str]] = {}
     for report in terminalreporter.stats.get("skipped", []):
         reason = _skip_reason(report)
-        if UNAVAILABLE in reason:
-            by_reason.setdefault(reason.split(UNAVAILABLE, 1)[1], []).append(report.nodeid)
+        if reason.startswith(UNAVAILABLE):
+            by_reason.setdefault(reason.removeprefix(UNAVAILABLE), []).append(report.nodeid)
     if not by_reason:
         return
     count = sum(len(ids) for ids in by_reason.values())
     noun = "test" if count == 1 else "tests"
     terminalreporter.section(f"{count} {noun} this machine could not run", sep="=", yellow=True)
     for reason, nodeids in sorted(by_reason.items()):
-        terminalreporter.line(f"{reason}:")
+        terminalreporter.line(reason)
         for nodeid in nodeids:
             terminalreporter.line(f"    {nodeid}")
-    terminalreporter.line(f"(with {REQUIRE_ALL}=1, as .ci/run sets, these are failures)")
+    terminalreporter.line(
+        f"(under {REQUIRE_ALL}=1, which .ci/run sets, the tests that call "
+        "tests.conftest.unavailable fail instead)"
+    )
 
 
 def load_stack_module() -> ModuleType:

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := deploy/local/stack
 
-.PHONY: venv demo test unit integration reliability lint format stack-up stack-down bench docs clean
+.PHONY: venv demo test unit integration reliability lint format stack-up stack-down kafka-lock bench docs clean
 
 venv: $(VENV)/.installed
 
@@ -34,7 +34,7 @@ reliability: venv
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy heimdall_stream deploy/local/stack.py
+	$(BIN)/mypy heimdall_stream deploy/local/stack.py deploy/local/stacklib
 
 format: venv
 	$(BIN)/ruff format .
@@ -45,6 +45,10 @@ stack-up: venv
 
 stack-down:
 	$(STACK) down
+
+## kafka-lock: rewrite deploy/local/kafka/jars.lock from pom.xml after editing it (needs mvn)
+kafka-lock:
+	$(PYTHON) deploy/local/stack.py lock
 
 ## bench: heimdall-stream against the peers it writes itself (bench/peers), one run, recorded
 bench: venv .venv-peers/.installed

@@ -9,6 +9,12 @@ Each service is resolved once per session, in this order:
 
 Unit tests request none of these fixtures and so need no service at all.  Every test that
 touches Kafka takes fresh topic names and group ids from the factory fixtures below.
+
+A test that needs something only a system package gives (``promtool``, ``openssl``, a
+``redis-server`` built with TLS) calls :func:`unavailable` when it is missing: the test is
+skipped, and with ``HEIMDALL_REQUIRE_ALL=1`` (which ``.ci/run`` sets) it fails instead.  The end
+of the run lists every test skipped with a reason that starts with "unavailable: " (those of
+:func:`unavailable` and plain skips written that way) and what would make it run.
 """
 
 from __future__ import annotations
@@ -23,13 +29,57 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = ("kafka", "redis", "mlflow")
 ENV_VARS = {"kafka": "HEIMDALL_TEST_KAFKA", "redis": "HEIMDALL_TEST_REDIS", "mlflow": "HEIMDALL_TEST_MLFLOW"}
+
+
+UNAVAILABLE = "unavailable: "
+REQUIRE_ALL = "HEIMDALL_REQUIRE_ALL"
+
+
+def unavailable(what: str, install: str) -> NoReturn:
+    """Skip a test that needs ``what``, which this machine lacks; under HEIMDALL_REQUIRE_ALL=1, fail it."""
+    message = f"{what}; to run it: {install}"
+    if os.environ.get(REQUIRE_ALL) == "1":
+        pytest.fail(f"{message}; {REQUIRE_ALL}=1 requires every test to run", pytrace=False)
+    pytest.skip(UNAVAILABLE + message)
+
+
+def _skip_reason(report: pytest.TestReport) -> str:
+    longrepr = report.longrepr
+    reason = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)
+    return reason.removeprefix("Skipped: ")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """List, at the end of the run, every test skipped because the machine lacks something.
+
+    That is every skip whose reason starts with "unavailable: ", whether :func:`unavailable` or a
+    plain ``pytest.skip`` wrote it.
+    """
+    by_reason: dict[str, list[str]] = {}
+    for report in terminalreporter.stats.get("skipped", []):
+        reason = _skip_reason(report)
+        if reason.startswith(UNAVAILABLE):
+            by_reason.setdefault(reason.removeprefix(UNAVAILABLE), []).append(report.nodeid)
+    if not by_reason:
+        return
+    count = sum(len(ids) for ids in by_reason.values())
+    noun = "test" if count == 1 else "tests"
+    terminalreporter.section(f"{count} {noun} this machine could not run", sep="=", yellow=True)
+    for reason, nodeids in sorted(by_reason.items()):
+        terminalreporter.line(reason)
+        for nodeid in nodeids:
+            terminalreporter.line(f"    {nodeid}")
+    terminalreporter.line(
+        f"(under {REQUIRE_ALL}=1, which .ci/run sets, the tests that call "
+        "tests.conftest.unavailable fail instead)"
+    )
 
 
 def load_stack_module() -> ModuleType:
@@ -121,8 +171,20 @@ def _from_local_stack(services: Services, wanted: list[str]) -> list[str]:
     return [s for s in wanted if s not in already]
 
 
+@contextlib.contextmanager
+def _uncaptured(config: pytest.Config) -> Iterator[None]:
+    """Let the stack's status lines reach the terminal while it starts (it can take a minute)."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    if capture is None:
+        yield
+        return
+    with capture.global_and_fixture_disabled():
+        print(file=sys.stderr)  # off the line of progress dots
+        yield
+
+
 @pytest.fixture(scope="session")
-def services() -> Iterator[Services]:
+def services(request: pytest.FixtureRequest) -> Iterator[Services]:
     """Real Kafka, Redis and MLflow for the whole session."""
     found = Services()
     for name in SERVICES:
@@ -136,7 +198,8 @@ def services() -> Iterator[Services]:
         if missing and os.environ.get("HEIMDALL_TEST_NO_DOCKER") != "1" and _docker_answers():
             _from_containers(found, missing, containers)
         elif missing:
-            started = _from_local_stack(found, missing)
+            with _uncaptured(request.config):
+                started = _from_local_stack(found, missing)
         if found.stack is None:
             with contextlib.suppress(Exception):
                 stack = load_stack_module()

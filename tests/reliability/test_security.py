@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from heimdall_stream.models.registry import ModelRef
-from tests.conftest import load_stack_module
+from tests.conftest import load_stack_module, unavailable
 from tests.integration.conftest import CONTROL_KEY, read_topic, results_of, wait_for
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
@@ -34,6 +34,9 @@ def secure_stack(tmp_path_factory):
     if os.environ.get("HEIMDALL_TEST_KAFKA"):
         pytest.skip("the secured stack runs local processes; this session uses external services")
     stack = load_stack_module()
+    missing = stack.missing_for_secure(SECURE_SERVICES)
+    if missing:
+        unavailable("; ".join(what for what, _ in missing), ", ".join(how for _, how in missing))
     shared = stack.Paths.from_env()
     paths = stack.Paths(state=tmp_path_factory.mktemp("secure-stack"), cache=shared.cache)
     started = time.monotonic()
@@ -172,7 +175,7 @@ def test_wrong_credentials_stop_start_up_with_a_clear_error(
     _, _, stack_env = secure_stack
     env = _command_env(stack_env, services, model_uri, tmp_path, **{setting: value})
     if value.startswith("/") and not Path(value).exists():
-        pytest.skip(f"{value} missing on this machine")
+        unavailable(f"{value}, a CA bundle that does not sign the test CA", "apt-get install ca-certificates")
     if setting.startswith("HEIMDALL_REDIS"):  # Kafka accepts us: start-up gets as far as Redis
         assert _cli(env, "topics").returncode == 0
     started = time.monotonic()

@@ -143,6 +143,21 @@ class ModelSettings(_Section):
     )
     intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = default).")
     inter_op_threads: int = Field(1, ge=0, description="onnxruntime inter-op threads (0 = default).")
+    cpu_mem_arena: bool = Field(
+        False,
+        description="onnxruntime's CPU memory arena. On, a session keeps the memory of its largest "
+        "run (times the runs ever made at once by the workers) reserved for good: a little less "
+        "allocation work per run, several hundred MB more RSS for a model with large activations "
+        "(the IQ benchmark CNN at batch 32). Off (default), activations are allocated per run.",
+    )
+    max_run_input_kbytes: int = Field(
+        4096,
+        ge=0,
+        description="Most model input per onnxruntime run: a batch with more is run in slices of "
+        "whole captures (same results). Activation memory grows with the rows of a run, so this "
+        "bounds it (an IQ model: 7 captures of 7 x 10,000 samples per run); a features model's "
+        "batch always fits in one run. 0 = the whole batch in one run.",
+    )
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the emitted ellipse.")
     control_hmac_key: SecretStr | None = Field(
         None, description="Key that signs ModelDeployment messages (secret)."
@@ -187,6 +202,31 @@ class BatchingSettings(_Section):
     )
 
 
+class MemorySettings(_Section):
+    """How the process allocates memory (glibc only; applied at start-up, see stream.allocator)."""
+
+    malloc_arena_max: int = Field(
+        2,
+        ge=0,
+        description="glibc malloc arenas (mallopt M_ARENA_MAX). Each thread that allocates gets one, up "
+        "to 8 per core, and keeps what it freed: fewer arenas share that memory. 0 = glibc's default.",
+    )
+    malloc_mmap_threshold_kbytes: int = Field(
+        0,
+        ge=0,
+        description="Blocks at least this large get their own mapping, returned to the system when "
+        "freed (mallopt M_MMAP_THRESHOLD; fixing it stops glibc from raising it up to 32 MB): "
+        "less resident memory, more page faults per batch. 0 = glibc's default (dynamic).",
+    )
+    trim_interval_ms: int = Field(
+        100,
+        ge=0,
+        description="While batches flow, give the free memory inside malloc's arenas back to the "
+        "system (malloc_trim) at most this often: peak RSS stays near what is in use instead of "
+        "what once was, for some fresh-page faults per interval. 0 = never.",
+    )
+
+
 class LimitsSettings(_Section):
     """Bounds on input, enforced before any allocation that scales with the message."""
 
@@ -221,6 +261,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings)
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
 
     @field_validator("log_level")

@@ -73,6 +73,8 @@ print(json.dumps(["(mlflow imported by then)", 'mlflow' in sys.modules]), flush=
 VARIANTS: dict[str, dict[str, str]] = {
     "defaults": {},
     "no trim": {"HEIMDALL_MEMORY__TRIM_INTERVAL_MS": "0"},
+    "trim every 1 s": {"HEIMDALL_MEMORY__TRIM_INTERVAL_MS": "1000"},
+    "trim every 100 ms": {"HEIMDALL_MEMORY__TRIM_INTERVAL_MS": "100"},
     "glibc arenas": {"HEIMDALL_MEMORY__MALLOC_ARENA_MAX": "0"},
     "no trim, glibc arenas": {
         "HEIMDALL_MEMORY__TRIM_INTERVAL_MS": "0",

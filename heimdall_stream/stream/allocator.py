@@ -14,9 +14,11 @@ next one.
 model or worker thread exists.  On a C library other than glibc nothing is changed (logged).
 
 Even so, the arenas keep the free space between the blocks still in use.  ``Trimmer`` gives it
-back (``malloc_trim``, which releases the free pages inside every arena) at most every
-``memory.trim_interval_ms`` while batches are flowing: the next batch then faults in fresh pages
-where it would have reused old ones, a small cost per interval rather than per allocation.
+back (``malloc_trim``, which releases the free pages inside every arena) every
+``memory.trim_interval_ms`` while batches are flowing; the next batch then faults in fresh pages
+where it would have reused old ones.  Off by default: measured on a 2-core VM, trimming every
+100 ms took 50-80 MB off the peak but about halved the throughput (page faults are dear there),
+and every second it saved nothing measurable.
 """
 
 from __future__ import annotations

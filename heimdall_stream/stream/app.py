@@ -8,7 +8,8 @@ meanwhile, so batches grow with the load, like a dynamic batcher.  In-flight wor
 the pipeline (``2 × workers`` batches) plus one batch being filled, and librdkafka's prefetch by
 ``queued.max.messages.kbytes``.  ``delivery`` writes each outcome and commits its offsets exactly
 once (or at least once); after the commit the processor does its bookkeeping (dedup marks,
-cache, metrics).  Nothing calls back up this corridor.
+cache, metrics), and the trimmer (``stream.allocator``) is told that the batches' memory is
+free to give back.  Nothing calls back up this corridor.
 
 A transaction that aborts throws away every batch after it too (scored or not) and seeks back
 to the oldest offset of all of them, so they run again in order.

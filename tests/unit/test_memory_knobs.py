@@ -23,24 +23,21 @@ def test_memory_and_model_knobs_have_defaults_and_parse_from_the_environment(mon
     assert (memory.malloc_arena_max, memory.malloc_mmap_threshold_kbytes, memory.trim_interval_ms) == (
         2,
         0,
-        100,
+        0,
     )
     for key, value in {
         "HEIMDALL_MODEL__CPU_MEM_ARENA": "true",
         "HEIMDALL_MODEL__MAX_RUN_INPUT_KBYTES": "0",
         "HEIMDALL_MEMORY__MALLOC_ARENA_MAX": "0",
         "HEIMDALL_MEMORY__MALLOC_MMAP_THRESHOLD_KBYTES": "4096",
-        "HEIMDALL_MEMORY__TRIM_INTERVAL_MS": "0",
+        "HEIMDALL_MEMORY__TRIM_INTERVAL_MS": "100",
     }.items():
         monkeypatch.setenv(key, value)
     settings = Settings()
     assert settings.model.cpu_mem_arena is True and settings.model.max_run_input_kbytes == 0
     memory = settings.memory
-    assert (memory.malloc_arena_max, memory.malloc_mmap_threshold_kbytes, memory.trim_interval_ms) == (
-        0,
-        4096,
-        0,
-    )
+    knobs = (memory.malloc_arena_max, memory.malloc_mmap_threshold_kbytes, memory.trim_interval_ms)
+    assert knobs == (0, 4096, 100)
     monkeypatch.setenv("HEIMDALL_MEMORY__TRIM_INTERVAL_MS", "-1")
     with pytest.raises(ValidationError):
         Settings()

@@ -12,9 +12,9 @@ Two parts, both on the local stack (started if needed):
 * **under load**: ``heimdall-stream run`` consumes the same pre-filled backlog once per variant
   (the defaults, then one setting changed at a time: malloc trimming, glibc's own arena count,
   onnxruntime's arena, one onnxruntime run per batch, one worker), recording the RSS once
-  ready (model loaded, before the first capture) and the peak (the kernel's high-water mark) and the throughput.  The
-  difference between the two is what the flow of captures costs (prefetch, batches in flight,
-  allocator fragmentation).
+  ready (model loaded, before the first capture), the peak (the kernel's high-water mark) and
+  the throughput.  The difference between ready and peak is what the flow of captures costs
+  (prefetch, batches in flight, allocator fragmentation).
 
 Only RSS is meant to be compared here; throughputs are printed to show a setting does not cost
 speed, but on a shared machine they are noisy (compare them within one run only).

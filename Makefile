@@ -56,6 +56,12 @@ bench: venv .venv-peers/.installed
 	.venv-peers/bin/pip install -q -e '.[bench]'
 	touch $@
 
+## image: the container image heimdall-stream:local, with docker if its engine answers, else with
+## buildah on a Debian base assembled locally (deploy/image/image; installs buildah/mmdebstrap as root)
+.PHONY: image
+image:
+	deploy/image/image build
+
 ## docs: regenerate docs/architecture.md (the wings and their imports) from the code
 docs:
 	$(PYTHON) docs/wings.py

@@ -3,18 +3,22 @@
 Subcommands: ``run`` (the consumer), ``simulate`` (publish simulated captures),
 ``train-reference`` (train and register the reference models), ``deploy`` (publish a signed
 model deployment and wait for the instances), ``status`` (what each instance applied),
-``check-model`` (fetch, verify and describe a model), ``topics`` (create the service's topics)
-and ``demo`` (everything end to end on the local stack).  Every setting comes from
-``HEIMDALL_*`` environment variables (see ``heimdall_stream/config.py``); options here only
-cover what a command does, not where the services are.
+``check-model`` (fetch, verify and describe a model), ``topics`` (create the service's topics),
+``config`` (the effective settings, secrets masked) and ``demo`` (everything end to end on the
+local stack).  Every setting comes from ``HEIMDALL_*`` environment variables (see
+``heimdall_stream/config.py``); each command's ``--help`` lists the ones it reads
+(``reads=``), and options here only cover what a command does, not where the services are.
 
-Errors are mapped to exit codes in one place (``HeimdallGroup``): a ``HeimdallError`` escaping
-any command ends it with one ``error: ...`` line on stderr and the code of its class.
+Errors are mapped to exit codes in one place (``HeimdallGroup``, in ``console.failures``): a
+``HeimdallError`` escaping any command ends it with one ``error: ...`` line on stderr saying
+what to set, and the code of its class.  Another module adds a command with
+``main.add_command(command)``; a ``SettingsCommand`` (``cls=SettingsCommand, reads=(...)``)
+lists the settings it reads in its help.
 """
 
 from __future__ import annotations
 
-import logging
+import json
 import os
 import sys
 from pathlib import Path
@@ -23,59 +27,15 @@ import click
 from tqdm import tqdm
 
 from heimdall_stream.config import Settings, load_settings
-from heimdall_stream.errors import (
-    ConfigurationError,
-    ControlMessageError,
-    FatalKafkaError,
-    HeimdallError,
-    ModelContractError,
-    ModelLoadError,
-)
+from heimdall_stream.console.failures import EXIT_CODES, HeimdallGroup, describe, exit_code, one_line
+from heimdall_stream.console.progress import Steps
+from heimdall_stream.console.settings_doc import GENERAL, SECTIONS, SettingsCommand, effective, env_lines
+from heimdall_stream.errors import ConfigurationError, HeimdallError
 from heimdall_stream.logs import setup_logging
+from heimdall_stream.map.command import map_command
 from heimdall_stream.network import load_network
 
-log = logging.getLogger("heimdall_stream")
-
-
-# The exit code of each error class; the first class the error is an instance of wins, so a
-# subclass listed before its base gets its own code.  Documented in ``main``'s help and README.
-EXIT_CODES: tuple[tuple[type[HeimdallError], int], ...] = (
-    (FatalKafkaError, 3),
-    (ConfigurationError, 2),
-    (ModelLoadError, 2),
-    (ModelContractError, 2),
-    (ControlMessageError, 2),
-    (HeimdallError, 4),
-)
-
-
-def exit_code(error: HeimdallError) -> int:
-    """The exit code a command ends with when ``error`` escapes it."""
-    return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
-
-
-def one_line(error: BaseException) -> str:
-    """The error's message on one line (a multi-line message is joined with spaces)."""
-    return " ".join(line.strip() for line in str(error).splitlines() if line.strip()) or repr(error)
-
-
-class HeimdallGroup(click.Group):
-    """A command group that turns every ``HeimdallError`` into one stderr line and an exit code.
-
-    Expected failures (bad settings, unreachable or refusing services, a model that does not
-    fit, a fenced producer) are the operator's to fix, so they get a sentence, not a traceback;
-    the traceback is still logged at DEBUG.  Any other exception is a bug and keeps click's
-    default (traceback, exit 1).
-    """
-
-    def invoke(self, ctx: click.Context) -> object:
-        """Run the subcommand; map a ``HeimdallError`` it raises to its exit code."""
-        try:
-            return super().invoke(ctx)
-        except HeimdallError as exc:
-            log.debug("command failed", exc_info=True)
-            click.echo(f"error: {one_line(exc)}", err=True)
-            ctx.exit(exit_code(exc))
+__all__ = ["EXIT_CODES", "HeimdallGroup", "SettingsCommand", "describe", "exit_code", "main", "one_line"]
 
 
 def _settings() -> Settings:
@@ -100,7 +60,8 @@ def _connect_or_exit(settings: Settings) -> set[str]:
 def main() -> None:
     """Real-time transmitter localization from SDR IQ captures on Kafka.
 
-    Every setting is a HEIMDALL_* environment variable (see the README).
+    Every setting is a HEIMDALL_* environment variable: `heimdall-stream COMMAND --help` lists
+    the ones a command reads, with defaults; `heimdall-stream config` shows the values in force.
 
     \b
     Exit codes:
@@ -114,7 +75,7 @@ def main() -> None:
     """  # noqa: D301 (click's \b keeps the list as written)
 
 
-@main.command()
+@main.command(reads=SECTIONS)
 def run() -> None:
     """Consume captures and produce localizations until SIGTERM/SIGINT."""
     settings = _settings()
@@ -124,7 +85,7 @@ def run() -> None:
     run_service(settings)
 
 
-@main.command()
+@main.command(reads=(GENERAL, "kafka"))
 @click.option("--count", default=100, show_default=True, help="Valid captures to send.")
 @click.option("--rate", default=0.0, show_default=True, help="Captures per second (0 = as fast as possible).")
 @click.option("--seed", default=0, show_default=True, help="Simulator seed.")
@@ -135,7 +96,7 @@ def run() -> None:
 @click.option(
     "--pool", default=0, show_default=True, help="Distinct transmissions to cycle (0 = all distinct)."
 )
-@click.option("--topic", default=None, help="Topic (default: the configured input topic).")
+@click.option("--topic", default=None, help="Topic (default: HEIMDALL_KAFKA__INPUT_TOPIC).")
 @click.option("--truth", "truth_path", type=click.Path(path_type=Path), help="Write the truth as JSON lines.")
 @click.option("--output", type=click.Path(path_type=Path), help="Write to this file instead of Kafka.")
 @click.option(
@@ -178,11 +139,12 @@ def simulate(
         producer = Producer(capture_producer_config(settings))
         truth = truth_path.open("w") if truth_path else None
         try:
-            with tqdm(total=count, unit="capture", disable=None) as bar:
+            with Steps() as steps:
+                steps.start(f"publishing {count} captures to {target}", count)
 
                 def tick(out: Outgoing) -> None:
                     if out.kind == "valid":
-                        bar.update(1)
+                        steps.advance()
 
                 stats = publish(
                     producer,
@@ -201,13 +163,26 @@ def simulate(
     )
 
 
-@main.command("train-reference")
-@click.option("--n-train", default=8000, show_default=True, help="Simulated training captures.")
-@click.option("--seed", default=7, show_default=True)
+@main.command("train-reference", reads=(GENERAL, "mlflow"))
+@click.option(
+    "--n-train",
+    default=8000,
+    show_default=True,
+    help="Simulated training captures (calibration and test sets get a quarter each, at least 200).",
+)
+@click.option("--seed", default=7, show_default=True, help="Simulator and training seed.")
 @click.option("--if-absent", is_flag=True, help="Do nothing when localization_model@champion exists.")
 @click.option("--no-iq", is_flag=True, help="Skip the IQ benchmark model.")
 def train_reference(n_train: int, seed: int, if_absent: bool, no_iq: bool) -> None:
-    """Train, evaluate and register the reference models in MLflow."""
+    """Train, evaluate and register the reference models in MLflow.
+
+    Prints each phase on stderr as it begins (simulate, fit, calibrate, export, register) and
+    the evaluation report as JSON on stdout.
+    """
+    # Before mlflow is imported: stdout carries the report only, and MLflow's INFO chatter
+    # (experiment created, waiting for the version) would bury the steps.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     from heimdall_stream.lab.reference import champion_exists, train_and_register
     from heimdall_stream.lab.training import report_json
 
@@ -216,31 +191,32 @@ def train_reference(n_train: int, seed: int, if_absent: bool, no_iq: bool) -> No
     if if_absent and champion_exists(uri):
         click.echo("localization_model@champion exists; not training")
         return
-    total = n_train + 2 * max(n_train // 4, 200)
-    with tqdm(total=total, unit="capture", desc="simulating", disable=None) as bar:
-
-        def advance(n: int) -> None:
-            bar.update(n)
-
+    with Steps() as steps:
         registered, report = train_and_register(
             uri,
             load_network(),
             n_train=n_train,
             seed=seed,
-            progress=advance,
+            progress=steps.advance,
+            step=steps.start,
             include_iq=not no_iq,
         )
     click.echo(f"registered {registered.name}/{registered.version} @{registered.alias}")
     click.echo(report_json(report))
 
 
-@main.command()
+@main.command(reads=(GENERAL, "kafka", "model"))
 @click.option("--model", "model_name", required=True, help="Registered model name.")
 @click.option(
     "--version", "versions", multiple=True, required=True, help="URI=WEIGHT, repeated; weights sum to 1."
 )
 @click.option("--shadow", "shadows", multiple=True, help="URI scored for comparison only, repeated.")
-@click.option("--issued-by", default=lambda: os.environ.get("USER", "operator"), show_default="$USER")
+@click.option(
+    "--issued-by",
+    default=lambda: os.environ.get("USER", "operator"),
+    show_default="$USER",
+    help="Who issues the deployment (recorded in it and in the status reports).",
+)
 @click.option(
     "--wait/--no-wait", default=True, show_default=True, help="Wait until every live instance applied it."
 )
@@ -261,7 +237,7 @@ def deploy(
     try:
         deployment = publish_deployment(settings, model_name, parse_versions(versions), shadows, issued_by)
     except HeimdallError as exc:
-        click.echo(f"not published: {exc}", err=True)
+        click.echo(f"not published: {describe(exc)}", err=True)
         sys.exit(2)
     click.echo(f"published {model_name} generation {deployment.generation}")
     if not wait:
@@ -284,7 +260,7 @@ def deploy(
         sys.exit(1)
 
 
-@main.command()
+@main.command(reads=(GENERAL, "kafka"))
 def status() -> None:
     """Show what every live instance has applied: generation, versions, weights, errors."""
     from heimdall_stream.control.operator import live_instances, statuses
@@ -306,10 +282,14 @@ def status() -> None:
             click.echo(f"    {label}: {report.error}")
 
 
-@main.command("check-model")
+@main.command("check-model", reads=(GENERAL, "mlflow", "model", "batching"))
 @click.argument("uri")
 def check_model(uri: str) -> None:
-    """Fetch a model (models:/...), verify its sha256 and contract, warm it up, describe it."""
+    """Fetch, verify and describe a model (URI models:/name@alias or models:/name/<version>).
+
+    Checks the file's sha256 against the registry's tag and the model against its contract,
+    and warms it up as `run` would.
+    """
     from heimdall_stream.models.loading import load_version
     from heimdall_stream.models.registry import ModelRegistry
 
@@ -318,7 +298,7 @@ def check_model(uri: str) -> None:
         registry = ModelRegistry(settings.mlflow.tracking_uri, settings.mlflow.cache_dir)
         model, _fetched = load_version(registry, uri, settings)  # as `run` would load it
     except HeimdallError as exc:
-        click.echo(f"refused: {exc}", err=True)
+        click.echo(f"refused: {describe(exc)}", err=True)
         sys.exit(2)
     contract = model.contract
     click.echo(f"{model.label} sha256={model.sha256} input={contract.input_kind}")
@@ -326,8 +306,8 @@ def check_model(uri: str) -> None:
     click.echo(f"benchmark only: {contract.benchmark_only}; {contract.description}")
 
 
-@main.command()
-@click.option("--partitions", default=6, show_default=True)
+@main.command(reads=(GENERAL, "kafka"))
+@click.option("--partitions", default=6, show_default=True, help="Partitions of the input and output topics.")
 def topics(partitions: int) -> None:
     """Create the input, output, DLQ, control and status topics if missing."""
     from heimdall_stream.clients import ensure_topics
@@ -338,17 +318,52 @@ def topics(partitions: int) -> None:
     click.echo("topics ready")
 
 
-@main.command()
+@main.command(reads=(GENERAL, "kafka", "redis", "mlflow", "model", "batching", "limits"))
 @click.option("--count", default=300, show_default=True, help="Captures to send.")
 @click.option("--rate", default=20.0, show_default=True, help="Captures per second.")
-@click.option("--output", default=Path("demo-output"), type=click.Path(path_type=Path), show_default=True)
+@click.option(
+    "--output",
+    default=Path("demo-output"),
+    type=click.Path(path_type=Path),
+    show_default=True,
+    help="Directory of the GeoJSON of every result and its truth.",
+)
 @click.option("--keep-stack", is_flag=True, help="Leave Kafka, Redis and MLflow running afterwards.")
 def demo(count: int, rate: float, output: Path, keep_stack: bool) -> None:
-    """Run everything end to end on the local stack and print a summary."""
+    """Run everything end to end on the local stack and print a summary.
+
+    The stack's addresses replace HEIMDALL_KAFKA__BOOTSTRAP_SERVERS, HEIMDALL_REDIS__URL and
+    HEIMDALL_MLFLOW__TRACKING_URI; the demo's consumer logs at WARNING unless HEIMDALL_LOG_LEVEL
+    is set.
+    """
     from heimdall_stream.lab.demo import run_demo
 
     setup_logging("INFO")
     sys.exit(run_demo(count=count, rate=rate, output=output, keep_stack=keep_stack))
+
+
+@main.command("config", reads=SECTIONS)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object instead of VARIABLE=value lines.")
+def show_config(as_json: bool) -> None:
+    """Print the effective settings (environment, else defaults) with secrets masked.
+
+    One HEIMDALL_X=value line per variable (shell-quoted; an unset one as a comment), or with
+    --json one object.  Passwords, keys and tokens show as ****: SecretStr settings, anything
+    named like a credential (also inside HEIMDALL_KAFKA__CLIENT_OPTIONS) and URL passwords.
+    """
+    values = effective(load_settings())
+    if as_json:
+        click.echo(json.dumps(values, indent=2))
+    else:
+        for line in env_lines(values):
+            click.echo(line)
+
+
+from heimdall_stream.replay.command import replay as _replay  # noqa: E402 (light: click only)
+
+main.add_command(_replay)
+
+main.add_command(map_command)
 
 
 if __name__ == "__main__":

@@ -3,12 +3,16 @@
 Every client shares ``KafkaSettings.client_config()`` (bootstrap, SASL/TLS, passthrough
 options); this module adds what each role needs: the stream consumer (cooperative-sticky, no
 auto-commit, read_committed), the transactional or idempotent producer of results, the
-idempotent producer every other writer uses (control plane, simulator, demo), and plain readers.
+idempotent producer every other writer uses (control plane, simulator, demo), plain readers and
+admin clients.  Every configuration carries the ``logger`` key, so librdkafka's own log goes
+through Python logging (``heimdall.librdkafka``, see ``heimdall_stream.logs``) and is served
+by the client's poll() instead of being printed on stderr by librdkafka's threads.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from typing import Any
 
@@ -17,6 +21,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from heimdall_stream.config import Settings
 from heimdall_stream.errors import ConfigurationError
+from heimdall_stream.logs import librdkafka_logger
 
 log = logging.getLogger(__name__)
 
@@ -24,16 +29,28 @@ DLQ_HEADROOM = 64 * 1024
 # Errors that retrying cannot fix: stop at once instead of waiting out the connect timeout.
 REFUSALS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED})
 CONNECT_PROBE_S = 1.0
+# "(after 0ms in state CONNECT, 3 identical error(s) suppressed)": differs between attempts.
+_ATTEMPT = re.compile(r"\s*\(after \d+ms in state [^)]*\)")
 # Simulated captures can exceed librdkafka's 1 MB default; this is well above the consumer's
 # own 4 MiB input limit, so the producer never refuses what the consumer would judge.
 SIMULATOR_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def base_config(settings: Settings) -> dict[str, Any]:
+    """What every client shares: bootstrap, SASL/TLS, passthrough options and the logger."""
+    return {**settings.kafka.client_config(), "logger": librdkafka_logger()}
+
+
+def admin_config(settings: Settings) -> dict[str, Any]:
+    """An admin client (topic creation, group descriptions)."""
+    return base_config(settings)
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
     """The stream consumer: group member, manual offsets, read_committed input."""
     kafka = settings.kafka
     config = {
-        **kafka.client_config(),
+        **base_config(settings),
         "group.id": kafka.group_id,
         "client.id": f"heimdall-stream-{settings.instance_id}",
         "enable.auto.commit": False,
@@ -71,7 +88,7 @@ def idempotent_producer_config(
     ``linger_ms`` and ``max_message_bytes`` are set only when given (librdkafka's defaults else).
     """
     config: dict[str, Any] = {
-        **settings.kafka.client_config(),
+        **base_config(settings),
         "enable.idempotence": True,
         "acks": "all",
     }
@@ -108,7 +125,7 @@ def producer_config(settings: Settings) -> dict[str, Any]:
 def reader_config(settings: Settings, group_id: str | None = None) -> dict[str, Any]:
     """A plain read_committed reader (control topic, demo, tests)."""
     config: dict[str, Any] = {
-        **settings.kafka.client_config(),
+        **base_config(settings),
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
@@ -120,7 +137,7 @@ def reader_config(settings: Settings, group_id: str | None = None) -> dict[str, 
 def ensure_topics(settings: Settings, partitions: int = 6, timeout_s: float = 30.0) -> None:
     """Create the service's topics if they do not exist (control topic compacted)."""
     kafka = settings.kafka
-    admin = AdminClient(kafka.client_config())
+    admin = AdminClient(admin_config(settings))
     wanted = [
         NewTopic(kafka.input_topic, num_partitions=partitions, replication_factor=-1),
         NewTopic(kafka.output_topic, num_partitions=partitions, replication_factor=-1),
@@ -145,24 +162,28 @@ def ensure_topics(settings: Settings, partitions: int = 6, timeout_s: float = 30
             error = exc.args[0]
             if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise ConfigurationError(f"cannot create topic {topic}: {error.str()}") from exc
+    admin.poll(0)  # hands librdkafka's queued log lines to the logger
 
 
-def check_connectivity(settings: Settings, timeout_s: float = 15.0) -> set[str]:
+def check_connectivity(settings: Settings, timeout_s: float | None = None) -> set[str]:
     """Fail fast with a clear error when the brokers cannot be reached or refuse us.
 
     Returns the names of the topics the cluster has (the metadata answer of the check).
+    Gives up after ``timeout_s`` (default ``HEIMDALL_KAFKA__CONNECT_TIMEOUT_S``) with a
+    ``ConfigurationError`` that names the variable to set and the address it tried.
 
     librdkafka retries a refused login or a failed TLS handshake forever in the background;
     here the first such error ends the check at once (``ConfigurationError``), so wrong
     credentials or a wrong CA never turn into a silent retry loop.
     """
     kafka = settings.kafka
+    timeout = kafka.connect_timeout_s if timeout_s is None else timeout_s
     errors: list[KafkaError] = []
     # The errors reach error_cb and end up in the one message raised below; librdkafka's own
-    # log would print every failed connection attempt (many per second) on stderr as well.
-    probe = {**kafka.client_config(), "error_cb": errors.append, "log_level": 0}
+    # log would report every failed connection attempt (many per second) as well.
+    probe = {**base_config(settings), "error_cb": errors.append, "log_level": 0}
     admin = AdminClient(probe)
-    deadline = time.monotonic() + timeout_s
+    deadline = time.monotonic() + timeout
     while True:
         try:
             metadata = admin.list_topics(timeout=min(CONNECT_PROBE_S, max(deadline - time.monotonic(), 0.1)))
@@ -174,11 +195,7 @@ def check_connectivity(settings: Settings, timeout_s: float = 15.0) -> set[str]:
         if refused:
             raise ConfigurationError(_refusal_message(settings, refused[-1]))
         if time.monotonic() >= deadline:
-            detail = "; ".join(dict.fromkeys(e.str() for e in errors[-3:])) or last.str()
-            hint = ""
-            if kafka.security_protocol in (None, "PLAINTEXT") and "APIVERSION_QUERY" in detail:
-                hint = " (the listener may expect TLS or SASL: check HEIMDALL_KAFKA__SECURITY_PROTOCOL)"
-            raise ConfigurationError(f"cannot reach Kafka at {kafka.bootstrap_servers}: {detail}{hint}")
+            raise ConfigurationError(_unreachable_message(settings, timeout, errors, last))
 
 
 def check_topics(settings: Settings, present: set[str]) -> None:
@@ -198,6 +215,22 @@ def check_topics(settings: Settings, present: set[str]) -> None:
             f"topic(s) {', '.join(missing)} do not exist on {kafka.bootstrap_servers}; "
             "create them with `heimdall-stream topics` (or your platform's topic tooling)"
         )
+
+
+def _unreachable_message(
+    settings: Settings, timeout_s: float, errors: list[KafkaError], last: KafkaError
+) -> str:
+    """What was tried, what librdkafka said (each distinct reason once), and what to set."""
+    kafka = settings.kafka
+    detail = "; ".join(dict.fromkeys(_ATTEMPT.sub("", e.str()) for e in errors[-5:])) or last.str()
+    hint = ""
+    if kafka.security_protocol in (None, "PLAINTEXT") and "APIVERSION_QUERY" in detail:
+        hint = " (the listener may expect TLS or SASL: check HEIMDALL_KAFKA__SECURITY_PROTOCOL)"
+    return (
+        f"cannot reach Kafka at {kafka.bootstrap_servers} within {timeout_s:g} s: {detail}{hint}; "
+        "set HEIMDALL_KAFKA__BOOTSTRAP_SERVERS to brokers this host can reach "
+        "(HEIMDALL_KAFKA__CONNECT_TIMEOUT_S waits longer)"
+    )
 
 
 def _refusal_message(settings: Settings, error: KafkaError) -> str:

@@ -52,6 +52,12 @@ class KafkaSettings(_Section):
         False, description="Set group.instance.id to the instance id so a quick restart keeps partitions."
     )
     session_timeout_ms: int = Field(10_000, ge=1_000, description="Consumer group session timeout.")
+    connect_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        description="How long a command waits at start for the brokers to answer before it stops "
+        "with an error naming HEIMDALL_KAFKA__BOOTSTRAP_SERVERS.",
+    )
     prefetch_kbytes: int = Field(
         16_384,
         ge=1_024,
@@ -243,6 +249,69 @@ class MetricsSettings(_Section):
     port: int = Field(9108, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 = any).")
 
 
+class ApiSettings(_Section):
+    """The HTTP predict API (``POST /predict``, ``/predict/batch``) served beside the stream."""
+
+    enabled: bool = Field(
+        False, description="Serve the predict API in ``heimdall-stream run`` (on its own port and threads)."
+    )
+    host: str = Field("0.0.0.0", description="Address the predict API binds.")
+    port: int = Field(8080, ge=0, le=65535, description="Port of the predict API (0 = any).")
+    max_batch_size: int = Field(
+        32, ge=1, le=4096, description="Most captures of concurrent requests scored in one inference batch."
+    )
+    max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        description="How long the first waiting capture may wait for companions while a worker is "
+        "free (while every worker is busy, requests accumulate anyway, so batches grow with the load).",
+    )
+    max_queue: int = Field(
+        256,
+        ge=1,
+        description="Most captures waiting for a worker; a request that does not fit is answered 429 "
+        "with Retry-After at once (the queue is never unbounded).",
+    )
+    queue_timeout_ms: float = Field(
+        2_000.0,
+        gt=0,
+        description="A capture that waited longer than this for a worker is not scored: 503 with "
+        "Retry-After (its client has likely given up; scoring it would only delay the others).",
+    )
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Batches scored at once, on the API's own threads (never the stream's workers).",
+    )
+    max_request_captures: int = Field(
+        256, ge=1, description="Most captures in one /predict/batch request (more: 413)."
+    )
+    max_body_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Largest request body accepted (more: 413)."
+    )
+    retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429 and 503 answers.")
+
+
+class MapSettings(_Section):
+    """The live map (``heimdall-stream map``): where it listens, its basemap, what it keeps."""
+
+    host: str = Field("127.0.0.1", description="Address the map server binds.")
+    port: int = Field(8765, ge=0, le=65535, description="Port of the map page (0 = any).")
+    tile_url: str = Field(
+        "",
+        description="XYZ tile URL template, e.g. https://tile.example.org/{z}/{x}/{y}.png; empty = the "
+        "offline basemap only (a latitude/longitude grid and coarse coastlines and borders).",
+    )
+    tile_attribution: str = Field("", description="Attribution shown for the tiles.")
+    keep: int = Field(
+        10_000, ge=1, le=100_000, description="Newest results the server buffers and the page keeps."
+    )
+    group_id_prefix: str = Field(
+        "heimdall-map", description="Prefix of the map's own consumer group (+ the instance id)."
+    )
+
+
 class Settings(BaseSettings):
     """Every setting of heimdall-stream; built once at start-up and then immutable."""
 
@@ -254,16 +323,20 @@ class Settings(BaseSettings):
         default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}",
         description="Names this process in status reports, DLQ headers and transactional ids.",
     )
-    log_level: str = Field("INFO", description="Python log level.")
-    log_format: Literal["text", "json"] = Field("text", description="text or json log lines.")
-    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
-    redis: RedisSettings = Field(default_factory=RedisSettings)
-    mlflow: MlflowSettings = Field(default_factory=MlflowSettings)
-    model: ModelSettings = Field(default_factory=ModelSettings)
-    batching: BatchingSettings = Field(default_factory=BatchingSettings)
-    limits: LimitsSettings = Field(default_factory=LimitsSettings)
-    memory: MemorySettings = Field(default_factory=MemorySettings)
-    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    log_level: str = Field("INFO", description="Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="Log lines as text, or as one JSON object each (librdkafka's included)."
+    )
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings, description=KafkaSettings.__doc__)
+    redis: RedisSettings = Field(default_factory=RedisSettings, description=RedisSettings.__doc__)
+    mlflow: MlflowSettings = Field(default_factory=MlflowSettings, description=MlflowSettings.__doc__)
+    model: ModelSettings = Field(default_factory=ModelSettings, description=ModelSettings.__doc__)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings, description=BatchingSettings.__doc__)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings, description=LimitsSettings.__doc__)
+    memory: MemorySettings = Field(default_factory=MemorySettings, description=MemorySettings.__doc__)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description=MetricsSettings.__doc__)
+    api: ApiSettings = Field(default_factory=ApiSettings, description=ApiSettings.__doc__)
+    map: MapSettings = Field(default_factory=MapSettings, description=MapSettings.__doc__)
 
     @field_validator("log_level")
     @classmethod

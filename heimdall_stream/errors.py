@@ -56,6 +56,10 @@ class ModelLoadError(HeimdallError):
     reason = "model_load"
 
 
+class ModelNotFoundError(ModelLoadError):
+    """The registry answered but has no such model, alias, stage or version."""
+
+
 class RegistryUnavailableError(ModelLoadError):
     """The model registry could not be reached and no usable cached copy exists (transient)."""
 

@@ -1,5 +1,7 @@
 """Geometry: local east/north frames, covariance ellipses, their overlap and GeoJSON polygons.
 
+The Features and FeatureCollections built from these polygons are in ``heimdall_stream.geojson``.
+
 Everything geodetic goes through pyproj on the WGS84 ellipsoid:
 
 * the local east/north frame of a model is an azimuthal-equidistant projection centred on the
@@ -15,7 +17,6 @@ covariances raise ``GeometryError``.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -201,21 +202,3 @@ def _clip(
     if out:
         out.append(out[0])
     return out
-
-
-def geojson_feature(
-    latitude: float, longitude: float, ellipse: Ellipse, properties: dict[str, object] | None = None
-) -> str:
-    """GeoJSON Feature string of the ellipse, with centre and ellipse fields as properties."""
-    ring = ellipse_ring(latitude, longitude, ellipse)
-    props: dict[str, object] = {
-        "latitude": latitude,
-        "longitude": longitude,
-        "confidence": ellipse.confidence,
-        "semi_major_m": ellipse.semi_major_m,
-        "semi_minor_m": ellipse.semi_minor_m,
-        "orientation_deg": ellipse.orientation_deg,
-        **(properties or {}),
-    }
-    feature = {"type": "Feature", "geometry": ellipse_geometry(ring), "properties": props}
-    return json.dumps(feature, separators=(",", ":"), allow_nan=False)

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from heimdall_stream.clients import idempotent_producer_config, reader_config
+from heimdall_stream.clients import admin_config, idempotent_producer_config, reader_config
 from heimdall_stream.config import Settings
 from heimdall_stream.control.protocol import Outcome, next_generation, outcome, signed
 from heimdall_stream.errors import ConfigurationError, DecodeError
@@ -123,7 +123,7 @@ def statuses(settings: Settings) -> dict[str, ModelStatus]:
 
 def live_instances(settings: Settings, timeout_s: float = 10.0) -> set[str]:
     """Instance ids of the consumer group's current members."""
-    admin = AdminClient(settings.kafka.client_config())
+    admin = AdminClient(admin_config(settings))
     futures = admin.describe_consumer_groups([settings.kafka.group_id], request_timeout=timeout_s)
     group = futures[settings.kafka.group_id].result(timeout=timeout_s)
     return {

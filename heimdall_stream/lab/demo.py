@@ -5,8 +5,10 @@ if the registry has none, starts a consumer, publishes simulated captures (with 
 and malformed messages), reads the committed results, and prints: how many results, the median
 localization error against the simulator's truth, how often the truth falls inside the 95 %
 ellipse, latency percentiles, and the dead letters by reason.  It writes every result as a
-GeoJSON FeatureCollection (ellipses plus truth points) that any map tool opens.  It stops what it
-started.
+GeoJSON FeatureCollection (receivers, estimates, ellipses and truth points) that any map tool
+opens, and says how to see the same results on the live map (``heimdall-stream map``).  It stops
+what it started.  Each phase is announced on stderr as it begins (``console.progress.Steps``: a
+bar on a terminal, plain lines elsewhere); the summary goes to stdout.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,8 +32,10 @@ from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 from pyproj import Geod
 
-from heimdall_stream.clients import capture_producer_config
+from heimdall_stream.clients import capture_producer_config, reader_config
 from heimdall_stream.config import Settings
+from heimdall_stream.console.progress import Steps
+from heimdall_stream.geojson import receiver_features, truth_feature
 from heimdall_stream.lab.publisher import SimulationPlan, publish
 from heimdall_stream.network import load_network
 from heimdall_stream.wire.codec import localization_codec
@@ -47,6 +52,8 @@ def run_demo(*, count: int, rate: float, output: Path, keep_stack: bool) -> int:
     if not STACK.exists():
         log.error("the demo needs a source checkout (deploy/local/stack.py); see README")
         return 2
+    steps = Steps()
+    steps.start("starting Kafka, Redis and MLflow (deploy/local/stack up)")
     started_stack = _stack("up") == 0
     if not started_stack:
         return 1
@@ -55,24 +62,40 @@ def run_demo(*, count: int, rate: float, output: Path, keep_stack: bool) -> int:
         env = {**os.environ, **_stack_env()}
         port = _free_port()
         env.update({"HEIMDALL_METRICS__PORT": str(port), "HEIMDALL_INSTANCE_ID": "demo-consumer"})
+        # The consumer's lifecycle lines would bury the demo's own; warnings and errors still show.
+        env.setdefault("HEIMDALL_LOG_LEVEL", "WARNING")
         cli = [sys.executable, "-m", "heimdall_stream.cli"]
+        steps.start("training the reference model unless the registry has one")
         subprocess.run([*cli, "train-reference", "--if-absent"], env=env, check=True)
-        subprocess.run([*cli, "topics"], env=env, check=True)
+        steps.start("creating topics")
+        subprocess.run([*cli, "topics"], env=env, check=True, stdout=subprocess.DEVNULL)
+        steps.start("starting the consumer (heimdall-stream run) and waiting until it is ready")
         consumer_proc = subprocess.Popen([*cli, "run"], env=env)
         _wait_ready(port, consumer_proc)
         settings = Settings(**_settings_from(env))
-        run_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
-        truth = _publish(settings, count, rate, run_id)
-        results = _collect(settings, set(truth), timeout_s=60 + count / max(rate, 1))
+        started = datetime.now(UTC)
+        run_id = started.strftime("%Y%m%d%H%M%S")
+        steps.start(f"publishing {count} captures at {rate:g}/s", count)
+        truth = _publish(settings, count, rate, run_id, steps.advance)
+        steps.start("collecting the results", len(truth))
+        results = _collect(settings, set(truth), timeout_s=60 + count / max(rate, 1), tick=steps.advance)
+        steps.finish()
         metrics = _scrape(port)
         _summarise(results, truth, metrics, output)
+        _print_map_hint(settings, started, output, keep_stack)
         return 0 if len(results) == len(truth) else 1
+    except BaseException:
+        steps.fail()
+        raise
     finally:
         if consumer_proc is not None:
+            steps.start("stopping the consumer")
             consumer_proc.send_signal(signal.SIGTERM)
             consumer_proc.wait(timeout=60)
         if not keep_stack:
+            steps.start("stopping the stack")
             _stack("down")
+        steps.finish()
 
 
 def _stack(command: str) -> int:
@@ -113,7 +136,9 @@ def _wait_ready(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 120
     raise RuntimeError("consumer did not become ready")
 
 
-def _publish(settings: Settings, count: int, rate: float, run_id: str) -> dict[str, dict[str, Any]]:
+def _publish(
+    settings: Settings, count: int, rate: float, run_id: str, tick: Callable[[int], None]
+) -> dict[str, dict[str, Any]]:
     producer = Producer(capture_producer_config(settings))
     plan = SimulationPlan(
         count=count,
@@ -128,6 +153,8 @@ def _publish(settings: Settings, count: int, rate: float, run_id: str) -> dict[s
     def remember(out: Any) -> None:
         if out.truth is not None:
             truth[out.truth["capture_id"]] = out.truth
+        if out.kind == "valid":
+            tick(1)
 
     stats = publish(producer, settings.kafka.input_topic, load_network(), plan, on_sent=remember)
     print(
@@ -137,16 +164,10 @@ def _publish(settings: Settings, count: int, rate: float, run_id: str) -> dict[s
     return truth
 
 
-def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> dict[str, Localization]:
-    consumer = Consumer(
-        {
-            **settings.kafka.client_config(),
-            "group.id": f"demo-reader-{time.time_ns()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "isolation.level": "read_committed",
-        }
-    )
+def _collect(
+    settings: Settings, wanted: set[str], timeout_s: float, tick: Callable[[int], None]
+) -> dict[str, Localization]:
+    consumer = Consumer(reader_config(settings, f"demo-reader-{time.time_ns()}"))
     consumer.subscribe([settings.kafka.output_topic])
     results: dict[str, Localization] = {}
     duplicates = 0
@@ -159,6 +180,7 @@ def _collect(settings: Settings, wanted: set[str], timeout_s: float) -> dict[str
             loc = localization_codec().decode(message.value() or b"")
             if loc.capture_id in wanted:
                 duplicates += loc.capture_id in results
+                tick(loc.capture_id not in results)
                 results[loc.capture_id] = loc
     finally:
         consumer.close()
@@ -174,23 +196,19 @@ def _scrape(port: int) -> str:
 def _summarise(
     results: dict[str, Localization], truth: dict[str, dict[str, Any]], metrics: str, output: Path
 ) -> None:
-    errors, inside, latencies, features = [], 0, [], []
+    errors, inside, latencies = [], 0, []
+    features: list[dict[str, Any]] = receiver_features(load_network())
     for capture_id, loc in results.items():
         true = truth[capture_id]
         azimuth, _, distance = GEOD.inv(loc.longitude, loc.latitude, true["longitude"], true["latitude"])
         errors.append(distance)
         latencies.append(loc.timings.end_to_end_ms)
         inside += _inside_ellipse(loc, azimuth, distance)
-        feature = json.loads(loc.geojson)
-        features.append(feature)
-        features.append(
-            {
-                "type": "Feature",
-                "geometry": {"type": "Point", "coordinates": [true["longitude"], true["latitude"]]},
-                "properties": {"capture_id": capture_id, "kind": "truth", "error_m": distance},
-            }
-        )
+        features.extend(json.loads(loc.geojson)["features"])  # the estimate and its ellipse
+        features.append(truth_feature(capture_id, true["latitude"], true["longitude"], distance))
     output.mkdir(parents=True, exist_ok=True)
+    with (output / "truth.jsonl").open("w") as handle:  # for `heimdall-stream map --truth`
+        handle.writelines(json.dumps(item) + "\n" for item in truth.values())
     path = output / "localizations.geojson"
     path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
     if errors:
@@ -211,7 +229,21 @@ def _summarise(
                 dedup = int(sample.value)
     print("dead letters by reason:", letters or "none")
     print("duplicates suppressed:", dedup)
-    print(f"wrote {len(results)} ellipses and truth points to {path}")
+    print(f"wrote {len(results)} estimates, ellipses and truth points and the receivers to {path}")
+
+
+def _print_map_hint(settings: Settings, started: datetime, output: Path, keep_stack: bool) -> None:
+    """How to see these results on the live map (it needs the stack's Kafka, so --keep-stack)."""
+    command = (
+        f"heimdall-stream map --from {started.isoformat(timespec='seconds')} --truth {output / 'truth.jsonl'}"
+    )
+    url = f"http://{settings.map.host}:{settings.map.port}/"
+    if keep_stack:
+        print(f"live map of these results: `env $(deploy/local/stack env) {command}`, then open {url}")
+    else:
+        print(
+            f"to see these results on the live map, run the demo with --keep-stack, then `{command}` ({url})"
+        )
 
 
 def _inside_ellipse(loc: Localization, azimuth_deg: float, distance_m: float) -> bool:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from heimdall_stream.lab.iq_benchmark import build_iq_benchmark_model
-from heimdall_stream.lab.training import EvaluationReport, train_features_model
+from heimdall_stream.lab.training import EvaluationReport, StepHook, train_features_model
 from heimdall_stream.models.registry import SHA_TAG, file_sha256
 from heimdall_stream.network import Network
 
@@ -93,11 +93,16 @@ def train_and_register(
     n_train: int,
     seed: int = 7,
     progress: Callable[[int], None] | None = None,
+    step: StepHook | None = None,
     include_iq: bool = True,
     features_name: str = FEATURES_MODEL,
     iq_name: str = IQ_MODEL,
 ) -> tuple[Registered, EvaluationReport]:
-    """Train, evaluate and register the features model (and the IQ benchmark model)."""
+    """Train, evaluate and register the features model (and the IQ benchmark model).
+
+    ``progress`` and ``step`` are the progress hooks of ``train_features_model``; ``step`` is
+    also called before each registration.
+    """
     onnx_bytes, report = train_features_model(
         network,
         n_train=n_train,
@@ -105,8 +110,11 @@ def train_and_register(
         n_test=max(n_train // 4, 200),
         seed=seed,
         progress=progress,
+        step=step,
     )
     numbers = {k: float(v) for k, v in report.as_dict().items() if isinstance(v, int | float)}
+    if step is not None:
+        step(f"registering {features_name} in MLflow", None)
     features = register_onnx(
         tracking_uri,
         onnx_bytes,
@@ -117,6 +125,8 @@ def train_and_register(
         report=report.as_dict(),
     )
     if include_iq:
+        if step is not None:
+            step(f"building and registering {iq_name}", None)
         register_onnx(
             tracking_uri,
             build_iq_benchmark_model(network),
@@ -125,5 +135,5 @@ def train_and_register(
             run_name="iq-benchmark",
             report={"benchmark_only": True},
         )
-    log.info("evaluation: %s", json.dumps(report.as_dict()))
+    log.debug("evaluation: %s", json.dumps(report.as_dict()))  # returned, and logged to MLflow
     return features, report

@@ -48,6 +48,13 @@ from heimdall_stream.models.contract import CONTRACT_KEY, ModelContract
 from heimdall_stream.models.features import FEATURE_NAMES, normalise_features
 from heimdall_stream.network import Network
 
+# A progress hook: called with what a phase does as it begins (and its units of work, if counted).
+StepHook = Callable[[str, int | None], None]
+
+
+def _no_step(_text: str, _total: int | None) -> None:
+    """The step hook when nobody displays progress."""
+
 
 @dataclass(frozen=True)
 class EvaluationReport:
@@ -83,13 +90,20 @@ def train_features_model(
     n_test: int = 1000,
     seed: int = 7,
     progress: Callable[[int], None] | None = None,
+    step: StepHook | None = None,
 ) -> tuple[bytes, EvaluationReport]:
-    """Simulate, train, calibrate and evaluate; return the ONNX bytes and the report."""
+    """Simulate, train, calibrate and evaluate; return the ONNX bytes and the report.
+
+    ``step(text, total)`` is called as each phase begins (``total`` = captures to simulate for
+    the counted one), ``progress(n)`` as captures are simulated: hooks for a progress display.
+    """
     from sklearn.ensemble import GradientBoostingRegressor
     from sklearn.model_selection import cross_val_predict
     from sklearn.neural_network import MLPRegressor
 
+    step = step or _no_step
     simulator = IqSimulator(network, seed=seed)
+    step(f"simulating {n_train + n_calibration + n_test} captures", n_train + n_calibration + n_test)
     train = simulate_dataset(simulator, n_train, 0, progress=progress)
     calib = simulate_dataset(simulator, n_calibration, n_train, progress=progress)
     test = simulate_dataset(simulator, n_test, n_train + n_calibration, progress=progress)
@@ -137,12 +151,15 @@ def train_features_model(
     # Where enough receivers are synchronised the TDOA grid's posterior mean is the position;
     # elsewhere an MLP estimates it (mostly from power).
     y_pos = train.target_enu / POSITION_SCALE_M
+    step("fitting the position network", None)
     position = mlp((256, 256), 1e-4).fit(x_train, y_pos)
     # Out-of-fold residuals: errors the position model makes on captures it did not see.
+    step("out-of-fold residuals (4-fold cross-validation)", None)
     oof_mlp = cross_val_predict(mlp((256, 256), 1e-4), x_train, y_pos, cv=4)
     oof = combine(x_train, oof_mlp, len(network.receivers)) * POSITION_SCALE_M
     residual = (train.target_enu - oof) / ERROR_SCALE_M
     log_r2 = np.log(residual**2 + 1e-4)
+    step("fitting the uncertainty models (boosted trees, correlation)", None)
     log_var = [boosted().fit(x_train, log_r2[:, axis]) for axis in (0, 1)]
     sigma_oof = np.exp(0.5 * (_predict_log_var(log_var, x_train) - LOG_CHI2_1_MEAN))
     t = np.clip(residual[:, 0] * residual[:, 1] / (sigma_oof[:, 0] * sigma_oof[:, 1]), -3, 3)
@@ -165,6 +182,7 @@ def train_features_model(
         return pos, np.column_stack([sig, rho]), grid_rows
 
     # The two regimes (TDOA grid, power MLP) err differently: each gets its own calibration.
+    step("calibrating the ellipses", None)
     pos_c, cov_c, grid_c = predict(calib, ((0.0, 1.0), (0.0, 1.0)))
     residual_c = calib.target_enu - pos_c
     overall = calibrate_sigmas(residual_c, cov_c)
@@ -180,6 +198,7 @@ def train_features_model(
         contract, coverage=coverage_radii(mahalanobis_sq(residual_c, cov_calibrated))
     )
 
+    step("exporting to ONNX and evaluating on held-out captures", None)
     model = export_features_model(
         position, log_var, correlation, contract=contract, width=x_train.shape[1], calibration=calibration
     )

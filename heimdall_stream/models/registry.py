@@ -37,7 +37,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from heimdall_stream.errors import ModelLoadError, RegistryUnavailableError
+from heimdall_stream.errors import ModelLoadError, ModelNotFoundError, RegistryUnavailableError
 from heimdall_stream.models import registry_rest
 
 SHA_TAG = "heimdall.sha256"
@@ -62,6 +62,12 @@ class ModelRef:
     alias: str | None = None
     version: str | None = None
     stage: str | None = None
+
+    def __str__(self) -> str:
+        """The URI form (messages name the model as the operator wrote it, not as a repr)."""
+        if self.alias:
+            return f"models:/{self.name}@{self.alias}"
+        return f"models:/{self.name}/{self.version or self.stage}"
 
     @classmethod
     def parse(cls, uri: str) -> ModelRef:
@@ -123,7 +129,11 @@ class ModelRegistry:
                     f"copy of {uri}"
                 ) from exc
             return cached
-        fetched = self._cached_version(uri, ref.name, version) or self._fetch_locked(uri, ref.name, version)
+        # The cache is keyed by name and version: an entry whose file is not the one this registry
+        # tags (another registry's, or one re-created since, numbered alike) is fetched anew.
+        fetched = self._cached_version(uri, ref.name, version, expected=expected_sha) or self._fetch_locked(
+            uri, ref.name, version, expected_sha
+        )
         if expected_sha and fetched.sha256 != expected_sha:
             raise ModelLoadError(
                 f"{ref.name}/{version}: file sha256 {fetched.sha256[:12]}… does not match the "
@@ -162,15 +172,17 @@ class ModelRegistry:
             else:
                 latest = client.get_latest_versions(ref.name, stages=[ref.stage])
                 if not latest:
-                    raise ModelLoadError(f"model {ref.name} has no version in stage {ref.stage!r}")
+                    raise ModelNotFoundError(f"model {ref.name} has no version in stage {ref.stage!r}")
                 mv = latest[0]
         except MlflowException as exc:
             if getattr(exc, "error_code", "") in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
-                raise ModelLoadError(f"registry has no {ref}: {exc.message}") from exc
+                raise ModelNotFoundError(
+                    f"registry has no {ref} (MLflow at {self.tracking_uri}): {exc.message}"
+                ) from exc
             raise
         return str(mv.version), (mv.tags or {}).get(SHA_TAG)
 
-    def _fetch_locked(self, uri: str, name: str, version: str) -> FetchedModel:
+    def _fetch_locked(self, uri: str, name: str, version: str, expected: str | None = None) -> FetchedModel:
         """Download a version once, however many threads and processes ask for it at once.
 
         Under the version's file lock the cache is checked again: whoever waited for the lock
@@ -180,7 +192,7 @@ class ModelRegistry:
         target = self._version_dir(name, version)
         target.parent.mkdir(parents=True, exist_ok=True)
         with FileLock(str(target) + ".lock", timeout=DOWNLOAD_LOCK_TIMEOUT_S):
-            cached = self._cached_version(uri, name, version)
+            cached = self._cached_version(uri, name, version, expected=expected)
             if cached is not None:
                 return cached
             try:
@@ -229,7 +241,7 @@ class ModelRegistry:
         return self.cache_dir / _safe(name) / _safe(version)
 
     def _cached_version(
-        self, uri: str, name: str, version: str, *, from_cache: bool = False
+        self, uri: str, name: str, version: str, *, from_cache: bool = False, expected: str | None = None
     ) -> FetchedModel | None:
         directory = self._version_dir(name, version)
         manifest, model = directory / "manifest.json", directory / "model.onnx"
@@ -240,8 +252,8 @@ class ModelRegistry:
         except (OSError, ValueError):
             return None
         actual = file_sha256(model)
-        if actual != recorded:
-            # A corrupted or tampered entry is never loaded; the locked fetch replaces it.
+        if actual != recorded or (expected and actual != expected):
+            # A corrupted, tampered or foreign entry is never loaded; the locked fetch replaces it.
             return None
         return FetchedModel(uri, name, version, model, actual, from_cache=from_cache)
 

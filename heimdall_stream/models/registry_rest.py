@@ -11,7 +11,7 @@ the same environment variables the MLflow client honours for authentication and 
 to the MLflow client (``supported`` says which); so is downloading, which is rare (once per
 version per cache).
 
-Errors: a registry answer that the version does not exist raises ``ModelLoadError`` (retrying
+Errors: a registry answer that the version does not exist raises ``ModelNotFoundError`` (retrying
 cannot fix it); anything else (unreachable, 5xx, garbage) raises ``RegistryRequestError``, which
 the caller treats as the registry being unavailable.
 """
@@ -27,7 +27,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from heimdall_stream.errors import ModelLoadError
+from heimdall_stream.errors import ModelNotFoundError
 
 API = "/api/2.0/mlflow"
 DEFAULT_TIMEOUT_S = 120.0  # the MLflow client's own default for MLFLOW_HTTP_REQUEST_TIMEOUT
@@ -65,7 +65,7 @@ def resolve_version(
         answer = _call(tracking_uri, "POST", "/registered-models/get-latest-versions", body)
         versions = answer.get("model_versions") or []
         if not versions:
-            raise ModelLoadError(f"model {name} has no version in stage {stage!r}")
+            raise ModelNotFoundError(f"model {name} has no version in stage {stage!r}")
         found = versions[0]
     if not isinstance(found, dict) or "version" not in found:
         raise RegistryRequestError(f"registry {tracking_uri} answered without a version: {answer!r:.200}")
@@ -90,7 +90,9 @@ def _call(tracking_uri: str, method: str, path: str, params: dict[str, Any]) -> 
         if code in MISSING:
             message = (payload or {}).get("message", code)
             asked = ", ".join(f"{key}={value}" for key, value in params.items())
-            raise ModelLoadError(f"registry has no model version for {asked}: {message}") from exc
+            raise ModelNotFoundError(
+                f"registry has no model version for {asked} (MLflow at {tracking_uri}): {message}"
+            ) from exc
         raise RegistryRequestError(f"{method} {url}: HTTP {exc.code} {code}".rstrip()) from exc
     except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections, TLS errors
         raise RegistryRequestError(f"{method} {url}: {exc}") from exc

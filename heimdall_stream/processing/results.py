@@ -14,7 +14,8 @@ from datetime import datetime
 import numpy as np
 
 from heimdall_stream.errors import GeometryError
-from heimdall_stream.geo import ellipse_from_covariance, geojson_feature
+from heimdall_stream.geo import ellipse_from_covariance
+from heimdall_stream.geojson import result_geojson
 from heimdall_stream.models.inference import LoadedModel, PreparedBatch
 from heimdall_stream.processing.cache import Prediction, encode_prediction
 from heimdall_stream.processing.infer import Inferred
@@ -81,11 +82,15 @@ def finish(
     try:
         cov = Covariance(float(covariance[0]), float(covariance[1]), float(covariance[2]))
         ellipse = ellipse_from_covariance(cov, ctx.confidence, radius=ctx.radius)
-        geojson = geojson_feature(
+        geojson = result_geojson(
             latitude,
             longitude,
             ellipse,
-            {"capture_id": item.capture.capture_id, "model_name": model.name, "model_version": model.version},
+            capture_id=item.capture.capture_id,
+            model_name=model.name,
+            model_version=model.version,
+            captured_at=item.capture.captured_at,
+            center_frequency_hz=item.capture.center_frequency_hz,
         )
     except GeometryError as exc:
         return DeadLetter.of(item.record, exc)

@@ -1,4 +1,4 @@
-"""Start-up of ``heimdall-stream run``: settings → model → store → metrics → the loop.
+"""Start-up of ``heimdall-stream run``: settings → model → store → metrics → the loop (+ predict API).
 
 Fails fast, with one clear message, when Kafka is unreachable or refuses the credentials,
 when a topic it needs is missing, when no model can be had (neither from MLflow nor from the
@@ -12,6 +12,7 @@ import logging
 import signal
 import threading
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import redis
 from prometheus_client import CollectorRegistry
@@ -34,6 +35,9 @@ from heimdall_stream.stream.allocator import tune_malloc
 from heimdall_stream.stream.app import StreamApp
 from heimdall_stream.stream.swap import ModelSwap
 
+if TYPE_CHECKING:
+    from heimdall_stream.api.server import ApiServer
+
 log = logging.getLogger(__name__)
 
 
@@ -48,11 +52,13 @@ class ConsumerService:
         self._server = serve(settings.metrics.host, settings.metrics.port, self.registry, self.health)
         self.port = int(self._server.server_address[1])
         self.control: ControlPlane | None = None
+        self.api: ApiServer | None = None
         log.info("metrics, /healthz and /readyz on port %d", self.port)
 
     def run(self, stop: threading.Event) -> None:
         """Connect, load the model, and consume until ``stop`` is set."""
         control: ControlPlane | None = None
+        api: ApiServer | None = None
         try:
             check_topics(self.settings, check_connectivity(self.settings))
             model = self.load_model()
@@ -70,8 +76,12 @@ class ConsumerService:
                 control = ControlPlane(self.settings, self.metrics, models.current, models.offer)
                 control.start()
                 self.control = control
+            if self.settings.api.enabled:
+                api = self.api = self._start_api(models, store)
             app.run(stop)
         finally:
+            if api is not None:
+                api.stop()
             if control is not None:
                 control.stop()
             self._server.shutdown()
@@ -89,6 +99,14 @@ class ConsumerService:
             confidence=settings.model.confidence,
             batch_prefix=settings.instance_id,
         )
+
+    def _start_api(self, models: ModelSwap, store: RedisStore) -> ApiServer:
+        """The predict API beside the loop: the same model set and store, threads of its own."""
+        from heimdall_stream.api.server import ApiServer  # uvicorn is imported only when enabled
+
+        api = ApiServer(self.settings, models.current, store, self.metrics, self.registry)
+        api.start()
+        return api
 
     def request_reapply(self) -> None:
         """Re-apply the deployment in force and re-resolve aliases (SIGHUP)."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections import Counter
 
@@ -12,6 +11,7 @@ import shapely.geometry
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
+from heimdall_stream.geojson import feature_of_kind
 from tests.integration.conftest import read_topic, results_of, scrape, send_captures, wait_for
 
 pytestmark = pytest.mark.integration
@@ -61,7 +61,7 @@ def test_n_captures_give_exactly_n_results_with_geometry_and_lineage(make_settin
         assert message.key().decode() == loc.capture_id
         assert (loc.lineage.source_partition, loc.lineage.source_offset) == first_seen[loc.capture_id]
         assert 1 <= loc.lineage.batch_size <= 16
-        polygon = shapely.geometry.shape(json.loads(loc.geojson)["geometry"])
+        polygon = shapely.geometry.shape(feature_of_kind(loc.geojson, "ellipse")["geometry"])
         assert polygon.is_valid and polygon.contains(shapely.geometry.Point(loc.longitude, loc.latitude))
         assert loc.model_name.startswith("it_localization_") and loc.model_version
         assert all(value > 0 for value in (loc.timings.end_to_end_ms, loc.timings.inference_ms))

@@ -21,6 +21,7 @@ from heimdall_stream.errors import (
     InferenceError,
     ModelContractError,
     ModelLoadError,
+    ModelNotFoundError,
     RegistryUnavailableError,
 )
 
@@ -73,7 +74,7 @@ def test_each_error_class_has_its_exit_code_and_one_line(
 ) -> None:
     result = CliRunner().invoke(cli.main, [failing_command(error)])
     assert result.exit_code == code, result.output
-    assert result.stderr == f"error: {error}\n"
+    assert result.stderr.startswith(f"error: {error}") and result.stderr.count("\n") == 1
     assert result.stdout == ""
     assert "Traceback" not in result.output
 
@@ -132,3 +133,32 @@ def test_the_exit_codes_are_documented_in_the_help() -> None:
         assert cli.exit_code(cls("x")) == code
         assert f"\n    {code}  " in result.output
     assert isinstance(cli.main, click.Group) and isinstance(cli.main, cli.HeimdallGroup)
+
+
+def test_a_missing_model_suggests_train_reference(failing_command: FailingCommand) -> None:
+    missing = ModelNotFoundError(
+        "registry has no models:/localization_model@champion (MLflow at http://mlflow:5000): not found"
+    )
+    result = CliRunner().invoke(cli.main, [failing_command(missing)])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {missing}; ")
+    assert "`heimdall-stream train-reference`" in result.stderr and "HEIMDALL_MODEL__URI" in result.stderr
+    assert "ModelRef(" not in result.stderr and "Traceback" not in result.stderr
+
+
+def test_an_unreachable_registry_names_the_variable(failing_command: FailingCommand) -> None:
+    down = RegistryUnavailableError("registry http://mlflow:5000 unreachable and no cached copy")
+    result = CliRunner().invoke(cli.main, [failing_command(down)])
+    assert result.exit_code == 2 and "HEIMDALL_MLFLOW__TRACKING_URI" in result.stderr
+
+
+def test_other_errors_get_no_hint() -> None:
+    assert cli.describe(DecodeError("bad magic")) == "bad magic"
+    assert cli.describe(ConfigurationError("a\nb")) == "a b"
+
+
+def test_a_model_reference_reads_as_its_uri() -> None:
+    from heimdall_stream.models.registry import ModelRef
+
+    for uri in ("models:/m@champion", "models:/m/3", "models:/m/Production"):
+        assert str(ModelRef.parse(uri)) == uri

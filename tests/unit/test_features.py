@@ -133,7 +133,9 @@ def _reference_tdoa(z: Any, snr_db: F64, heard: Any, offsets: F64, fs: Any) -> t
     return np.where(valid, (tdoa_s - mean_arrival) * 1e6, 0.0), valid
 
 
-def assert_matches_reference(got: npt.NDArray[np.float32], want: npt.NDArray[np.float32]) -> None:
+def assert_matches_reference(
+    got: npt.NDArray[np.float32], want: npt.NDArray[np.float32], *, compare_tdoa: bool = True
+) -> None:
     """``got`` equals the reference ``want`` within the tolerances of the module docstring."""
     assert got.shape == want.shape
     assert got.dtype == np.float32
@@ -147,6 +149,8 @@ def assert_matches_reference(got: npt.NDArray[np.float32], want: npt.NDArray[np.
         assert not (differs & (np.abs(snr - threshold) >= SNR_FLOAT_NOISE_DB)).any(), name
         flips |= differs
     same = ~flips.any(axis=1)
+    if not compare_tdoa:
+        return
     np.testing.assert_allclose(
         got[same][..., COL["tdoa_us"]], want[same][..., COL["tdoa_us"]], rtol=0, atol=TDOA_TOLERANCE_US
     )
@@ -300,8 +304,13 @@ def _random_batch(rng: np.random.Generator, batch: int, slots: int, length: int,
 @settings(max_examples=40, deadline=None)
 def test_random_iq_matches_the_reference(seed, batch, slots, length, quantised):
     iq, mask, fs, offsets = _random_batch(np.random.default_rng(seed), batch, slots, length, quantised)
+    # A capture of two or three samples leaves a discriminator of one or two values; after the
+    # mean removal their correlation peaks in a tie (float noise, or lags -1 and +1 equal) that
+    # either implementation may break its own way, so only the other features are compared.
     assert_matches_reference(
-        extract_features(iq, mask, fs, offsets), reference_extract_features(iq, mask, fs, offsets)
+        extract_features(iq, mask, fs, offsets),
+        reference_extract_features(iq, mask, fs, offsets),
+        compare_tdoa=length > 3,
     )
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -19,7 +18,6 @@ from heimdall_stream.geo import (
     chi2_2_scale,
     ellipse_from_covariance,
     ellipse_ring,
-    geojson_feature,
 )
 from heimdall_stream.wire.messages import Covariance, Ellipse
 
@@ -114,31 +112,6 @@ def test_a_1km_by_300m_ellipse_measures_back_with_pyproj():
     assert min(distances) == pytest.approx(300.0, rel=0.01)
     azimuth_of_farthest = GEOD.inv(lon, lat, *ring[int(np.argmax(distances))])[0] % 180
     assert azimuth_of_farthest == pytest.approx(30.0, abs=1.0)
-
-
-def test_feature_properties_and_json():
-    feature = json.loads(geojson_feature(45.0, 7.5, Ellipse(0.95, 2000, 800, 60)))
-    assert feature["type"] == "Feature"
-    assert feature["geometry"]["type"] == "Polygon"
-    props = feature["properties"]
-    assert props["latitude"] == 45.0 and props["longitude"] == 7.5
-    assert props["semi_major_m"] == 2000 and props["orientation_deg"] == 60 and props["confidence"] == 0.95
-
-
-def test_antimeridian_ellipse_is_cut_into_a_multipolygon():
-    feature = json.loads(geojson_feature(10.0, 179.99, Ellipse(0.95, 20_000, 10_000, 90)))
-    geometry = feature["geometry"]
-    assert geometry["type"] == "MultiPolygon"
-    assert len(geometry["coordinates"]) == 2
-    for polygon in geometry["coordinates"]:
-        ring = polygon[0]
-        assert ring[0] == ring[-1]
-        assert all(-180.0 <= lon <= 180.0 for lon, _ in ring)
-        assert shapely.geometry.Polygon(ring).is_valid
-    total = sum(
-        abs(GEOD.polygon_area_perimeter(*zip(*p[0], strict=True))[0]) for p in geometry["coordinates"]
-    )
-    assert total == pytest.approx(math.pi * 20_000 * 10_000, rel=1e-2)
 
 
 def test_near_the_pole_works_until_the_ellipse_reaches_it():

@@ -7,7 +7,6 @@ the bisection of poisonous captures, all as production runs them.
 from __future__ import annotations
 
 import dataclasses
-import json
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
@@ -16,6 +15,7 @@ import shapely.geometry
 from prometheus_client import CollectorRegistry
 
 from heimdall_stream.config import LimitsSettings
+from heimdall_stream.geojson import feature_of_kind
 from heimdall_stream.lab.faults import FAULTS
 from heimdall_stream.lab.simulator import IqSimulator, LinkModel
 from heimdall_stream.metrics import Metrics
@@ -130,7 +130,7 @@ def test_results_carry_geometry_lineage_and_timings(model):
         assert loc.lineage.source_partition == record.partition and loc.lineage.source_offset == record.offset
         assert loc.lineage.batch_id == f"{scored.batch_id}-v1" and loc.lineage.batch_size == 4
         assert loc.model_name == "tiny" and loc.model_version == "1" and not loc.cache_hit
-        polygon = shapely.geometry.shape(json.loads(loc.geojson)["geometry"])
+        polygon = shapely.geometry.shape(feature_of_kind(loc.geojson, "ellipse")["geometry"])
         assert polygon.is_valid and polygon.contains(shapely.geometry.Point(loc.longitude, loc.latitude))
         assert loc.ellipse.confidence == 0.95 and 0 <= loc.ellipse.orientation_deg < 180
         assert loc.timings.queued_ms == pytest.approx(1000.0)  # consumed at 0 s, inferred at 1 s

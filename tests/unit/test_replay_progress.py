@@ -1,0 +1,54 @@
+"""A replay's saved progress: resumed over the range it started with, refused for another replay."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from heimdall_stream.errors import ConfigurationError
+from heimdall_stream.replay.report import VersionReport
+from heimdall_stream.replay.runner import ReplayJob, _save, _saved_progress
+from heimdall_stream.replay.source import Range
+
+MODELS: Any = [SimpleNamespace(label="m/4", sha256="ab" * 32)]
+
+
+def job(state: Path, end: str = "latest") -> ReplayJob:
+    out = state.with_suffix(".out")
+    return ReplayJob("earliest", end, ("models:/m/4",), output_file=out, state_file=state)
+
+
+def test_no_state_file_means_a_new_replay(tmp_path: Path) -> None:
+    assert _saved_progress(job(tmp_path / "s.json"), "in", MODELS) is None
+
+
+def test_a_resumed_replay_keeps_its_range_and_offsets(tmp_path: Path) -> None:
+    state = tmp_path / "s.json"
+    span = Range("in", {0: (10, 500), 1: (0, 40)})
+    _save(job(state), span, MODELS, {0: 200, 1: 0}, {"m/4": VersionReport("m/4")})
+    # Resolving "latest" again would give another end (the topic grew): the saved range is used.
+    saved = _saved_progress(job(state), "in", MODELS)
+    assert saved is not None
+    resumed, start, reports = saved
+    assert resumed == span and start == {0: 200, 1: 0} and list(reports) == ["m/4"]
+    assert not state.with_suffix(".json.tmp").exists()
+
+
+@pytest.mark.parametrize(
+    ("topic", "end", "models"),
+    [
+        ("other", "latest", MODELS),
+        ("in", "2026-11-30T12:00:00Z", MODELS),
+        ("in", "latest", [SimpleNamespace(label="m/4", sha256="cd" * 32)]),
+    ],
+)
+def test_the_progress_of_another_replay_is_refused(tmp_path: Path, topic: str, end: str, models: Any) -> None:
+    state = tmp_path / "s.json"
+    _save(job(state), Range("in", {0: (0, 5)}), MODELS, {0: 1}, {"m/4": VersionReport("m/4")})
+    with pytest.raises(ConfigurationError, match="another replay"):
+        _saved_progress(job(state, end), topic, models)
+    assert json.loads(state.read_text())["range"] == {"0": [0, 5]}

@@ -43,6 +43,7 @@ from bench.stream import (
     Seen,
     StreamRun,
     read_results,
+    stage_latencies,
     stop_process,
     summarise,
 )
@@ -134,6 +135,7 @@ class Runner:
         self.bench = bench
         self.workload = workload
         self.free_port = free_port
+        self.metrics_port = 0  # heimdall-stream's, while it runs
 
     def start(
         self, system: System, input_topic: str, output_topic: str, group: str
@@ -144,8 +146,9 @@ class Runner:
             dlq = f"{output_topic}.dlq"
             bench.create_topics([dlq], 1)
             topics = {"input": input_topic, "output": output_topic, "dlq": dlq}
+            self.metrics_port = self.free_port()
             return bench.start_consumer(
-                topics, HEIMDALL_BATCH, self.free_port(), group=group, model_uri=workload.model_uri
+                topics, HEIMDALL_BATCH, self.metrics_port, group=group, model_uri=workload.model_uri
             )
         argv = [
             peer_python(system),
@@ -216,7 +219,14 @@ class Runner:
             results = read_results(
                 self.bench.bootstrap, output, count, seconds + 60 + count / 10, lambda: proc.poll() is None
             )
-            return summarise(results, watch, rate, count), results
+            run = summarise(results, watch, rate, count)
+            if system.peer is None and proc.poll() is None:
+                # Where its latency went, stage by stage, from its own histograms.
+                try:
+                    run.extra["stages"] = stage_latencies(self.metrics_port)
+                except OSError as exc:
+                    run.extra["stages_error"] = str(exc)
+            return run, results
         finally:
             if feeder is not None:
                 feeder.join()

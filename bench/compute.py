@@ -15,7 +15,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from heimdall_stream.config import LimitsSettings
+from heimdall_stream.config import LimitsSettings, ModelSettings
 from heimdall_stream.lab.simulator import IqSimulator
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.models.features import assemble_batch, extract_features
@@ -86,8 +86,17 @@ def features_throughput(
 
 
 def model_from_file(path: Path) -> LoadedModel:
-    """Load an ONNX model file for compute-only runs."""
-    return load_model(path, name="bench", version="1", uri=str(path), sha256=file_sha256(path))
+    """Load an ONNX model file for compute-only runs, with the consumer's onnxruntime settings."""
+    model = ModelSettings()
+    return load_model(
+        path,
+        name="bench",
+        version="1",
+        uri=str(path),
+        sha256=file_sha256(path),
+        cpu_mem_arena=model.cpu_mem_arena,
+        max_run_input_bytes=model.max_run_input_kbytes * 1024,
+    )
 
 
 def pipeline_throughput(

@@ -266,7 +266,7 @@ def read_results(
     timeout: float,
     alive: Callable[[], bool] = lambda: True,
 ) -> list[Seen]:
-    """Every result, read_committed, timestamped as it becomes visible.
+    """Every result, read_committed, timestamped as soon as librdkafka hands it over.
 
     The reader assigns itself every partition (no group join, so nothing waits for a
     rebalance before the first result is timestamped); it stops once ``expected`` results
@@ -287,7 +287,12 @@ def read_results(
     deadline = time.monotonic() + timeout
     try:
         while len(out) < expected and time.monotonic() < deadline and alive():
-            for message in consumer.consume(num_messages=500, timeout=0.1):
+            # poll() returns with the first message; consume(n, timeout) would wait out its whole
+            # timeout unless n messages came, adding up to that timeout to every latency measured.
+            first = consumer.poll(0.1)
+            if first is None:
+                continue
+            for message in [first, *consumer.consume(num_messages=500, timeout=0)]:
                 value = message.value()
                 if message.error() is not None or value is None:
                     continue
@@ -307,6 +312,49 @@ def read_results(
     finally:
         consumer.close()
     return out
+
+
+def stage_latencies(port: int) -> dict[str, dict[str, float]]:
+    """Per-stage figures from a running heimdall-stream's ``heimdall_stage_duration_seconds``.
+
+    For each stage: observations, mean, and p50 / p99 as the upper bound of the histogram bucket
+    holding them (so "≤ 0.025" reads "at most 25 ms").  Evidence of where latency goes inside
+    the process (broker = message timestamp to consumption, i.e. producer linger, broker append
+    and fetch; queue, decode, features, inference, finish, commit_wait, commit).
+    """
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    sums: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "heimdall_stage_duration_seconds":
+            continue
+        for sample in family.samples:
+            stage = sample.labels.get("stage", "")
+            if sample.name.endswith("_bucket"):
+                buckets.setdefault(stage, []).append((float(sample.labels["le"]), sample.value))
+            elif sample.name.endswith("_sum"):
+                sums[stage] = sample.value
+    out: dict[str, dict[str, float]] = {}
+    for stage, cumulative in buckets.items():
+        cumulative.sort()
+        total = cumulative[-1][1]
+        if total:
+            out[stage] = {
+                "count": total,
+                "mean_ms": sums.get(stage, 0.0) / total * 1000,
+                "p50_le_ms": _bucket_bound(cumulative, 0.5) * 1000,
+                "p99_le_ms": _bucket_bound(cumulative, 0.99) * 1000,
+            }
+    return out
+
+
+def _bucket_bound(cumulative: list[tuple[float, float]], share: float) -> float:
+    """Upper bound of the first bucket holding ``share`` of a cumulative histogram's count."""
+    total = cumulative[-1][1]
+    return next(le for le, count in cumulative if count >= share * total)
 
 
 def summarise(results: list[Seen], watch: ProcessWatch, offered: float | None, count: int) -> StreamRun:

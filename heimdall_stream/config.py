@@ -149,6 +149,21 @@ class ModelSettings(_Section):
     )
     intra_op_threads: int = Field(1, ge=0, description="onnxruntime intra-op threads (0 = default).")
     inter_op_threads: int = Field(1, ge=0, description="onnxruntime inter-op threads (0 = default).")
+    cpu_mem_arena: bool = Field(
+        False,
+        description="onnxruntime's CPU memory arena. On, a session keeps the memory of its largest "
+        "run (times the runs ever made at once by the workers) reserved for good: a little less "
+        "allocation work per run, several hundred MB more RSS for a model with large activations "
+        "(the IQ benchmark CNN at batch 32). Off (default), activations are allocated per run.",
+    )
+    max_run_input_kbytes: int = Field(
+        4096,
+        ge=0,
+        description="Most model input per onnxruntime run: a batch with more is run in slices of "
+        "whole captures (same results). Activation memory grows with the rows of a run, so this "
+        "bounds it (an IQ model: 7 captures of 7 x 10,000 samples per run); a features model's "
+        "batch always fits in one run. 0 = the whole batch in one run.",
+    )
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the emitted ellipse.")
     control_hmac_key: SecretStr | None = Field(
         None, description="Key that signs ModelDeployment messages (secret)."
@@ -190,6 +205,32 @@ class BatchingSettings(_Section):
         description="Batches scored at once on worker threads (default: the cores this process may "
         "use). The FFTs and onnxruntime release the GIL, so workers run on every core; batches are "
         "still committed in the order they were consumed.",
+    )
+
+
+class MemorySettings(_Section):
+    """How the process allocates memory (glibc only; applied at start-up, see stream.allocator)."""
+
+    malloc_arena_max: int = Field(
+        2,
+        ge=0,
+        description="glibc malloc arenas (mallopt M_ARENA_MAX). Each thread that allocates gets one, up "
+        "to 8 per core, and keeps what it freed: fewer arenas share that memory. 0 = glibc's default.",
+    )
+    malloc_mmap_threshold_kbytes: int = Field(
+        0,
+        ge=0,
+        description="Blocks at least this large get their own mapping, returned to the system when "
+        "freed (mallopt M_MMAP_THRESHOLD; fixing it stops glibc from raising it up to 32 MB): "
+        "less resident memory, more page faults per batch. 0 = glibc's default (dynamic).",
+    )
+    trim_interval_ms: int = Field(
+        0,
+        ge=0,
+        description="While batches flow, give the free memory inside malloc's arenas back to the "
+        "system (malloc_trim) this often. At 100 ms peak RSS fell by 50-80 MB (W1) but throughput "
+        "about halved on a VM where page faults are dear (every batch faults fresh pages in); at "
+        "1 s it saved nothing measurable. 0 = never (default).",
     )
 
 
@@ -292,6 +333,7 @@ class Settings(BaseSettings):
     model: ModelSettings = Field(default_factory=ModelSettings, description=ModelSettings.__doc__)
     batching: BatchingSettings = Field(default_factory=BatchingSettings, description=BatchingSettings.__doc__)
     limits: LimitsSettings = Field(default_factory=LimitsSettings, description=LimitsSettings.__doc__)
+    memory: MemorySettings = Field(default_factory=MemorySettings, description=MemorySettings.__doc__)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description=MetricsSettings.__doc__)
     api: ApiSettings = Field(default_factory=ApiSettings, description=ApiSettings.__doc__)
     map: MapSettings = Field(default_factory=MapSettings, description=MapSettings.__doc__)

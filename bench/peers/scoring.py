@@ -29,8 +29,15 @@ class Scorer:
     """A loaded model and the per-capture path from input bytes to a ``Result``."""
 
     def __init__(self, path: Path, *, name: str, version: str, batch_prefix: str) -> None:
+        # onnxruntime's own defaults (its memory arena on), as a hand-written app would have them.
         self.model = load_model(
-            path, name=name, version=version, uri=str(path), sha256=file_sha256(path), warm_up_batch=1
+            path,
+            name=name,
+            version=version,
+            uri=str(path),
+            sha256=file_sha256(path),
+            warm_up_batch=1,
+            cpu_mem_arena=True,
         )
         self.limits = LimitsSettings()
         self.radius = self.model.contract.radius(CONFIDENCE)

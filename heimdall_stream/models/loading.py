@@ -1,8 +1,8 @@
 """The one way a model version is loaded: fetch it from the registry, then open and warm it up.
 
 The consumer at start-up, the control plane on a deployment and ``heimdall-stream check-model``
-all load through ``load_version``, so they open a model with the same onnxruntime thread
-settings and warm it up with the same batch shape as the one it will serve
+all load through ``load_version``, so they open a model with the same onnxruntime thread,
+arena and run-size settings and warm it up with the same batch shape as the one it will serve
 (``batching.max_batch_size``): a model that only fails at the real batch size fails here.
 """
 
@@ -43,5 +43,7 @@ def load_version(
         intra_op_threads=settings.model.intra_op_threads,
         inter_op_threads=settings.model.inter_op_threads,
         warm_up_batch=settings.batching.max_batch_size,
+        cpu_mem_arena=settings.model.cpu_mem_arena,
+        max_run_input_bytes=settings.model.max_run_input_kbytes * 1024,
     )
     return model, fetched

@@ -8,7 +8,8 @@ meanwhile, so batches grow with the load, like a dynamic batcher.  In-flight wor
 the pipeline (``2 × workers`` batches) plus one batch being filled, and librdkafka's prefetch by
 ``queued.max.messages.kbytes``.  ``delivery`` writes each outcome and commits its offsets exactly
 once (or at least once); after the commit the processor does its bookkeeping (dedup marks,
-cache, metrics).  Nothing calls back up this corridor.
+cache, metrics), and the trimmer (``stream.allocator``) is told that the batches' memory is
+free to give back.  Nothing calls back up this corridor.
 
 A transaction that aborts throws away every batch after it too (scored or not) and seeks back
 to the oldest offset of all of them, so they run again in order.
@@ -44,6 +45,7 @@ from heimdall_stream.health import Health
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.processing.processor import BatchProcessor
 from heimdall_stream.processing.records import InputRecord, ScoredBatch
+from heimdall_stream.stream.allocator import Trimmer
 from heimdall_stream.stream.batching import MicroBatcher
 from heimdall_stream.stream.delivery import Delivery
 from heimdall_stream.stream.pipeline import BatchPipeline
@@ -86,6 +88,7 @@ class StreamApp:
             batching.max_batch_size, batching.max_wait_ms / 1000.0, clock
         )
         self.pipeline = BatchPipeline(processor, batching.workers)
+        self.trimmer = Trimmer(settings.memory.trim_interval_ms / 1000.0)
         self.consumer = Consumer({**consumer_config(settings), "error_cb": self._on_kafka_error})
         self.delivery = Delivery(
             settings, self.consumer, metrics, self._on_kafka_error, lambda: self._assigned
@@ -100,6 +103,7 @@ class StreamApp:
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set; then finish the pending batch and leave the group."""
         self.delivery.start()
+        self.trimmer.start()
         self.consumer.subscribe(
             [self.settings.kafka.input_topic],
             on_assign=self._on_assign,
@@ -128,6 +132,7 @@ class StreamApp:
                 self._failed = True
             self.close()
             self.pipeline.close()
+            self.trimmer.stop()
 
     def step(self) -> None:
         """One loop iteration: commit scored batches, dispatch, consume, refresh gauges."""
@@ -242,6 +247,7 @@ class StreamApp:
         self.metrics.stage_duration.labels("commit").observe(self.clock() - started)
         for batch in batches:
             self.processor.after_commit(batch)
+        self.trimmer.worked()
 
     def _rewind(self, batches: list[ScoredBatch]) -> None:
         records = [record for batch in batches for record in batch.records]

@@ -31,6 +31,7 @@ from heimdall_stream.processing.cache import ResultCache
 from heimdall_stream.processing.dedup import Deduplicator
 from heimdall_stream.processing.processor import BatchProcessor
 from heimdall_stream.processing.store import RedisStore
+from heimdall_stream.stream.allocator import tune_malloc
 from heimdall_stream.stream.app import StreamApp
 from heimdall_stream.stream.swap import ModelSwap
 
@@ -151,6 +152,8 @@ def run_service(settings: Settings) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # Before any thread, client or model exists: it only governs later allocations.
+    tune_malloc(settings.memory.malloc_arena_max, settings.memory.malloc_mmap_threshold_kbytes)
     service = ConsumerService(settings)
     signal.signal(signal.SIGHUP, lambda _signum, _frame: service.request_reapply())
     service.run(stop)

@@ -1,0 +1,41 @@
+"""The REST resolver without a server: which URIs it serves, auth and TLS from MLflow's variables."""
+
+from __future__ import annotations
+
+import base64
+import ssl
+
+from heimdall_stream.models import registry_rest
+
+
+def test_serves_http_and_https_and_leaves_the_rest_to_the_mlflow_client(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_CLIENT_CERT_PATH", raising=False)
+    assert registry_rest.supported("http://mlflow:5000") and registry_rest.supported("https://mlflow")
+    for uri in ("file:///tmp/mlruns", "sqlite:///mlflow.db", "databricks", "databricks-uc"):
+        assert not registry_rest.supported(uri)
+    monkeypatch.setenv("MLFLOW_TRACKING_CLIENT_CERT_PATH", "/etc/client.pem")
+    assert not registry_rest.supported("https://mlflow")
+
+
+def test_authenticates_as_the_mlflow_client_would(monkeypatch):
+    for name in ("MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    assert "Authorization" not in registry_rest._headers()
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "svc")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "pw")
+    assert registry_rest._headers()["Authorization"] == "Basic " + base64.b64encode(b"svc:pw").decode()
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "t0k")
+    assert registry_rest._headers()["Authorization"] == "Bearer t0k"  # a token wins, as in MLflow
+
+
+def test_tls_and_timeout_follow_the_mlflow_variables(monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_INSECURE_TLS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_SERVER_CERT_PATH", raising=False)
+    assert registry_rest._tls_context() is None  # the system's trust store
+    monkeypatch.setenv("MLFLOW_TRACKING_INSECURE_TLS", "true")
+    context = registry_rest._tls_context()
+    assert context is not None and context.verify_mode == ssl.CERT_NONE
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "7")
+    assert registry_rest._timeout() == 7.0
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "soon")
+    assert registry_rest._timeout() == registry_rest.DEFAULT_TIMEOUT_S

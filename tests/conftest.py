@@ -50,6 +50,23 @@ def unavailable(what: str, install: str) -> NoReturn:
     pytest.skip(UNAVAILABLE + message)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Under HEIMDALL_REQUIRE_ALL=1, a plain ``pytest.skip("unavailable: ...")`` fails the test too.
+
+    :func:`unavailable` fails by itself; this catches the tests that skip with the same
+    convention directly, so CI can never pass with a test it did not run.
+    """
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()  # type: ignore[attr-defined]
+    if os.environ.get(REQUIRE_ALL) != "1" or not report.skipped:
+        return
+    reason = _skip_reason(report)
+    if reason.startswith(UNAVAILABLE):
+        report.outcome = "failed"
+        report.longrepr = f"{reason.removeprefix(UNAVAILABLE)}; {REQUIRE_ALL}=1 requires every test to run"
+
+
 def _skip_reason(report: pytest.TestReport) -> str:
     longrepr = report.longrepr
     reason = str(longrepr[2]) if isinstance(longrepr, tuple) and len(longrepr) == 3 else str(longrepr)

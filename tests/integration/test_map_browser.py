@@ -119,6 +119,10 @@ class ResultWriter:
             self.producer.produce(
                 self.topic, key=loc.capture_id.encode(), value=localization_codec().encode(loc)
             )
+        # Write them before aborting: an abort purges what is still queued, and the point is
+        # aborted records on the log. Aborting while the partitions are still being added to the
+        # transaction can also fail with INVALID_TXN_STATE (librdkafka issue 4849; seen here once).
+        self.producer.flush(30)
         self.producer.abort_transaction(30)
 
 

@@ -39,6 +39,7 @@ from filelock import FileLock
 
 from heimdall_stream.errors import ModelLoadError, ModelNotFoundError, RegistryUnavailableError
 from heimdall_stream.models import registry_rest
+from heimdall_stream.models.registry_rest import display_uri
 
 SHA_TAG = "heimdall.sha256"
 # Longest a fetcher waits for another one downloading the same version (a big model, slow link).
@@ -117,17 +118,12 @@ class ModelRegistry:
         except ModelLoadError:
             raise
         except Exception as exc:  # MlflowException, requests errors: the registry is unreachable
+            down = f"registry {display_uri(self.tracking_uri)} unreachable ({type(exc).__name__})"
             if not stale_alias_ok and ref.version is None:
-                raise RegistryUnavailableError(
-                    f"registry {self.tracking_uri} unreachable ({type(exc).__name__}): cannot "
-                    f"resolve {uri} now"
-                ) from exc
+                raise RegistryUnavailableError(f"{down}: cannot resolve {uri} now") from exc
             cached = self._last_known_good(uri)
             if cached is None:
-                raise RegistryUnavailableError(
-                    f"registry {self.tracking_uri} unreachable ({type(exc).__name__}) and no cached "
-                    f"copy of {uri}"
-                ) from exc
+                raise RegistryUnavailableError(f"{down} and no cached copy of {uri}") from exc
             return cached
         # The cache is keyed by name and version: an entry whose file is not the one this registry
         # tags (another registry's, or one re-created since, numbered alike) is fetched anew.
@@ -154,11 +150,22 @@ class ModelRegistry:
         if registry_rest.supported(self.tracking_uri):
             # The common case: one small REST call, and MLflow is never imported by a consumer
             # whose model is already in its cache.
-            version, tags = registry_rest.resolve_version(
-                self.tracking_uri, ref.name, alias=ref.alias, version=ref.version, stage=ref.stage
-            )
+            try:
+                version, tags = registry_rest.resolve_version(
+                    self.tracking_uri, ref.name, alias=ref.alias, version=ref.version, stage=ref.stage
+                )
+            except ModelNotFoundError as exc:
+                if ref.alias or ref.version:
+                    raise self._not_found(ref, str(exc)) from exc
+                raise
             return version, tags.get(SHA_TAG)
         return self._resolve_with_client(ref)
+
+    def _not_found(self, ref: ModelRef, detail: str) -> ModelNotFoundError:
+        """One wording whichever way the version was looked up (operators grep for it)."""
+        return ModelNotFoundError(
+            f"registry has no {ref} (MLflow at {display_uri(self.tracking_uri)}): {detail}"
+        )
 
     def _resolve_with_client(self, ref: ModelRef) -> tuple[str, str | None]:
         from mlflow.exceptions import MlflowException
@@ -176,9 +183,7 @@ class ModelRegistry:
                 mv = latest[0]
         except MlflowException as exc:
             if getattr(exc, "error_code", "") in {"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"}:
-                raise ModelNotFoundError(
-                    f"registry has no {ref} (MLflow at {self.tracking_uri}): {exc.message}"
-                ) from exc
+                raise self._not_found(ref, exc.message) from exc
             raise
         return str(mv.version), (mv.tags or {}).get(SHA_TAG)
 

@@ -39,6 +39,17 @@ class RegistryRequestError(Exception):
     """The registry could not be asked, or gave no usable answer (transient)."""
 
 
+def display_uri(tracking_uri: str) -> str:
+    """The tracking URI as it may be printed: a password in it is replaced by ``****``."""
+    parts = urllib.parse.urlsplit(tracking_uri)
+    if parts.password is None:
+        return tracking_uri
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host  # an IPv6 literal keeps its brackets
+    netloc = f"{parts.username}:****@{host}" + (f":{parts.port}" if parts.port else "")
+    return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
 def supported(tracking_uri: str) -> bool:
     """Whether ``resolve_version`` can serve this tracking URI (else use the MLflow client)."""
     scheme = urllib.parse.urlsplit(tracking_uri).scheme
@@ -88,11 +99,8 @@ def _call(tracking_uri: str, method: str, path: str, params: dict[str, Any]) -> 
         payload = _json_or_none(exc.read())
         code = (payload or {}).get("error_code", "")
         if code in MISSING:
-            message = (payload or {}).get("message", code)
-            asked = ", ".join(f"{key}={value}" for key, value in params.items())
-            raise ModelNotFoundError(
-                f"registry has no model version for {asked} (MLflow at {tracking_uri}): {message}"
-            ) from exc
+            # The server's own words only: the caller knows which model it asked for and says so.
+            raise ModelNotFoundError(str((payload or {}).get("message", code))) from exc
         raise RegistryRequestError(f"{method} {url}: HTTP {exc.code} {code}".rstrip()) from exc
     except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections, TLS errors
         raise RegistryRequestError(f"{method} {url}: {exc}") from exc

@@ -42,7 +42,7 @@ def test_missing_names_are_final_and_an_unreachable_server_is_transient(mlflow_u
     registry = ModelRegistry(mlflow_uri, tmp_path)
     name = model_uri.removeprefix("models:/").split("@")[0]
     for uri in (f"models:/{name}@no-such-alias", f"models:/{name}/9999", "models:/no_such_model@champion"):
-        with pytest.raises(ModelLoadError, match="registry has no model version"):
+        with pytest.raises(ModelLoadError, match="registry has no models:/"):
             registry.fetch(uri)
     with pytest.raises(ModelLoadError, match="no version in stage"):
         registry.fetch(f"models:/{name}/Production")

@@ -39,3 +39,14 @@ def test_tls_and_timeout_follow_the_mlflow_variables(monkeypatch):
     assert registry_rest._timeout() == 7.0
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "soon")
     assert registry_rest._timeout() == registry_rest.DEFAULT_TIMEOUT_S
+
+
+def test_a_tracking_uri_is_printed_without_its_password():
+    show = registry_rest.display_uri
+    assert (
+        show("https://alice:s3cret@mlflow.example:5000/path") == "https://alice:****@mlflow.example:5000/path"
+    )
+    assert show("http://[::1]:5000") == "http://[::1]:5000"
+    assert show("https://bob:pw@[2001:db8::1]/") == "https://bob:****@[2001:db8::1]/"
+    assert show("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
+    assert "s3cret" not in show("https://alice:s3cret@host")

@@ -35,7 +35,7 @@ from heimdall_stream.processing.infer import infer_rows
 from heimdall_stream.processing.intake import decode_all, rejection
 from heimdall_stream.processing.records import DeadLetter, Decoded, InputRecord, ScoredBatch, VersionStats
 from heimdall_stream.processing.results import FinishContext, finish_all
-from heimdall_stream.processing.shadow import compare_shadow
+from heimdall_stream.processing.shadow import compare_shadow, record_shadow
 
 log = logging.getLogger(__name__)
 
@@ -116,6 +116,8 @@ class BatchProcessor:
                 metrics.processing_latency.observe(max(done_at - result.record.consumed_at, 0.0))
         for letter in scored.dead_letters:
             metrics.dead_letters.labels(letter.reason).inc()
+        for comparison in scored.shadows:
+            record_shadow(comparison, metrics)
         self._record_stages(scored)
 
     def discard(self, scored: ScoredBatch) -> None:
@@ -198,5 +200,5 @@ class BatchProcessor:
             VersionStats(model.version, len(items), len(inferred.hits), inferred.seconds, tuple(results))
         )
         for shadow in shadows:
-            compare_shadow(shadow, items, results, self.metrics, self.limits, clock=clock)
+            scored.shadows.append(compare_shadow(shadow, items, results, self.limits, clock=clock))
         stages["finish"] = stages.get("finish", 0.0) + clock() - inferred_at

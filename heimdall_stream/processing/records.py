@@ -72,6 +72,21 @@ class VersionStats:
     results: tuple[Result, ...]
 
 
+@dataclass(slots=True)
+class ShadowComparison:
+    """How one shadow version compared with the primary on a batch (recorded after the commit).
+
+    Kept as values rather than observed at once, so that a batch that is aborted and scored
+    again counts its comparisons once, like every other figure of the batch.
+    """
+
+    version: str
+    errors: int = 0
+    inference_s: float | None = None
+    distances_m: list[float] = field(default_factory=list)
+    overlaps: list[float] = field(default_factory=list)
+
+
 @dataclass
 class ScoredBatch:
     """Everything one batch produced: what delivery writes, and what is recorded after the commit."""
@@ -81,6 +96,7 @@ class ScoredBatch:
     results: list[Result] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     versions: list[VersionStats] = field(default_factory=list)
+    shadows: list[ShadowComparison] = field(default_factory=list)
     # Capture ids this batch claimed in the dedup check; released after its commit or discard.
     claimed: list[str] = field(default_factory=list)
     # Seconds spent per stage of the batch path (decode, features, inference, finish, commit …).

@@ -228,8 +228,15 @@ def test_bisection_isolates_poisonous_captures_and_keeps_the_rest(model):
 
 def test_shadows_are_scored_and_compared_but_never_emitted(model, model2):
     processor, metrics = _processor(ModelSet("tiny", 1, ((model, 1.0),), (model2,)))
-    scored = processor.process(_encoded(_captures(5, prefix="shadow")))
+    captures = _encoded(_captures(5, prefix="shadow"))
+    aborted = processor.process(captures)
+    processor.discard(aborted)  # its transaction aborted: the batch runs again
+    scored = processor.process(captures)
     assert {r.localization.model_version for r in scored.results} == {"1"} and len(scored.results) == 5
+    assert len(scored.shadows) == 1 and len(scored.shadows[0].distances_m) == 5
+    # Counted once, after the commit: not when scored, and not for the aborted attempt.
+    assert not _metric(metrics, "heimdall_shadow_position_delta_meters_count", model_version="2")
+    processor.after_commit(scored)
     assert _metric(metrics, "heimdall_shadow_position_delta_meters_count", model_version="2") == 5
     # Same graph, same answer: the shadow sits on top of its primary.
     assert _metric(metrics, "heimdall_shadow_position_delta_meters_sum", model_version="2") == pytest.approx(

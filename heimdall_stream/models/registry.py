@@ -39,7 +39,7 @@ from filelock import FileLock
 
 from heimdall_stream.errors import ModelLoadError, ModelNotFoundError, RegistryUnavailableError
 from heimdall_stream.models import registry_rest
-from heimdall_stream.models.registry_rest import display_uri
+from heimdall_stream.models.registry_rest import display_uri, mask_credentials
 
 SHA_TAG = "heimdall.sha256"
 # Longest a fetcher waits for another one downloading the same version (a big model, slow link).
@@ -118,7 +118,10 @@ class ModelRegistry:
         except ModelLoadError:
             raise
         except Exception as exc:  # MlflowException, requests errors: the registry is unreachable
-            down = f"registry {display_uri(self.tracking_uri)} unreachable ({type(exc).__name__})"
+            # The cause is kept: a 401, a TLS failure and a refused connection differ for the
+            # operator.
+            cause = mask_credentials(f"{type(exc).__name__}: {exc}")
+            down = f"registry {display_uri(self.tracking_uri)} unreachable ({cause})"
             if not stale_alias_ok and ref.version is None:
                 raise RegistryUnavailableError(f"{down}: cannot resolve {uri} now") from exc
             cached = self._last_known_good(uri)
@@ -206,8 +209,8 @@ class ModelRegistry:
                 raise
             except Exception as exc:  # the registry or its artifact store went away mid-download
                 raise RegistryUnavailableError(
-                    f"download of {name}/{version} from {self.tracking_uri} failed "
-                    f"({type(exc).__name__}: {exc})"
+                    f"download of {name}/{version} from {display_uri(self.tracking_uri)} failed "
+                    f"({mask_credentials(f'{type(exc).__name__}: {exc}')})"
                 ) from exc
 
     def _download(self, uri: str, name: str, version: str, target: Path) -> FetchedModel:

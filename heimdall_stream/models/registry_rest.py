@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import ssl
 import urllib.error
 import urllib.parse
@@ -50,10 +51,26 @@ def display_uri(tracking_uri: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
 
 
+_USERINFO_PASSWORD = re.compile(r"(//[^/:@\s]+):[^@\s/]+@")
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with the password of each ``scheme://user:password@host`` in it as ``****``."""
+    return _USERINFO_PASSWORD.sub(r"\1:****@", text)
+
+
 def supported(tracking_uri: str) -> bool:
-    """Whether ``resolve_version`` can serve this tracking URI (else use the MLflow client)."""
-    scheme = urllib.parse.urlsplit(tracking_uri).scheme
-    return scheme in {"http", "https"} and not os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH")
+    """Whether ``resolve_version`` can serve this tracking URI (else use the MLflow client).
+
+    Not a URI with credentials in it (``https://user:password@host``): urllib would take them
+    for part of the host name, where the MLflow client sends them as it should.
+    """
+    parts = urllib.parse.urlsplit(tracking_uri)
+    return (
+        parts.scheme in {"http", "https"}
+        and parts.username is None
+        and not os.environ.get("MLFLOW_TRACKING_CLIENT_CERT_PATH")
+    )
 
 
 def resolve_version(
@@ -79,7 +96,8 @@ def resolve_version(
             raise ModelNotFoundError(f"model {name} has no version in stage {stage!r}")
         found = versions[0]
     if not isinstance(found, dict) or "version" not in found:
-        raise RegistryRequestError(f"registry {tracking_uri} answered without a version: {answer!r:.200}")
+        where = display_uri(tracking_uri)
+        raise RegistryRequestError(f"registry {where} answered without a version: {answer!r:.200}")
     tags = {str(t.get("key")): str(t.get("value")) for t in found.get("tags") or [] if isinstance(t, dict)}
     return str(found["version"]), tags
 

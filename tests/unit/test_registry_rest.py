@@ -50,3 +50,14 @@ def test_a_tracking_uri_is_printed_without_its_password():
     assert show("https://bob:pw@[2001:db8::1]/") == "https://bob:****@[2001:db8::1]/"
     assert show("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
     assert "s3cret" not in show("https://alice:s3cret@host")
+
+
+def test_a_uri_with_credentials_is_left_to_the_mlflow_client():
+    # urllib would read "alice:pw@host" as the host name; the MLflow client sends them properly.
+    assert not registry_rest.supported("https://alice:pw@mlflow.example")
+    assert registry_rest.supported("https://mlflow.example")
+
+
+def test_credentials_in_an_error_text_are_masked():
+    text = "HTTPSConnectionPool: GET https://alice:s3cret@mlflow.example/api/2.0/x failed"
+    assert registry_rest.mask_credentials(text) == text.replace("s3cret", "****")

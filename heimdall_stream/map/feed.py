@@ -139,6 +139,9 @@ class ResultFeed:
         except KafkaException as exc:  # e.g. authorization: nothing to retry, /healthz says so
             self.stats.fatal, self.stats.last_error = True, str(exc)
             log.error("map feed stopped: %s", exc)
+        except Exception as exc:  # a bug of ours: still say so in /healthz and the log
+            self.stats.fatal, self.stats.last_error = True, f"{type(exc).__name__}: {exc}"
+            log.exception("map feed stopped")
         finally:
             consumer.close()
 
@@ -179,7 +182,8 @@ class ResultFeed:
         truth = self.truth.get(loc.capture_id) if self.truth is not None else None
         try:
             view = result_view(loc, 0, truth)
-        except (ValueError, KeyError, TypeError) as exc:  # a GeoJSON field that is not what it says
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
+            # a GeoJSON field that is not what it says (empty coordinates, a list for an object)
             self.stats.undecodable += 1
             log.warning("map feed: result %s has unreadable GeoJSON (%s); skipped", loc.capture_id, exc)
             return

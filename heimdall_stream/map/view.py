@@ -43,7 +43,9 @@ def result_view(loc: Localization, seq: int, truth: Mapping[str, float] | None =
         "error_m": None,
     }
     if truth is not None:
-        view["error_m"] = round(error_m(loc, truth), 1)
+        error = error_m(loc, truth)
+        # None rather than NaN: the page parses the events with JSON.parse, which refuses NaN.
+        view["error_m"] = round(error, 1) if math.isfinite(error) else None
         if view["freq"] is None and truth.get("frequency_hz") is not None:
             view["freq"] = truth["frequency_hz"]
     return view

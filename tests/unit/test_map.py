@@ -153,3 +153,25 @@ def test_a_consumer_that_cannot_be_created_makes_the_feed_unhealthy_with_the_rea
     feed.stop()
     ok, detail = feed.healthy()
     assert not ok and "bogus" in detail["last_error"]
+
+
+def test_results_with_malformed_geojson_or_a_nan_error_are_skipped_or_cleaned_never_fatal():
+    import dataclasses
+
+    feed = _feed(keep=10)
+    for i, bad in enumerate(
+        (
+            "[]",
+            '{"features": [1]}',
+            '{"features": [{"properties": {"kind": "ellipse"}, '
+            '"geometry": {"type": "Polygon", "coordinates": []}}]}',
+        )
+    ):
+        feed._add(localization_codec().encode(dataclasses.replace(_loc(f"bad-{i}"), geojson=bad)))
+    feed._add(localization_codec().encode(_loc("good")))
+    items, _ = feed.since(0, limit=10)
+    assert [i["id"] for i in items] == ["good"] and feed.stats.undecodable == 3
+    # A truth that gives no finite distance is shown as no error, never NaN (JSON.parse refuses it).
+    view = result_view(_loc(), 1, {"latitude": float("nan"), "longitude": 7.5})
+    assert view["error_m"] is None
+    json.dumps(view, allow_nan=False)

@@ -93,10 +93,7 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         terminalreporter.line(reason)
         for nodeid in nodeids:
             terminalreporter.line(f"    {nodeid}")
-    terminalreporter.line(
-        f"(under {REQUIRE_ALL}=1, which .ci/run sets, the tests that call "
-        "tests.conftest.unavailable fail instead)"
-    )
+    terminalreporter.line(f"(under {REQUIRE_ALL}=1, which .ci/run sets, each of these fails instead)")
 
 
 def load_stack_module() -> ModuleType:

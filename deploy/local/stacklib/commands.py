@@ -95,7 +95,11 @@ def up(paths: Paths, services: list[str], *, secure: bool = False) -> None:
         except BaseException:
             status.failed()
             raise
-        wait_until(functools.partial(READY[service], paths, port), READY_TIMEOUT_S, service, pid, status)
+        try:
+            wait_until(functools.partial(READY[service], paths, port), READY_TIMEOUT_S, service, pid, status)
+        except BaseException:
+            stop(paths, service)  # never leave a half-started service holding its port
+            raise
         status.done(f"on 127.0.0.1:{port} (pid {pid})")
     write_env(paths, ports)
 

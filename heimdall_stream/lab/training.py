@@ -10,6 +10,11 @@ regressors:
   out-of-fold residuals (so they learn where the position is unsure, not its training fit);
 * correlation: a small MLP → the east/north error correlation.
 
+Training is domain-randomised over the shift axes of ``lab.shift`` (propagation, noise and
+gain, carrier, key-up, start offsets, oscillator and DC offsets, missing receivers), so the
+uncertainty models learn where the inputs are less trustworthy; the features themselves are
+waveform-robust (``models.features``).
+
 The predicted log-sigmas then go through an affine map (shift, slope) per regime (TDOA grid,
 power MLP), chosen on a separate calibration split; the remaining heavy tail is measured on the
 same split and declared in the contract's ``coverage`` (the Mahalanobis radius that holds each
@@ -41,11 +46,13 @@ from heimdall_stream.lab.localizer_graph import (
     Calibration,
     export_features_model,
 )
+from heimdall_stream.lab.shift import RandomisedLinks
 from heimdall_stream.lab.simulator import IqSimulator
 from heimdall_stream.lab.tdoa_grid import GRID_FEATURES, SHARE_COLUMN, UNIT_M
 from heimdall_stream.lab.training_data import F32, F64, Dataset, model_input, normalisation, simulate_dataset
 from heimdall_stream.models.contract import CONTRACT_KEY, ModelContract
 from heimdall_stream.models.features import FEATURE_NAMES, normalise_features
+from heimdall_stream.models.quality import capture_quality, widen
 from heimdall_stream.network import Network
 
 # A progress hook: called with what a phase does as it begins (and its units of work, if counted).
@@ -76,6 +83,10 @@ class EvaluationReport:
     baseline_median_error_m: float
     baseline_p95_error_m: float
     baseline: str = "least squares on a log-distance path-loss law (1.5 km grid search)"
+    # training, calibration and test captures randomised over the shift axes (lab.shift)
+    randomised: bool = True
+    # per shift variant: error and coverage on fresh captures (lab.shift_eval), when evaluated
+    shift: tuple[dict[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form, as logged to MLflow."""
@@ -91,8 +102,12 @@ def train_features_model(
     seed: int = 7,
     progress: Callable[[int], None] | None = None,
     step: StepHook | None = None,
+    randomise: bool = True,
 ) -> tuple[bytes, EvaluationReport]:
     """Simulate, train, calibrate and evaluate; return the ONNX bytes and the report.
+
+    With ``randomise`` every capture's link is drawn by ``lab.shift.RandomisedLinks`` (domain
+    randomisation over the shift axes, some variants held out); without it, the nominal link.
 
     ``step(text, total)`` is called as each phase begins (``total`` = captures to simulate for
     the counted one), ``progress(n)`` as captures are simulated: hooks for a progress display.
@@ -102,7 +117,7 @@ def train_features_model(
     from sklearn.neural_network import MLPRegressor
 
     step = step or _no_step
-    simulator = IqSimulator(network, seed=seed)
+    simulator = IqSimulator(network, seed=seed, links=RandomisedLinks(seed) if randomise else None)
     step(f"simulating {n_train + n_calibration + n_test} captures", n_train + n_calibration + n_test)
     train = simulate_dataset(simulator, n_train, 0, progress=progress)
     calib = simulate_dataset(simulator, n_calibration, n_train, progress=progress)
@@ -204,6 +219,10 @@ def train_features_model(
     )
     # The report describes the exported file itself, run by onnxruntime as the consumer runs it.
     pos_t, cov_t = run_features_onnx(model.SerializeToString(), test, mean, std)
+    # ... and through the consumer's consistency check, which widens doubtful captures' ellipses.
+    test_inputs = {"receiver_features": normalise_features(test.features, test.mask, mean, std)}
+    test_inputs["receiver_mask"] = test.mask
+    cov_t = widen(cov_t, capture_quality(contract, test_inputs).widening)
     d2_test = mahalanobis_sq(test.target_enu - pos_t, cov_t)
     errors = np.hypot(*(test.target_enu - pos_t).T)
     baseline = np.hypot(*(test.target_enu - pathloss_baseline(test, network)).T)
@@ -220,6 +239,7 @@ def train_features_model(
         p95_error_m=float(np.percentile(errors, 95)),
         baseline_median_error_m=float(np.median(baseline)),
         baseline_p95_error_m=float(np.percentile(baseline, 95)),
+        randomised=randomise,
     )
     evaluated = dataclasses.replace(contract, extra={"evaluation": report.as_dict()})
     _set_contract(model, evaluated)

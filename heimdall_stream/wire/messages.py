@@ -127,6 +127,8 @@ class Localization:
     timings: Timings
     lineage: Lineage
     produced_at: datetime
+    # consistency with the model's training (models.quality); under 0.5: a doubtful fix
+    quality: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,7 +60,7 @@ VARIANTS: dict[str, LinkModel] = {
 # Never seen in training, in kind or in combination.
 HELD_OUT = frozenset({"data_bursts", "combined"})
 
-AXIS_PROBABILITY = 0.4
+AXIS_PROBABILITY = 0.3
 MAX_TRAINING_AXES = 3
 Axis = Callable[[LinkModel, np.random.Generator], LinkModel]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import tracemalloc
+import dataclasses
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -87,6 +88,7 @@ localizations = st.builds(
         Lineage, st.integers(0, 2**31 - 1), st.integers(0, 2**63 - 1), text, st.integers(0, 2**31 - 1)
     ),
     produced_at=timestamps,
+    quality=st.floats(0.0, 1.0),
 )
 deployments = st.builds(
     ModelDeployment,
@@ -123,6 +125,18 @@ def test_capture_round_trip(capture):
 @given(localizations)
 def test_localization_round_trip(value):
     assert localization_codec().decode(localization_codec().encode(value)) == value
+
+
+@given(localizations)
+def test_a_localization_written_before_quality_existed_decodes_as_fully_trusted(value):
+    (v1,) = older_schemas("Localization")
+    assert "quality" not in {f["name"] for f in v1["fields"]}
+    mapping = record_mapping(Localization, load_schema("Localization"))
+    old_writer = Codec(
+        v1, lambda loc: {k: v for k, v in mapping.to_record(loc).items() if k != "quality"}, lambda r: r
+    )
+    decoded = localization_codec().decode(old_writer.encode(value))
+    assert decoded == dataclasses.replace(value, quality=1.0)
 
 
 @given(deployments)

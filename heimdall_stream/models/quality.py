@@ -32,7 +32,7 @@ from heimdall_stream.models.contract import ModelContract
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
 
-Z_LIMIT = 10.0  # |z| the randomised training set reaches in about 1 capture in 1000
+Z_LIMIT = 10.0  # largest |z| of about 1 randomised training-like capture in 1000 (measured)
 IN_DISTRIBUTION_QUALITY = 0.5
 MIN_CORRELATED = 2  # fewer correlated receivers: the TDOA share says nothing
 

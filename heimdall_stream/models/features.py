@@ -7,7 +7,7 @@ where a receiver is present, the sample rate (B,), and each receiver's clock off
 =================  =======  ====================================================================
 name               unit     meaning
 =================  =======  ====================================================================
-power_dbfs         dBFS     mean power of all samples (signal + noise), DC removed
+power_dbfs         dBFS     mean power of all samples (signal + noise), DC bin left out
 noise_floor_dbfs   dBFS     noise power, from a low periodogram quantile (robust to the signal)
 snr_db             dB       signal-to-noise ratio, signal = power - noise (floored at -20 dB)
 signal_dbfs        dBFS     signal power alone (power minus noise, floored 20 dB under the noise)
@@ -38,8 +38,8 @@ find their peak.
 
 The numbers are those of the straightforward whole-batch computation (kept as the reference in
 tests/unit/test_features.py, which checks the two agree), computed more cheaply: only present
-slots are transformed and only TDOA-valid slots correlated; rows go through in chunks of
-``_CHUNK_ROWS`` so temporaries stay small and in cache; the noise quantile is an exact selection
+slots are transformed and only slots that can have a TDOA correlated (``models.tdoa``); rows
+go through in chunks of ``_CHUNK_ROWS`` so temporaries stay small and in cache; the noise quantile is an exact selection
 of two order statistics rather than np.quantile's partition of everything; float32 throughout.
 """
 

@@ -39,8 +39,9 @@ find their peak.
 The numbers are those of the straightforward whole-batch computation (kept as the reference in
 tests/unit/test_features.py, which checks the two agree), computed more cheaply: only present
 slots are transformed and only slots that can have a TDOA correlated (``models.tdoa``); rows
-go through in chunks of ``_CHUNK_ROWS`` so temporaries stay small and in cache; the noise quantile is an exact selection
-of two order statistics rather than np.quantile's partition of everything; float32 throughout.
+go through in chunks of ``_CHUNK_ROWS`` so temporaries stay small and in cache; the noise
+quantile is an exact selection of two order statistics rather than np.quantile's partition of
+everything; float32 throughout.
 """
 
 from __future__ import annotations

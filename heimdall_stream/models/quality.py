@@ -6,8 +6,9 @@ confident, wrong ellipse.  Two checks need nothing but the model's own inputs an
 * distance from the training distribution: the inputs are z-scores against the training set's
   statistics (the contract's ``feature_mean``/``feature_std``); a present receiver with a
   feature beyond ``Z_LIMIT`` standard deviations is something the model never saw.  That part,
-  ``Z_LIMIT / max|z|``, also widens the covariance (σ divided by it): the model cannot have
-  learned its own uncertainty there;
+  ``Z_LIMIT / max|z|``, also widens the covariance (σ divided by it, at most ``MAX_WIDENING``
+  times: further out the model's answer is no estimate at all, and the score says so): the
+  model cannot have learned its own uncertainty there;
 * consistency of the time differences: of the receivers heard above the TDOA threshold with a
   reported clock (the ones correlated, ``tdoa_quality`` > 0), the share whose correlation peak
   was sharp enough to give a TDOA.  A waveform that carries no time information (a carrier),
@@ -34,6 +35,7 @@ F64 = npt.NDArray[np.float64]
 
 Z_LIMIT = 10.0  # largest |z| of about 1 randomised training-like capture in 1000 (measured)
 IN_DISTRIBUTION_QUALITY = 0.5
+MAX_WIDENING = 4.0
 MIN_CORRELATED = 2  # fewer correlated receivers: the TDOA share says nothing
 
 
@@ -64,7 +66,7 @@ def capture_quality(contract: ModelContract, inputs: Mapping[str, F32]) -> Captu
         count = correlated.sum(axis=1)
         share = (valid & correlated).sum(axis=1) / np.maximum(count, 1)
         tdoa = np.where(count >= MIN_CORRELATED, share, 1.0)
-    return CaptureQuality(np.minimum(distribution, tdoa), 1.0 / distribution)
+    return CaptureQuality(np.minimum(distribution, tdoa), np.minimum(1.0 / distribution, MAX_WIDENING))
 
 
 def widen(covariance: F64, widening: F64) -> F64:

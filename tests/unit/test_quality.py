@@ -8,7 +8,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from heimdall_stream.models.features import FEATURE_NAMES
-from heimdall_stream.models.quality import IN_DISTRIBUTION_QUALITY, Z_LIMIT, capture_quality, widen
+from heimdall_stream.models.quality import (
+    IN_DISTRIBUTION_QUALITY,
+    MAX_WIDENING,
+    Z_LIMIT,
+    capture_quality,
+    widen,
+)
 from tests.helpers import features_contract, iq_contract
 
 SLOTS = 7
@@ -43,12 +49,12 @@ def test_correlated_receivers_without_a_sharp_peak_make_a_doubtful_fix_but_no_wi
 
 
 @given(z=st.floats(0.0, 1e4))
-def test_a_feature_far_outside_training_widens_in_proportion(z):
+def test_a_feature_far_outside_training_widens_in_proportion_up_to_a_bound(z):
     features, mask = _capture(valid=4, correlated=4)
     features[0, 2, COL["power_dbfs"]] = -z
     checked = capture_quality(CONTRACT, _inputs(features, mask))
     expected = max(1.0, z / Z_LIMIT)
-    assert checked.widening[0] == pytest.approx(expected)
+    assert checked.widening[0] == pytest.approx(min(expected, MAX_WIDENING))
     assert checked.quality[0] == pytest.approx(1.0 / expected)
 
 

@@ -243,6 +243,8 @@ def test_shadows_are_scored_and_compared_but_never_emitted(model, model2):
         0.0, abs=1e-3
     )
     assert _metric(metrics, "heimdall_shadow_ellipse_overlap_count", model_version="2") == 5
+    # ... and the same ellipse: both went through the same consistency check (widened alike).
+    assert _metric(metrics, "heimdall_shadow_ellipse_overlap_sum", model_version="2") == pytest.approx(5.0)
 
 
 def test_cache_keys_depend_on_the_input_and_the_model(model, tmp_path_factory):

@@ -73,7 +73,9 @@ class ConsumerService:
                 store_healthy=lambda: store.healthy,
             )
             if self.settings.model.control_enabled:
-                control = ControlPlane(self.settings, self.metrics, models.current, models.offer)
+                control = ControlPlane(
+                    self.settings, self.metrics, models.current, models.offer, withdraw=models.withdraw
+                )
                 control.start()
                 self.control = control
             if self.settings.api.enabled:

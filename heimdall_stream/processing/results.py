@@ -3,10 +3,16 @@
 Every result of one version's inference batch shares a ``FinishContext`` (the model, the
 ellipse confidence and its calibrated radius, lineage and timings), so positions are converted
 to latitude/longitude in one pyproj call per batch and the radius is looked up once.
+
+Each result says how its ellipse was drawn: the ellipse carries its Mahalanobis radius, and
+``radii`` the model's radius at the standard confidences (``STANDARD_CONFIDENCES`` and the
+ellipse's own), looked up once per batch, so a reader can rebuild or score the ellipse at
+those levels from the covariance alone (``heimdall-stream calibrate`` does).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +27,11 @@ from heimdall_stream.processing.cache import Prediction, encode_prediction
 from heimdall_stream.processing.infer import Inferred
 from heimdall_stream.processing.records import DeadLetter, Decoded, Result
 from heimdall_stream.wire.codec import localization_codec
-from heimdall_stream.wire.messages import Covariance, Lineage, Localization, Timings
+from heimdall_stream.wire.messages import ConfidenceRadius, Covariance, Lineage, Localization, Timings
+
+# The confidences whose radii every result carries besides its ellipse's: the 68.27 % (the
+# one-sigma probability) and 95 % levels that calibration is judged on.
+STANDARD_CONFIDENCES = (0.6827, 0.95)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +46,23 @@ class FinishContext:
     inference_started: float  # monotonic seconds: the end of each capture's queueing
     inference_ms: float
     now: datetime
+    # The model's radius at each standard confidence; ``finish_all`` fills it once per batch.
+    radii: tuple[ConfidenceRadius, ...] = ()
+
+
+def standard_radii(model: LoadedModel, confidence: float, radius: float) -> tuple[ConfidenceRadius, ...]:
+    """The model's Mahalanobis radius at the standard confidences and at ``confidence`` (``radius``)."""
+    levels = {level: model.contract.radius(level) for level in STANDARD_CONFIDENCES}
+    levels[confidence] = radius
+    return tuple(ConfidenceRadius(level, levels[level]) for level in sorted(levels))
 
 
 def finish_all(
     items: Sequence[Decoded], prepared: PreparedBatch, inferred: Inferred, ctx: FinishContext
 ) -> tuple[list[Result], list[DeadLetter]]:
     """Results for the rows that have a prediction; dead letters for the rest."""
+    if not ctx.radii:
+        ctx = dataclasses.replace(ctx, radii=standard_radii(ctx.model, ctx.confidence, ctx.radius))
     rows = range(len(items))
     east = np.array([inferred.predictions[r][0][0] if r in inferred.predictions else 0.0 for r in rows])
     north = np.array([inferred.predictions[r][0][1] if r in inferred.predictions else 0.0 for r in rows])
@@ -115,6 +136,7 @@ def finish(
             batch_size=ctx.batch_size,
         ),
         produced_at=ctx.now,
+        radii=ctx.radii,
     )
     return Result(
         item.record,

@@ -89,6 +89,16 @@ class Ellipse:
     semi_major_m: float
     semi_minor_m: float
     orientation_deg: float
+    # Mahalanobis radius the axes were scaled by (None: written before the field existed).
+    radius: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfidenceRadius:
+    """A confidence level and the Mahalanobis radius of the ellipse holding that probability."""
+
+    confidence: float
+    radius: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +137,18 @@ class Localization:
     timings: Timings
     lineage: Lineage
     produced_at: datetime
+    radii: tuple[ConfidenceRadius, ...] = ()  # the model's radius at the standard confidences
+
+
+@dataclass(frozen=True, slots=True)
+class GroundTruth:
+    """The known true position of one capture's transmitter (a beacon, a repeater, a test)."""
+
+    capture_id: str
+    latitude: float
+    longitude: float
+    captured_at: datetime
+    source: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,12 +22,12 @@ import math
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from heimdall_stream.calibration.coverage import score
+from heimdall_stream.calibration.coverage import Estimate, score
 from heimdall_stream.calibration.join import SIDES, Step, TruthJoin
 from heimdall_stream.calibration.metrics import CalibrationMetrics
 from heimdall_stream.errors import DecodeError, GeometryError
 from heimdall_stream.wire.codec import ground_truth_codec, localization_codec
-from heimdall_stream.wire.messages import GroundTruth, Localization
+from heimdall_stream.wire.messages import GroundTruth
 
 log = logging.getLogger(__name__)
 LOG_EVERY = 1000
@@ -47,7 +47,7 @@ class Calibrator:
     ) -> None:
         self.metrics = metrics
         self.confidences = tuple(confidences)
-        self.join: TruthJoin[Localization, GroundTruth] = TruthJoin(window_s, max_pending)
+        self.join: TruthJoin[Estimate, GroundTruth] = TruthJoin(window_s, max_pending)
         self._wall_clock = wall_clock
         self._bad: dict[tuple[str, str], int] = {}
 
@@ -63,7 +63,9 @@ class Calibrator:
             self._bad_record("results", exc.reason, str(exc), where)
             return
         event_time = _seconds(result.produced_at) - result.timings.end_to_end_ms / 1000.0
-        self._after(self.join.add_result(result.capture_id, event_time, result))
+        # Only what scoring needs waits in the join: a result's GeoJSON alone is ~2 KB.
+        estimate = Estimate.of(result, self.confidences)
+        self._after(self.join.add_result(result.capture_id, event_time, estimate))
 
     def on_truth(self, key: bytes | None, value: bytes | None, where: str = "") -> None:
         """A record of the ground-truth topic."""
@@ -94,7 +96,7 @@ class Calibrator:
             return "key_mismatch", f"key {key[:64]!r} is not the truth's capture id {truth.capture_id!r}"
         return None
 
-    def _after(self, step: Step[Localization, GroundTruth]) -> None:
+    def _after(self, step: Step[Estimate, GroundTruth]) -> None:
         """Count what a join step did, and score the pair it completed."""
         for dropped in step.dropped:
             self.metrics.unmatched.labels(dropped.side, dropped.reason).inc()
@@ -103,14 +105,16 @@ class Calibrator:
         self.metrics.watermark.set(max(self.join.watermark, 0.0))
         if step.matched is None:
             return
-        result, truth = step.matched
+        estimate, truth = step.matched
         try:
-            judged = score(result, truth.latitude, truth.longitude, self.confidences)
+            judged = score(estimate, truth.latitude, truth.longitude, self.confidences)
         except GeometryError as exc:
-            self.metrics.unscorable.labels(result.model_name, result.model_version, "bad_covariance").inc()
-            log.warning("calibrate: result %s cannot be scored: %s", result.capture_id, exc)
+            self.metrics.unscorable.labels(
+                estimate.model_name, estimate.model_version, "bad_covariance"
+            ).inc()
+            log.warning("calibrate: the result of %s cannot be scored: %s", truth.capture_id, exc)
             return
-        self.metrics.record_score(result.model_name, result.model_version, judged)
+        self.metrics.record_score(estimate.model_name, estimate.model_version, judged)
 
     def _bad_record(self, kind: str, reason: str, message: str, where: str) -> None:
         self.metrics.bad_records.labels(kind, reason).inc()

@@ -14,6 +14,7 @@ scored at p: rebuilding it from sqrt(χ²₂(p)) would judge an ellipse the map 
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,6 +45,30 @@ def radius_at(result: Localization, confidence: float) -> float | None:
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What scoring needs of a result (a few hundred bytes, not the result's GeoJSON)."""
+
+    model_name: str
+    model_version: str
+    latitude: float
+    longitude: float
+    covariance: Covariance
+    radii: tuple[float | None, ...]  # the result's radius at each confidence scored, in order
+
+    @classmethod
+    def of(cls, result: Localization, confidences: Sequence[float]) -> Estimate:
+        """The estimate of ``result``, with its radius at each of ``confidences``."""
+        return cls(
+            sys.intern(result.model_name),  # one string per version, however many wait
+            sys.intern(result.model_version),
+            result.latitude,
+            result.longitude,
+            result.covariance,
+            tuple(radius_at(result, confidence) for confidence in confidences),
+        )
+
+
 def offset_enu(latitude: float, longitude: float, to_lat: float, to_lon: float) -> tuple[float, float, float]:
     """(east, north, distance) metres from a point to another, along the WGS84 geodesic."""
     azimuth, _, distance = WGS84.inv(longitude, latitude, to_lon, to_lat)
@@ -67,17 +92,16 @@ def inside(distance: float, radius: float) -> bool:
     return distance <= radius
 
 
-def score(result: Localization, latitude: float, longitude: float, confidences: Sequence[float]) -> Score:
-    """Judge ``result`` against the true position at each of ``confidences``.
+def score(estimate: Estimate, latitude: float, longitude: float, confidences: Sequence[float]) -> Score:
+    """Judge ``estimate`` against the true position at each of ``confidences`` (its ``radii``'s order).
 
     Raises ``GeometryError`` when the result's covariance is not a valid one.
     """
-    east, north, error_m = offset_enu(result.latitude, result.longitude, latitude, longitude)
-    distance = mahalanobis(result.covariance, east, north)
+    east, north, error_m = offset_enu(estimate.latitude, estimate.longitude, latitude, longitude)
+    distance = mahalanobis(estimate.covariance, east, north)
     hits: list[tuple[float, bool]] = []
     unscored: list[float] = []
-    for confidence in confidences:
-        radius = radius_at(result, confidence)
+    for confidence, radius in zip(confidences, estimate.radii, strict=True):
         if radius is None:
             unscored.append(confidence)
         else:

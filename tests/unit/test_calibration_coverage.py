@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from heimdall_stream.calibration.coverage import inside, mahalanobis, offset_enu, radius_at, score
+from heimdall_stream.calibration.coverage import Estimate, inside, mahalanobis, offset_enu, radius_at, score
 from heimdall_stream.errors import GeometryError
 from heimdall_stream.geo import WGS84, chi2_2_scale, ellipse_from_covariance, ellipse_ring
 from heimdall_stream.wire.messages import (
@@ -28,6 +28,7 @@ angles = st.floats(min_value=0.0, max_value=2 * math.pi)
 latitudes = st.floats(min_value=-60.0, max_value=60.0)
 longitudes = st.floats(min_value=-179.0, max_value=179.0)
 COV = Covariance(2000.0, 1000.0, 0.3)
+LEVELS = (0.6827, 0.95)
 
 
 def result(
@@ -84,7 +85,7 @@ def test_a_truth_is_inside_exactly_when_its_distance_is_within_the_carried_radiu
     radius = 2.9
     judged_result = result(lat, lon, cov)
     truth_lat, truth_lon = truth_at(lat, lon, cov, angle, factor * radius)
-    judged = score(judged_result, truth_lat, truth_lon, (0.6827, 0.95))
+    judged = score(Estimate.of(judged_result, LEVELS), truth_lat, truth_lon, LEVELS)
     assert judged.distance == pytest.approx(factor * radius, rel=1e-6, abs=1e-6)
     if abs(factor - 1.0) > 1e-6:  # the boundary itself is left to rounding
         assert dict(judged.hits)[0.95] is (factor < 1.0)
@@ -126,7 +127,7 @@ def test_the_radius_comes_from_radii_else_from_the_ellipse_of_that_confidence():
 
 def test_a_result_that_does_not_say_its_radius_is_not_scored_at_that_level():
     old = result(radii=(), ellipse_radius=None)
-    judged = score(old, 45.01, 7.61, (0.6827, 0.95))
+    judged = score(Estimate.of(old, LEVELS), 45.01, 7.61, LEVELS)
     assert judged.hits == () and judged.unscored == (0.6827, 0.95)
     assert judged.error_m == pytest.approx(WGS84.inv(7.6, 45.0, 7.61, 45.01)[2])
 
@@ -145,7 +146,7 @@ def test_a_gaussian_model_covers_its_confidence():
     n = 2000
     for angle, distance in zip(rng.uniform(0, 2 * math.pi, n), np.sqrt(rng.chisquare(2, n)), strict=True):
         lat, lon = truth_at(45.0, 7.6, cov, angle, distance)
-        for level, hit in score(judged, lat, lon, (0.6827, 0.95)).hits:
+        for level, hit in score(Estimate.of(judged, LEVELS), lat, lon, LEVELS).hits:
             hits[level] += hit
     assert hits[0.6827] / n == pytest.approx(0.6827, abs=0.03)
     assert hits[0.95] / n == pytest.approx(0.95, abs=0.015)

@@ -3,11 +3,6 @@
 Every result of one version's inference batch shares a ``FinishContext`` (the model, the
 ellipse confidence and its calibrated radius, lineage and timings), so positions are converted
 to latitude/longitude in one pyproj call per batch and the radius is looked up once.
-
-Each result says how its ellipse was drawn: the ellipse carries its Mahalanobis radius, and
-``radii`` the model's radius at the standard confidences (``STANDARD_CONFIDENCES`` and the
-ellipse's own), looked up once per batch, so a reader can rebuild or score the ellipse at
-those levels from the covariance alone (``heimdall-stream calibrate`` does).
 """
 
 from __future__ import annotations
@@ -51,7 +46,12 @@ class FinishContext:
 
 
 def standard_radii(model: LoadedModel, confidence: float, radius: float) -> tuple[ConfidenceRadius, ...]:
-    """The model's Mahalanobis radius at the standard confidences and at ``confidence`` (``radius``)."""
+    """The model's Mahalanobis radius at the standard confidences and at ``confidence`` (``radius``).
+
+    Each result says how its ellipse was drawn: the ellipse carries its own radius, and
+    ``radii`` these, so a reader can rebuild or score the ellipse at those levels from the
+    covariance alone (``heimdall-stream calibrate`` does).
+    """
     levels = {level: model.contract.radius(level) for level in STANDARD_CONFIDENCES}
     levels[confidence] = radius
     return tuple(ConfidenceRadius(level, levels[level]) for level in sorted(levels))
@@ -125,6 +125,7 @@ def finish(
         longitude=longitude,
         covariance=cov,
         ellipse=ellipse,
+        radii=ctx.radii,
         geojson=geojson,
         receivers_used=receivers_used,
         cache_hit=cache_hit,
@@ -136,7 +137,6 @@ def finish(
             batch_size=ctx.batch_size,
         ),
         produced_at=ctx.now,
-        radii=ctx.radii,
     )
     return Result(
         item.record,

@@ -141,17 +141,6 @@ class Localization:
 
 
 @dataclass(frozen=True, slots=True)
-class GroundTruth:
-    """The known true position of one capture's transmitter (a beacon, a repeater, a test)."""
-
-    capture_id: str
-    latitude: float
-    longitude: float
-    captured_at: datetime
-    source: str
-
-
-@dataclass(frozen=True, slots=True)
 class WeightedVersion:
     """One served model version and its share of the traffic."""
 
@@ -204,3 +193,14 @@ class ModelStatus:
     error: str | None = None
     requested_generation: int = 0
     state: ApplyState = ApplyState.APPLIED
+
+
+@dataclass(frozen=True, slots=True)
+class GroundTruth:
+    """The known true position of one capture's transmitter (a beacon, a repeater, a test)."""
+
+    capture_id: str
+    latitude: float
+    longitude: float
+    captured_at: datetime
+    source: str

@@ -85,7 +85,7 @@ def run() -> None:
     run_service(settings)
 
 
-@main.command(reads=(GENERAL, "kafka"))
+@main.command(reads=(GENERAL, "kafka", "calibration"))
 @click.option("--count", default=100, show_default=True, help="Valid captures to send.")
 @click.option("--rate", default=0.0, show_default=True, help="Captures per second (0 = as fast as possible).")
 @click.option("--seed", default=0, show_default=True, help="Simulator seed.")
@@ -105,6 +105,13 @@ def run() -> None:
     type=click.Path(path_type=Path, exists=True),
     help="Receiver network JSON (default: the shipped north-west Italy network).",
 )
+@click.option(
+    "--ground-truth",
+    "truth_fraction",
+    default=0.0,
+    show_default=True,
+    help="Fraction of captures whose GroundTruth is published to HEIMDALL_CALIBRATION__TRUTH_TOPIC.",
+)
 def simulate(
     count: int,
     rate: float,
@@ -116,12 +123,13 @@ def simulate(
     truth_path: Path | None,
     output: Path | None,
     network_path: Path | None,
+    truth_fraction: float,
 ) -> None:
     """Publish simulated IQ captures (with optional duplicates and malformed messages)."""
     from confluent_kafka import Producer
 
     from heimdall_stream.clients import capture_producer_config
-    from heimdall_stream.lab.publisher import Outgoing, SimulationPlan, publish, write_file
+    from heimdall_stream.lab.publisher import Outgoing, SimulationPlan, TruthPlan, publish, write_file
 
     settings = _settings()
     network = load_network(network_path)
@@ -130,12 +138,16 @@ def simulate(
         stats = write_file(output, network, plan)
     else:
         target = topic or settings.kafka.input_topic
-        if target not in _connect_or_exit(settings):
-            # Otherwise every message would fail delivery only after the whole run was sent.
-            raise ConfigurationError(
-                f"topic {target} does not exist on {settings.kafka.bootstrap_servers}; "
-                "create it with `heimdall-stream topics`"
-            )
+        truths = TruthPlan(settings.calibration.truth_topic, truth_fraction) if truth_fraction > 0 else None
+        present = _connect_or_exit(settings)
+        for needed in (target, *([truths.topic] if truths else [])):
+            if needed not in present:
+                # Otherwise every message would fail delivery only after the whole run was sent.
+                raise ConfigurationError(
+                    f"topic {needed} does not exist on {settings.kafka.bootstrap_servers}; "
+                    "create it with `heimdall-stream topics` (the ground-truth topic: "
+                    "`heimdall-stream calibrate --create-topic`)"
+                )
         producer = Producer(capture_producer_config(settings))
         truth = truth_path.open("w") if truth_path else None
         try:
@@ -153,6 +165,7 @@ def simulate(
                     plan,
                     truth_file=truth,
                     on_sent=tick,
+                    truths=truths,
                 )
         finally:
             if truth is not None:
@@ -160,6 +173,7 @@ def simulate(
     click.echo(
         f"sent {stats.valid} captures, {stats.duplicates} duplicates, {stats.malformed} malformed "
         f"{dict(sorted(stats.malformed_kinds.items()))}"
+        + (f", {stats.truths} ground truths" if stats.truths else "")
     )
 
 
@@ -364,6 +378,10 @@ from heimdall_stream.replay.command import replay as _replay  # noqa: E402 (ligh
 main.add_command(_replay)
 
 main.add_command(map_command)
+
+from heimdall_stream.calibration.command import calibrate as _calibrate  # noqa: E402 (light: click only)
+
+main.add_command(_calibrate)
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from heimdall_stream.clients import consumer_config
+from heimdall_stream.clients import AUTHORIZATION_ERRORS, consumer_config
 from heimdall_stream.config import Settings
 from heimdall_stream.errors import FatalKafkaError
 from heimdall_stream.health import Health
@@ -194,8 +194,9 @@ class StreamApp:
             if error.code() != KafkaError._PARTITION_EOF:
                 self.metrics.kafka_errors.labels(error.name()).inc()
                 log.warning("consume error: %s", error.str())
-                if error.fatal():
-                    self._fatal = error.str()
+                if error.fatal() or error.code() in AUTHORIZATION_ERRORS:
+                    # An ACL missing on the input or the group is never granted by waiting.
+                    self._fatal = f"{error.str()} (user {self.settings.kafka.sasl_username!r})"
             return
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         if topic is None or partition is None or offset is None:  # only for error events
@@ -304,6 +305,9 @@ class StreamApp:
             log.error("fatal Kafka error: %s", error.str())
         elif error.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
             self._fatal = f"authentication failed: {error.str()}"
+            log.error("%s", self._fatal)
+        elif error.code() in AUTHORIZATION_ERRORS:
+            self._fatal = f"{error.str()} (user {self.settings.kafka.sasl_username!r})"
             log.error("%s", self._fatal)
         else:
             if error.code() == KafkaError._ALL_BROKERS_DOWN:

@@ -51,9 +51,22 @@ class Delivery:
         self.producer = Producer({**producer_config(settings), "error_cb": on_error})
 
     def start(self) -> None:
-        """Register the transactional id (fencing any previous holder of it)."""
-        if self.exactly_once:
+        """Register the transactional id (fencing any previous holder of it).
+
+        A refusal (no ACL on the transactional id, a coordinator that never answers) stops the
+        instance with the broker's reason (``FatalKafkaError``) before anything is consumed.
+        """
+        if not self.exactly_once:
+            return
+        try:
             self._call(self.producer.init_transactions, KAFKA_TIMEOUT_S)
+        except KafkaException as exc:
+            self.metrics.transactions.labels("fatal").inc()
+            kafka = self.settings.kafka
+            raise FatalKafkaError(
+                f"cannot register the transactional id {producer_config(self.settings)['transactional.id']} "
+                f"(user {kafka.sasl_username!r}): {exc.args[0].str()}"
+            ) from exc
 
     def outage(self) -> None:
         """Every broker was down: the next transaction starts on a fresh producer."""

@@ -103,6 +103,7 @@ class StreamApp:
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set; then finish the pending batch and leave the group."""
         self.delivery.start()
+        self.delivery.aborts.sleep = stop.wait  # a stop request ends a wait before a retry
         self.trimmer.start()
         self.consumer.subscribe(
             [self.settings.kafka.input_topic],

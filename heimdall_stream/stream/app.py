@@ -7,9 +7,9 @@ what fits in the next batch.  A batch goes to a worker as soon as one is idle (o
 meanwhile, so batches grow with the load, like a dynamic batcher.  In-flight work is bounded by
 the pipeline (``2 × workers`` batches) plus one batch being filled, and librdkafka's prefetch by
 ``queued.max.messages.kbytes``.  ``delivery`` writes each outcome and commits its offsets exactly
-once (or at least once); after the commit the processor does its bookkeeping (dedup marks,
-cache, metrics), and the trimmer (``stream.allocator``) is told that the batches' memory is
-free to give back.  Nothing calls back up this corridor.
+once (or at least once); before it the processor writes pending dedup marks, after it does its
+bookkeeping (done marks, cache, metrics), and the trimmer (``stream.allocator``) is told that
+the batches' memory is free to give back.  Nothing calls back up this corridor.
 
 A transaction that aborts throws away every batch after it too (scored or not) and seeks back
 to the oldest offset of all of them, so they run again in order.
@@ -195,7 +195,9 @@ class StreamApp:
             if error.code() != KafkaError._PARTITION_EOF:
                 self.metrics.kafka_errors.labels(error.name()).inc()
                 log.warning("consume error: %s", error.str())
-                if error.fatal() or error.code() in AUTHORIZATION_ERRORS:
+                if error.fatal():
+                    self._fatal = error.str()
+                elif error.code() in AUTHORIZATION_ERRORS:
                     # An ACL missing on the input or the group is never granted by waiting.
                     self._fatal = f"{error.str()} (user {self.settings.kafka.sasl_username!r})"
             return
@@ -242,6 +244,7 @@ class StreamApp:
         started = self.clock()
         for batch in batches:
             batch.stages["commit_wait"] = max(started - batch.finished_at, 0.0)
+            self.processor.before_commit(batch)
         if not self.delivery.commit(batches):
             self._rewind(batches)
             return

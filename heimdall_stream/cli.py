@@ -128,7 +128,7 @@ def simulate(
     """Publish simulated IQ captures (with optional duplicates and malformed messages)."""
     from confluent_kafka import Producer
 
-    from heimdall_stream.clients import capture_producer_config, denied, hidden_topics_hint
+    from heimdall_stream.clients import capture_producer_config, hidden_topics_hint, refused_writes
     from heimdall_stream.lab.publisher import (
         DeliveryFailedError,
         Outgoing,
@@ -177,9 +177,7 @@ def simulate(
                         truths=truths,
                     )
                 except DeliveryFailedError as exc:
-                    written = target + (f" or {truths.topic}" if truths else "")
-                    refused = denied(settings, exc.errors[0], f"Write on {written}") if exc.errors else None
-                    raise (refused or exc) from exc
+                    raise refused_writes(settings, exc.errors) or exc from exc
         finally:
             if truth is not None:
                 truth.close()

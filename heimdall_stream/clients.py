@@ -233,6 +233,12 @@ def hidden_topics_hint(settings: Settings, pronoun: str) -> str:
     return f" (or user {user!r} has no ACL on {pronoun}: the broker hides such topics)" if user else ""
 
 
+def refused_writes(settings: Settings, failures: list[tuple[str, Any]]) -> ConfigurationError | None:
+    """The first failed delivery (topic, KafkaError) that an ACL refused, as a clear error."""
+    refusals = (denied(settings, error, f"Write on {topic}") for topic, error in failures)
+    return next((refusal for refusal in refusals if refusal is not None), None)
+
+
 def denied(settings: Settings, error: KafkaError, what: str) -> ConfigurationError | None:
     """A clear error when ``error`` is the broker refusing ``what`` to this principal (ACLs)."""
     if error.code() not in AUTHORIZATION_ERRORS:

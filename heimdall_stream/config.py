@@ -65,16 +65,9 @@ class KafkaSettings(_Section):
         "queue, whatever the number of partitions; a fetch may overshoot it by one partition fetch).",
     )
     transaction_timeout_ms: int = Field(30_000, ge=1_000, description="Producer transaction timeout.")
-    abort_retries: int = Field(
-        8,
-        ge=0,
-        description="Aborted transactions in a row (the same work run again) before the instance "
-        "stops with exit 3 instead of spinning; a commit resets the count.",
-    )
-    abort_backoff_first_s: float = Field(
-        0.5, gt=0, description="Wait before running an aborted batch again; doubles per abort in a row."
-    )
-    abort_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait between two aborted attempts.")
+    abort_retries: int = Field(8, ge=0, description="Aborts in a row before the instance stops (exit 3).")
+    abort_backoff_first_s: float = Field(0.5, gt=0, description="First wait before an aborted batch reruns.")
+    abort_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait between two aborted runs.")
     dlq_max_value_bytes: int = Field(
         983_040,
         ge=1024,

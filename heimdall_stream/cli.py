@@ -128,8 +128,15 @@ def simulate(
     """Publish simulated IQ captures (with optional duplicates and malformed messages)."""
     from confluent_kafka import Producer
 
-    from heimdall_stream.clients import capture_producer_config
-    from heimdall_stream.lab.publisher import Outgoing, SimulationPlan, TruthPlan, publish, write_file
+    from heimdall_stream.clients import capture_producer_config, hidden_topics_hint, refused_writes
+    from heimdall_stream.lab.publisher import (
+        DeliveryFailedError,
+        Outgoing,
+        SimulationPlan,
+        TruthPlan,
+        publish,
+        write_file,
+    )
 
     settings = _settings()
     network = load_network(network_path)
@@ -144,7 +151,8 @@ def simulate(
             if needed not in present:
                 # Otherwise every message would fail delivery only after the whole run was sent.
                 raise ConfigurationError(
-                    f"topic {needed} does not exist on {settings.kafka.bootstrap_servers}; "
+                    f"topic {needed} does not exist on {settings.kafka.bootstrap_servers}"
+                    f"{hidden_topics_hint(settings, 'it')}; "
                     "create it with `heimdall-stream topics` (the ground-truth topic: "
                     "`heimdall-stream calibrate --create-topic`)"
                 )
@@ -158,15 +166,18 @@ def simulate(
                     if out.kind == "valid":
                         steps.advance()
 
-                stats = publish(
-                    producer,
-                    target,
-                    network,
-                    plan,
-                    truth_file=truth,
-                    on_sent=tick,
-                    truths=truths,
-                )
+                try:
+                    stats = publish(
+                        producer,
+                        target,
+                        network,
+                        plan,
+                        truth_file=truth,
+                        on_sent=tick,
+                        truths=truths,
+                    )
+                except DeliveryFailedError as exc:
+                    raise refused_writes(settings, exc.errors) or exc from exc
         finally:
             if truth is not None:
                 truth.close()

@@ -65,6 +65,9 @@ class KafkaSettings(_Section):
         "queue, whatever the number of partitions; a fetch may overshoot it by one partition fetch).",
     )
     transaction_timeout_ms: int = Field(30_000, ge=1_000, description="Producer transaction timeout.")
+    abort_retries: int = Field(8, ge=0, description="Aborts in a row before the instance stops (exit 3).")
+    abort_backoff_first_s: float = Field(0.5, gt=0, description="First wait before an aborted batch reruns.")
+    abort_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait between two aborted runs.")
     dlq_max_value_bytes: int = Field(
         983_040,
         ge=1024,

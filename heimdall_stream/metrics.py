@@ -188,6 +188,12 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.consecutive_aborts = Gauge(
+            "heimdall_consecutive_aborts",
+            "Transactions aborted in a row since the last commit (the instance stops past "
+            "HEIMDALL_KAFKA__ABORT_RETRIES, counting transactions{outcome=gave_up}).",
+            registry=registry,
+        )
         self.kafka_errors = Counter(
             "heimdall_kafka_errors_total",
             "Errors reported by the Kafka clients, by code.",

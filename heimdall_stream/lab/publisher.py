@@ -115,11 +115,11 @@ def publish(
     With ``truths``, the ground truth of that share of the valid captures goes to its topic too.
     """
     stats = PublishStats()
-    failures: list[str] = []
+    failures: list[tuple[str, Any]] = []  # (topic, KafkaError) of each failed delivery
 
-    def delivered(error: Any, _message: Any) -> None:
+    def delivered(error: Any, message: Any) -> None:
         if error is not None:
-            failures.append(str(error))
+            failures.append((message.topic(), error))
 
     start = time.monotonic()
     sent_valid = 0
@@ -143,8 +143,16 @@ def publish(
             on_sent(out)
     remaining = producer.flush(60)
     if remaining or failures:
-        raise RuntimeError(f"{remaining} messages undelivered; errors: {failures[:3]}")
+        raise DeliveryFailedError(remaining, failures)
     return stats
+
+
+class DeliveryFailedError(RuntimeError):
+    """Messages that were not delivered (``errors``: the topic and KafkaError of each failure)."""
+
+    def __init__(self, remaining: int, errors: list[tuple[str, Any]]) -> None:
+        super().__init__(f"{remaining} messages undelivered; errors: {[str(e) for _, e in errors[:3]]}")
+        self.errors = errors
 
 
 def _produce(

@@ -7,9 +7,9 @@ what fits in the next batch.  A batch goes to a worker as soon as one is idle (o
 meanwhile, so batches grow with the load, like a dynamic batcher.  In-flight work is bounded by
 the pipeline (``2 × workers`` batches) plus one batch being filled, and librdkafka's prefetch by
 ``queued.max.messages.kbytes``.  ``delivery`` writes each outcome and commits its offsets exactly
-once (or at least once); after the commit the processor does its bookkeeping (dedup marks,
-cache, metrics), and the trimmer (``stream.allocator``) is told that the batches' memory is
-free to give back.  Nothing calls back up this corridor.
+once (or at least once); before it the processor writes pending dedup marks, after it does its
+bookkeeping (done marks, cache, metrics), and the trimmer (``stream.allocator``) is told that
+the batches' memory is free to give back.  Nothing calls back up this corridor.
 
 A transaction that aborts throws away every batch after it too (scored or not) and seeks back
 to the oldest offset of all of them, so they run again in order.
@@ -38,7 +38,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from heimdall_stream.clients import consumer_config
+from heimdall_stream.clients import AUTHORIZATION_ERRORS, consumer_config
 from heimdall_stream.config import Settings
 from heimdall_stream.errors import FatalKafkaError
 from heimdall_stream.health import Health
@@ -103,6 +103,7 @@ class StreamApp:
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set; then finish the pending batch and leave the group."""
         self.delivery.start()
+        self.delivery.aborts.sleep = stop.wait  # a stop request ends a wait before a retry
         self.trimmer.start()
         self.consumer.subscribe(
             [self.settings.kafka.input_topic],
@@ -196,6 +197,9 @@ class StreamApp:
                 log.warning("consume error: %s", error.str())
                 if error.fatal():
                     self._fatal = error.str()
+                elif error.code() in AUTHORIZATION_ERRORS:
+                    # An ACL missing on the input or the group is never granted by waiting.
+                    self._fatal = f"{error.str()} (user {self.settings.kafka.sasl_username!r})"
             return
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         if topic is None or partition is None or offset is None:  # only for error events
@@ -240,6 +244,7 @@ class StreamApp:
         started = self.clock()
         for batch in batches:
             batch.stages["commit_wait"] = max(started - batch.finished_at, 0.0)
+            self.processor.before_commit(batch)
         if not self.delivery.commit(batches):
             self._rewind(batches)
             return
@@ -304,6 +309,9 @@ class StreamApp:
             log.error("fatal Kafka error: %s", error.str())
         elif error.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
             self._fatal = f"authentication failed: {error.str()}"
+            log.error("%s", self._fatal)
+        elif error.code() in AUTHORIZATION_ERRORS:
+            self._fatal = f"{error.str()} (user {self.settings.kafka.sasl_username!r})"
             log.error("%s", self._fatal)
         else:
             if error.code() == KafkaError._ALL_BROKERS_DOWN:

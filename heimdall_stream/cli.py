@@ -85,7 +85,7 @@ def run() -> None:
     run_service(settings)
 
 
-@main.command(reads=(GENERAL, "kafka"))
+@main.command(reads=(GENERAL, "kafka", "join"))
 @click.option("--count", default=100, show_default=True, help="Valid captures to send.")
 @click.option("--rate", default=0.0, show_default=True, help="Captures per second (0 = as fast as possible).")
 @click.option("--seed", default=0, show_default=True, help="Simulator seed.")
@@ -105,6 +105,15 @@ def run() -> None:
     type=click.Path(path_type=Path, exists=True),
     help="Receiver network JSON (default: the shipped north-west Italy network).",
 )
+@click.option(
+    "--per-receiver",
+    is_flag=True,
+    help="Each receiver publishes its own part (ReceiverCapture) to HEIMDALL_JOIN__TOPIC, with jitter.",
+)
+@click.option("--jitter-ms", default=250.0, show_default=True, help="Per receiver: mean upload delay.")
+@click.option("--late", default=0.02, show_default=True, help="Per receiver: fraction of parts sent late.")
+@click.option("--missing", default=0.03, show_default=True, help="Per receiver: fraction never sent.")
+@click.option("--slot-keys", is_flag=True, help="Per receiver: key by frequency + time slot, not capture id.")
 def simulate(
     count: int,
     rate: float,
@@ -116,16 +125,29 @@ def simulate(
     truth_path: Path | None,
     output: Path | None,
     network_path: Path | None,
+    per_receiver: bool,
+    jitter_ms: float,
+    late: float,
+    missing: float,
+    slot_keys: bool,
 ) -> None:
     """Publish simulated IQ captures (with optional duplicates and malformed messages)."""
     from confluent_kafka import Producer
 
     from heimdall_stream.clients import capture_producer_config
+    from heimdall_stream.lab.per_receiver import Arrivals
     from heimdall_stream.lab.publisher import Outgoing, SimulationPlan, publish, write_file
 
     settings = _settings()
     network = load_network(network_path)
-    plan = SimulationPlan(count, rate, seed, duplicates, malformed, pool)
+    arrivals = None
+    if per_receiver:
+        join = settings.join
+        arrivals = Arrivals(
+            jitter_ms, join.window_ms, late, missing, not slot_keys, join.slot_ms, join.channel_hz
+        )
+        topic = topic or join.topic
+    plan = SimulationPlan(count, rate, seed, duplicates, malformed, pool, per_receiver=arrivals)
     if output is not None:
         stats = write_file(output, network, plan)
     else:
@@ -161,6 +183,8 @@ def simulate(
         f"sent {stats.valid} captures, {stats.duplicates} duplicates, {stats.malformed} malformed "
         f"{dict(sorted(stats.malformed_kinds.items()))}"
     )
+    if per_receiver:
+        click.echo(f"as {stats.parts} parts ({stats.late_parts} late), {stats.missing_parts} never sent")
 
 
 @main.command("train-reference", reads=(GENERAL, "mlflow"))
@@ -318,7 +342,7 @@ def topics(partitions: int) -> None:
     click.echo("topics ready")
 
 
-@main.command(reads=(GENERAL, "kafka", "redis", "mlflow", "model", "batching", "limits"))
+@main.command(reads=(GENERAL, "kafka", "redis", "mlflow", "model", "batching", "limits", "join"))
 @click.option("--count", default=300, show_default=True, help="Captures to send.")
 @click.option("--rate", default=20.0, show_default=True, help="Captures per second.")
 @click.option(
@@ -329,7 +353,8 @@ def topics(partitions: int) -> None:
     help="Directory of the GeoJSON of every result and its truth.",
 )
 @click.option("--keep-stack", is_flag=True, help="Leave Kafka, Redis and MLflow running afterwards.")
-def demo(count: int, rate: float, output: Path, keep_stack: bool) -> None:
+@click.option("--per-receiver", is_flag=True, help="Receivers publish on their own; the consumer joins them.")
+def demo(count: int, rate: float, output: Path, keep_stack: bool, per_receiver: bool) -> None:
     """Run everything end to end on the local stack and print a summary.
 
     The stack's addresses replace HEIMDALL_KAFKA__BOOTSTRAP_SERVERS, HEIMDALL_REDIS__URL and
@@ -339,7 +364,9 @@ def demo(count: int, rate: float, output: Path, keep_stack: bool) -> None:
     from heimdall_stream.lab.demo import run_demo
 
     setup_logging("INFO")
-    sys.exit(run_demo(count=count, rate=rate, output=output, keep_stack=keep_stack))
+    sys.exit(
+        run_demo(count=count, rate=rate, output=output, keep_stack=keep_stack, per_receiver=per_receiver)
+    )
 
 
 @main.command("config", reads=SECTIONS)

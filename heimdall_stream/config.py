@@ -26,6 +26,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from heimdall_stream.errors import ConfigurationError
+from heimdall_stream.join_settings import JoinSettings
 
 DeliveryMode = Literal["exactly_once", "at_least_once"]
 
@@ -334,6 +335,7 @@ class Settings(BaseSettings):
     batching: BatchingSettings = Field(default_factory=BatchingSettings, description=BatchingSettings.__doc__)
     limits: LimitsSettings = Field(default_factory=LimitsSettings, description=LimitsSettings.__doc__)
     memory: MemorySettings = Field(default_factory=MemorySettings, description=MemorySettings.__doc__)
+    join: JoinSettings = Field(default_factory=JoinSettings, description=JoinSettings.__doc__)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description=MetricsSettings.__doc__)
     api: ApiSettings = Field(default_factory=ApiSettings, description=ApiSettings.__doc__)
     map: MapSettings = Field(default_factory=MapSettings, description=MapSettings.__doc__)

@@ -21,6 +21,7 @@ import numpy as np
 from confluent_kafka import Producer
 
 from heimdall_stream.lab.faults import FAULTS
+from heimdall_stream.lab.per_receiver import Arrivals, publish_parts
 from heimdall_stream.lab.simulator import IqSimulator, SimulatedCapture
 from heimdall_stream.network import Network
 from heimdall_stream.wire.codec import capture_codec
@@ -37,6 +38,7 @@ class SimulationPlan:
     malformed_fraction: float = 0.0
     pool: int = 0
     id_prefix: str = "cap"
+    per_receiver: Arrivals | None = None  # set: each receiver publishes its part on its own
 
 
 @dataclass
@@ -47,6 +49,9 @@ class PublishStats:
     duplicates: int = 0
     malformed: int = 0
     malformed_kinds: dict[str, int] = dataclasses.field(default_factory=dict)
+    parts: int = 0  # per receiver: parts sent, of them late, and receivers that never sent
+    late_parts: int = 0
+    missing_parts: int = 0
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,10 @@ def publish(
     on_sent: Callable[[Outgoing], None] | None = None,
 ) -> PublishStats:
     """Send a plan's messages at its rate; wait for every delivery; return what was sent."""
+    if plan.per_receiver is not None:
+        return publish_parts(
+            producer, topic, network, plan, plan.per_receiver, truth_file=truth_file, on_sent=on_sent
+        )
     stats = PublishStats()
     failures: list[str] = []
 

@@ -68,7 +68,7 @@ class JoinSettings(BaseModel):
         1_000,
         ge=10,
         le=1_200,
-        description="Most parts per partition between the lowest uncommitted offset and the newest part "
-        "(their state is committed as offset metadata, which brokers cap at 4 KB); at the bound the "
-        "oldest waiting set is closed early.",
+        description="Most done parts per partition behind its oldest waiting part (their offsets are "
+        "committed as offset metadata, at most 2 bytes each, which brokers cap at 4 KB by default); at "
+        "the bound the oldest waiting set is closed early.",
     )

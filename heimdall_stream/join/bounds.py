@@ -1,11 +1,12 @@
 """Bounds on the join's state, and which set gives way at a bound.
 
-Three bounds: open sets (count), sample bytes they hold, and parts tracked per partition since
-the lowest uncommitted offset (their state goes into the committed offset metadata, which
-brokers cap at 4 KB by default: ``offset.metadata.max.bytes``).  At a bound the oldest open set
-(lowest first offset) is closed early with the receivers it has, counted as ``evicted``; it is
-emitted like any closed set (or dead-lettered as too small).  Memory thus stays bounded under
-any input, at the price of a set that, under a replay without the pressure, might have grown.
+Three bounds: open sets (count), sample bytes they hold, and per partition the done parts
+behind the oldest waiting one (their offsets go into the committed offset metadata, which
+brokers cap at 4 KB by default: ``offset.metadata.max.bytes``; at most 2 bytes a part).  At a
+bound the oldest open set (lowest first offset) is closed early with the receivers it has,
+counted as ``evicted``; it is emitted like any closed set (or dead-lettered as too small).
+Memory thus stays bounded under any input, at the price of a set that, under a replay without
+the pressure, might have grown.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ def over_bound(bounds: JoinBounds, open_sets: int, pending_bytes: int, tracked: 
     if pending_bytes > bounds.max_pending_bytes:
         return f"{pending_bytes} pending bytes > {bounds.max_pending_bytes}"
     if tracked > bounds.max_tracked_parts:
-        return f"{tracked} tracked parts > {bounds.max_tracked_parts}"
+        return f"{tracked} done parts behind a waiting one > {bounds.max_tracked_parts}"
     return None
 
 

@@ -76,6 +76,14 @@ class Tracker:
         self.parts.setdefault(offset, None)
         return False
 
+    def exposure(self) -> int:
+        """Done parts after the oldest waiting one: what a commit now would list in its metadata."""
+        waiting = [o for o, s in self.parts.items() if s is None]
+        if not waiting:
+            return 0
+        oldest = min(waiting)
+        return sum(1 for o, s in self.parts.items() if s is not None and o > oldest)
+
     def done(self, offsets: list[int], seq: int) -> None:
         """These parts were finished by emission ``seq``."""
         for offset in offsets:

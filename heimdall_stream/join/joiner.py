@@ -229,7 +229,10 @@ class Joiner:
 
     def _enforce_bounds(self, state: _Partition, now: float, out: list[InputRecord]) -> None:
         while state.open:
-            reason = over_bound(self.bounds, self.open_sets, self.pending_bytes, len(state.tracker))
+            # Parts done but not yet committed go once their batch commits: only the done parts
+            # behind a waiting one (the offset metadata's size) count against the bound.
+            tracked = state.tracker.exposure() if len(state.tracker) > self.bounds.max_tracked_parts else 0
+            reason = over_bound(self.bounds, self.open_sets, self.pending_bytes, tracked)
             if reason is None:
                 return
             victim = oldest(state.open.values())

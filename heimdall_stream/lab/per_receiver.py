@@ -27,7 +27,7 @@ from heimdall_stream.join.keys import slot_key
 from heimdall_stream.lab.simulator import IqSimulator, SimulatedCapture
 from heimdall_stream.network import Network
 from heimdall_stream.wire.codec import receiver_codec
-from heimdall_stream.wire.messages import IqCapture, ReceiverCapture
+from heimdall_stream.wire.messages import IqCapture, ReceiverCapture, ReceiverIq
 
 if TYPE_CHECKING:
     from heimdall_stream.lab.publisher import Outgoing, PublishStats, SimulationPlan
@@ -86,24 +86,29 @@ def split(
         else:
             delay = min(rng.exponential(arrivals.jitter_ms / 1000.0), 0.8 * window_s)
         fate["late" if late else "on_time"].append(receiver.receiver_id)
-        value = receiver_codec().encode(
-            ReceiverCapture(
-                transmission_key=key,
-                receiver_id=receiver.receiver_id,
-                latitude=receiver.latitude,
-                longitude=receiver.longitude,
-                window_start=capture.captured_at,
-                center_frequency_hz=capture.center_frequency_hz,
-                sample_rate_hz=receiver.sample_rate_hz,
-                sample_format=receiver.sample_format,
-                samples=receiver.samples,
-                altitude_m=receiver.altitude_m,
-                timestamp_offset_ns=receiver.timestamp_offset_ns,
-                expected_receivers=len(capture.receivers),
-            )
-        )
+        value = part_value(capture, receiver, key, expected=len(capture.receivers))
         parts.append(TimedPart(at_s + delay, next(counter), key, receiver.receiver_id, value, late))
     return key, parts, fate
+
+
+def part_value(capture: IqCapture, receiver: ReceiverIq, key: str, *, expected: int | None) -> bytes:
+    """The encoded part one receiver of ``capture`` publishes under ``key``."""
+    return receiver_codec().encode(
+        ReceiverCapture(
+            transmission_key=key,
+            receiver_id=receiver.receiver_id,
+            latitude=receiver.latitude,
+            longitude=receiver.longitude,
+            window_start=capture.captured_at,
+            center_frequency_hz=capture.center_frequency_hz,
+            sample_rate_hz=receiver.sample_rate_hz,
+            sample_format=receiver.sample_format,
+            samples=receiver.samples,
+            altitude_m=receiver.altitude_m,
+            timestamp_offset_ns=receiver.timestamp_offset_ns,
+            expected_receivers=expected,
+        )
+    )
 
 
 def publish_parts(

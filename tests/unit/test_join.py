@@ -83,7 +83,7 @@ def test_idle_partitions_close_their_sets_by_wall_time():
 
 
 def test_the_oldest_set_is_closed_early_at_the_bound():
-    joiner = _joiner(max_open_sets=2)
+    joiner = _joiner(max_open_sets=2)  # count bound; the metadata bound below
     joiner.accept(part_record(0, "k1", "a", 1000), 0.0)
     joiner.accept(part_record(1, "k1", "b", 1000), 0.0)
     joiner.accept(part_record(2, "k2", "a", 1001), 0.0)
@@ -131,3 +131,14 @@ def test_keys_scheduled_or_derived_from_frequency_and_slot():
         slot_key(145_503_000.0, start, slot_ms=1000, channel_hz=12_500)
         == f"f145500000@{int(EPOCH.timestamp() * 1000)}"
     )
+
+
+def test_done_parts_behind_a_waiting_one_are_bounded():
+    joiner = _joiner(max_tracked_parts=10)
+    joiner.accept(part_record(0, "old", "a", 1000), 0.0)  # waits for its window
+    out = []
+    for offset in range(1, 30):  # complete single-receiver sets, done at once
+        out += joiner.accept(part_record(offset, f"k{offset}", "a", 1000, expected=1), 0.0)
+    assert ("dlq", 0, "too_few") in _outcomes(joiner, out)  # "old" closed early to bound the metadata
+    checkpoint = joiner.checkpoints(out)[0]
+    assert checkpoint.offset == 30 and checkpoint.done == ()

@@ -27,10 +27,11 @@ class JoinSettings(BaseModel):
         "once the partition's watermark passes its window_start + this; a part of it after that is late.",
     )
     idle_ms: int = Field(
-        5_000,
+        1_000,
         ge=1,
-        description="Wall time without any new part in a partition after which its watermark moves past "
-        "every open set there (the sets close): without traffic, event time would never advance.",
+        description="Wall time without any new part in a partition after which its event time runs on "
+        "with the wall clock (without traffic it would stand still): a quiet partition's last sets close "
+        "about window + this after their last part.",
     )
     min_receivers: int = Field(
         3, ge=1, description="Fewest receivers a set needs; a smaller set goes to the DLQ (too_few)."

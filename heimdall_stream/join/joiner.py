@@ -52,6 +52,7 @@ class _Partition:
     # The watermark before the part (or idle tick) being handled: what its emissions commit, so
     # that a restart re-reads that part, and the parts still waiting, under the same event time.
     step_watermark: int = UNSET
+    arrival_watermark: int = UNSET  # the watermark when the last part arrived (idle time runs on from it)
     open: dict[str, OpenSet] = field(default_factory=dict)
     emitted: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
 
@@ -123,18 +124,22 @@ class Joiner:
             self._dead_letter(state, decoded, out)
             return out
         self._place(state, decoded, now, out)
+        state.arrival_watermark = state.watermark.value
         self._close_due(state, now, out)
         self._enforce_bounds(state, now, out)
         return out
 
     def tick(self, now: float) -> list[InputRecord]:
-        """Close the open sets of partitions that had no part for ``idle_ms``."""
+        """In partitions without a part for ``idle_ms``, let event time run on with the wall clock."""
         out: list[InputRecord] = []
-        idle_s = self.settings.idle_ms / 1000.0
+        idle_ms = self.settings.idle_ms
         for state in self.partitions.values():
-            if state.open and now - state.last_arrival >= idle_s:
+            idle_for_ms = int((now - state.last_arrival) * 1000)
+            if state.open and idle_for_ms >= idle_ms:
                 state.step_watermark = state.watermark.value
-                state.watermark.advance(state.watermark.idle_target(s.event_ms for s in state.open.values()))
+                state.watermark.advance(
+                    state.watermark.idle_target(state.arrival_watermark, idle_for_ms - idle_ms)
+                )
                 self._close_due(state, now, out)
         return out
 
@@ -143,7 +148,9 @@ class Joiner:
         out: list[InputRecord] = []
         for state in self.partitions.values():
             state.step_watermark = state.watermark.value
-            state.watermark.advance(state.watermark.idle_target(s.event_ms for s in state.open.values()))
+            state.watermark.advance(
+                max((s.event_ms + state.watermark.window_ms for s in state.open.values()), default=0)
+            )
             self._close_due(state, now, out)
         return out
 

@@ -4,14 +4,13 @@ The watermark is the newest event time (``window_start``) seen in the partition;
 once the watermark reaches its event time + the window, and a part whose own window would be
 closed by then is late.  Only the parts' timestamps move it, never the time they arrived, so a
 replay of the same partition closes the same sets at the same parts.  One exception, because
-event time stands still without traffic: after ``idle_s`` of wall time without a part, the
-watermark is moved past every open set (``idle_target``); the move is part of the committed
-state, so what it closed stays closed after a restart.
+event time stands still without traffic: after ``idle_ms`` of wall time without a part, the
+watermark runs on with the wall clock from where the last part left it (``idle_target``), so
+the last sets of a quiet partition close about ``window + idle_ms`` after their last part; the
+move is part of the committed state, so what it closed stays closed after a restart.
 """
 
 from __future__ import annotations
-
-from collections.abc import Iterable
 
 UNSET = -(2**62)  # before any part: nothing is late, nothing closes
 
@@ -35,6 +34,13 @@ class Watermark:
         """Whether a window starting at ``event_ms`` is closed."""
         return event_ms + self.window_ms <= self.value
 
-    def idle_target(self, open_event_ms: Iterable[int]) -> int:
-        """Where the watermark moves after an idle spell: just past every open set's window."""
-        return max((event + self.window_ms for event in open_event_ms), default=self.value)
+    def idle_target(self, at_last_arrival: int, idle_beyond_ms: int) -> int:
+        """Where an idle partition's watermark is: event time since the last part, run on by the wall clock.
+
+        ``idle_beyond_ms`` is how long the partition has been idle beyond the grace ``idle_ms``,
+        so the watermark only starts to move after the grace, and a set never closes before its
+        window has passed in this extrapolated event time.
+        """
+        if at_last_arrival == UNSET:
+            return self.value
+        return at_last_arrival + idle_beyond_ms

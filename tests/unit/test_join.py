@@ -143,3 +143,16 @@ def test_done_parts_behind_a_waiting_one_are_bounded():
     assert ("dlq", 0, "too_few") in _outcomes(joiner, out)  # "old" closed early to bound the metadata
     checkpoint = joiner.checkpoints(out)[0]
     assert checkpoint.offset == 30 and checkpoint.done == ()
+
+
+def test_after_an_abort_everything_uncommitted_is_re_read_from_the_committed_offset():
+    joiner = _joiner()
+    first = [part_record(0, "k1", "a", 1000, expected=2), part_record(1, "k1", "b", 1000, expected=2)]
+    committed = [r for record in first for r in joiner.accept(record, 0.0)]
+    joiner.committed(joiner.checkpoints(committed), committed)
+    later = [part_record(2, "k2", "a", 1500, expected=2), part_record(3, "k2", "b", 1500, expected=2)]
+    aborted = [r for record in later for r in joiner.accept(record, 0.0)]
+    assert _outcomes(joiner, aborted) == [("set", "k2", ("a", "b"))]
+    assert joiner.reset(0.0) == {0: 2}  # the aborted transaction's parts are read again
+    again = [r for record in later for r in joiner.accept(record, 0.0)]
+    assert _outcomes(joiner, again) == [("set", "k2", ("a", "b"))]

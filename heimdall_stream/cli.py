@@ -22,6 +22,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from tqdm import tqdm
@@ -31,6 +32,7 @@ from heimdall_stream.console.failures import EXIT_CODES, HeimdallGroup, describe
 from heimdall_stream.console.progress import Steps
 from heimdall_stream.console.settings_doc import GENERAL, SECTIONS, SettingsCommand, effective, env_lines
 from heimdall_stream.errors import ConfigurationError, HeimdallError
+from heimdall_stream.lab.arrivals import arrivals_from, per_receiver_options
 from heimdall_stream.logs import setup_logging
 from heimdall_stream.map.command import map_command
 from heimdall_stream.network import load_network
@@ -85,7 +87,7 @@ def run() -> None:
     run_service(settings)
 
 
-@main.command(reads=(GENERAL, "kafka", "join"))
+@main.command(reads=(GENERAL, "kafka", "calibration", "join"))
 @click.option("--count", default=100, show_default=True, help="Valid captures to send.")
 @click.option("--rate", default=0.0, show_default=True, help="Captures per second (0 = as fast as possible).")
 @click.option("--seed", default=0, show_default=True, help="Simulator seed.")
@@ -106,14 +108,13 @@ def run() -> None:
     help="Receiver network JSON (default: the shipped north-west Italy network).",
 )
 @click.option(
-    "--per-receiver",
-    is_flag=True,
-    help="Each receiver publishes its own part (ReceiverCapture) to HEIMDALL_JOIN__TOPIC, with jitter.",
+    "--ground-truth",
+    "truth_fraction",
+    default=0.0,
+    show_default=True,
+    help="Fraction of captures whose GroundTruth is published to HEIMDALL_CALIBRATION__TRUTH_TOPIC.",
 )
-@click.option("--jitter-ms", default=250.0, show_default=True, help="Per receiver: mean upload delay.")
-@click.option("--late", default=0.02, show_default=True, help="Per receiver: fraction of parts sent late.")
-@click.option("--missing", default=0.03, show_default=True, help="Per receiver: fraction never sent.")
-@click.option("--slot-keys", is_flag=True, help="Per receiver: key by frequency + time slot, not capture id.")
+@per_receiver_options
 def simulate(
     count: int,
     rate: float,
@@ -125,39 +126,34 @@ def simulate(
     truth_path: Path | None,
     output: Path | None,
     network_path: Path | None,
-    per_receiver: bool,
-    jitter_ms: float,
-    late: float,
-    missing: float,
-    slot_keys: bool,
+    truth_fraction: float,
+    **arrival_options: Any,
 ) -> None:
     """Publish simulated IQ captures (with optional duplicates and malformed messages)."""
     from confluent_kafka import Producer
 
     from heimdall_stream.clients import capture_producer_config
-    from heimdall_stream.lab.per_receiver import Arrivals
-    from heimdall_stream.lab.publisher import Outgoing, SimulationPlan, publish, write_file
+    from heimdall_stream.lab.publisher import Outgoing, SimulationPlan, TruthPlan, publish, write_file
 
     settings = _settings()
     network = load_network(network_path)
-    arrivals = None
-    if per_receiver:
-        join = settings.join
-        arrivals = Arrivals(
-            jitter_ms, join.window_ms, late, missing, not slot_keys, join.slot_ms, join.channel_hz
-        )
-        topic = topic or join.topic
+    arrivals = arrivals_from(settings.join, **arrival_options)  # None: whole captures
+    topic = topic or (settings.join.topic if arrivals else None)
     plan = SimulationPlan(count, rate, seed, duplicates, malformed, pool, per_receiver=arrivals)
     if output is not None:
         stats = write_file(output, network, plan)
     else:
         target = topic or settings.kafka.input_topic
-        if target not in _connect_or_exit(settings):
-            # Otherwise every message would fail delivery only after the whole run was sent.
-            raise ConfigurationError(
-                f"topic {target} does not exist on {settings.kafka.bootstrap_servers}; "
-                "create it with `heimdall-stream topics`"
-            )
+        truths = TruthPlan(settings.calibration.truth_topic, truth_fraction) if truth_fraction > 0 else None
+        present = _connect_or_exit(settings)
+        for needed in (target, *([truths.topic] if truths else [])):
+            if needed not in present:
+                # Otherwise every message would fail delivery only after the whole run was sent.
+                raise ConfigurationError(
+                    f"topic {needed} does not exist on {settings.kafka.bootstrap_servers}; "
+                    "create it with `heimdall-stream topics` (the ground-truth topic: "
+                    "`heimdall-stream calibrate --create-topic`)"
+                )
         producer = Producer(capture_producer_config(settings))
         truth = truth_path.open("w") if truth_path else None
         try:
@@ -175,6 +171,7 @@ def simulate(
                     plan,
                     truth_file=truth,
                     on_sent=tick,
+                    truths=truths,
                 )
         finally:
             if truth is not None:
@@ -182,9 +179,9 @@ def simulate(
     click.echo(
         f"sent {stats.valid} captures, {stats.duplicates} duplicates, {stats.malformed} malformed "
         f"{dict(sorted(stats.malformed_kinds.items()))}"
+        + (f", {stats.truths} ground truths" if stats.truths else "")
+        + stats.parts_summary()
     )
-    if per_receiver:
-        click.echo(f"as {stats.parts} parts ({stats.late_parts} late), {stats.missing_parts} never sent")
 
 
 @main.command("train-reference", reads=(GENERAL, "mlflow"))
@@ -354,7 +351,7 @@ def topics(partitions: int) -> None:
 )
 @click.option("--keep-stack", is_flag=True, help="Leave Kafka, Redis and MLflow running afterwards.")
 @click.option("--per-receiver", is_flag=True, help="Receivers publish on their own; the consumer joins them.")
-def demo(count: int, rate: float, output: Path, keep_stack: bool, per_receiver: bool) -> None:
+def demo(**options: Any) -> None:
     """Run everything end to end on the local stack and print a summary.
 
     The stack's addresses replace HEIMDALL_KAFKA__BOOTSTRAP_SERVERS, HEIMDALL_REDIS__URL and
@@ -364,9 +361,7 @@ def demo(count: int, rate: float, output: Path, keep_stack: bool, per_receiver: 
     from heimdall_stream.lab.demo import run_demo
 
     setup_logging("INFO")
-    sys.exit(
-        run_demo(count=count, rate=rate, output=output, keep_stack=keep_stack, per_receiver=per_receiver)
-    )
+    sys.exit(run_demo(**options))  # count, rate, output, keep_stack, per_receiver
 
 
 @main.command("config", reads=SECTIONS)
@@ -391,6 +386,10 @@ from heimdall_stream.replay.command import replay as _replay  # noqa: E402 (ligh
 main.add_command(_replay)
 
 main.add_command(map_command)
+
+from heimdall_stream.calibration.command import calibrate as _calibrate  # noqa: E402 (light: click only)
+
+main.add_command(_calibrate)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -313,6 +313,28 @@ class MapSettings(_Section):
     )
 
 
+class CalibrationSettings(_Section):
+    """Live calibration (``heimdall-stream calibrate``): results joined with the ground-truth topic."""
+
+    truth_topic: str = Field(
+        "heimdall.ground-truth", description="Topic of GroundTruth records (key capture_id)."
+    )
+    confidences: list[Annotated[float, Field(gt=0, lt=1)]] = Field(
+        [0.6827, 0.95], min_length=1, description="Confidences coverage is measured at (JSON list)."
+    )
+    window_s: float = Field(
+        600.0,
+        gt=0,
+        description="Event time an unmatched result or truth waits for its partner (and read back at start).",
+    )
+    max_pending: int = Field(100_000, ge=1, description="Most results (and truths) waiting for a partner.")
+    coverage_window: int = Field(
+        500, ge=1, description="Newest scored truths the coverage_ratio gauge covers."
+    )
+    host: str = Field("0.0.0.0", description="Address of the calibrator's /metrics, /healthz, /readyz.")
+    port: int = Field(9109, ge=0, le=65535, description="Port of the calibrator's /metrics (0 = any).")
+
+
 class Settings(BaseSettings):
     """Every setting of heimdall-stream; built once at start-up and then immutable."""
 
@@ -339,6 +361,9 @@ class Settings(BaseSettings):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description=MetricsSettings.__doc__)
     api: ApiSettings = Field(default_factory=ApiSettings, description=ApiSettings.__doc__)
     map: MapSettings = Field(default_factory=MapSettings, description=MapSettings.__doc__)
+    calibration: CalibrationSettings = Field(
+        default_factory=CalibrationSettings, description=CalibrationSettings.__doc__
+    )
 
     @field_validator("log_level")
     @classmethod

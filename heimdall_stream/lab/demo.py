@@ -36,7 +36,7 @@ from heimdall_stream.clients import capture_producer_config, reader_config
 from heimdall_stream.config import Settings
 from heimdall_stream.console.progress import Steps
 from heimdall_stream.geojson import receiver_features, truth_feature
-from heimdall_stream.lab.per_receiver import Arrivals
+from heimdall_stream.lab.arrivals import Arrivals
 from heimdall_stream.lab.publisher import SimulationPlan, publish
 from heimdall_stream.network import load_network
 from heimdall_stream.wire.codec import localization_codec

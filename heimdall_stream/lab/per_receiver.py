@@ -24,6 +24,7 @@ import numpy as np
 from confluent_kafka import Producer
 
 from heimdall_stream.join.keys import slot_key
+from heimdall_stream.lab.arrivals import Arrivals
 from heimdall_stream.lab.simulator import IqSimulator, SimulatedCapture
 from heimdall_stream.network import Network
 from heimdall_stream.wire.codec import receiver_codec
@@ -33,19 +34,6 @@ if TYPE_CHECKING:
     from heimdall_stream.lab.publisher import Outgoing, PublishStats, SimulationPlan
 
 NOMINAL_RATE = 50.0  # transmissions per second of event time when the plan sends as fast as it can
-
-
-@dataclass(frozen=True)
-class Arrivals:
-    """How parts arrive: upload jitter, late and missing receivers, and how keys are agreed."""
-
-    jitter_ms: float = 250.0  # mean of the exponential delay after the window
-    window_ms: float = 2_000.0  # the join's window: on-time delays stay below it
-    late_fraction: float = 0.02
-    missing_fraction: float = 0.03
-    scheduled: bool = True  # key = the capture id; False = the frequency + time-slot key
-    slot_ms: int = 1_000
-    channel_hz: float = 12_500.0
 
 
 @dataclass(frozen=True, order=True)

@@ -80,7 +80,9 @@ class ConsumerService:
                 join=join,
             )
             if self.settings.model.control_enabled:
-                control = ControlPlane(self.settings, self.metrics, models.current, models.offer)
+                control = ControlPlane(
+                    self.settings, self.metrics, models.current, models.offer, withdraw=models.withdraw
+                )
                 control.start()
                 self.control = control
             if self.settings.api.enabled:

@@ -30,6 +30,7 @@ from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from heimdall_stream.errors import DecodeError
 from heimdall_stream.wire.messages import (
+    GroundTruth,
     IqCapture,
     Localization,
     ModelDeployment,
@@ -40,7 +41,14 @@ from heimdall_stream.wire.records import record_mapping
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
-SCHEMA_NAMES = ("IqCapture", "Localization", "ModelDeployment", "ModelStatus", "ReceiverCapture")
+SCHEMA_NAMES = (
+    "IqCapture",
+    "Localization",
+    "ModelDeployment",
+    "ModelStatus",
+    "GroundTruth",
+    "ReceiverCapture",
+)
 
 T = TypeVar("T")
 Schema = dict[str, Any]
@@ -213,6 +221,12 @@ def deployment_codec() -> Codec[ModelDeployment]:
 def status_codec() -> Codec[ModelStatus]:
     """Codec of ``ModelStatus``."""
     return record_codec(ModelStatus)
+
+
+@cache
+def ground_truth_codec() -> Codec[GroundTruth]:
+    """Codec of ``GroundTruth``."""
+    return record_codec(GroundTruth)
 
 
 @cache

@@ -107,6 +107,16 @@ class Ellipse:
     semi_major_m: float
     semi_minor_m: float
     orientation_deg: float
+    # Mahalanobis radius the axes were scaled by (None: written before the field existed).
+    radius: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfidenceRadius:
+    """A confidence level and the Mahalanobis radius of the ellipse holding that probability."""
+
+    confidence: float
+    radius: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +155,7 @@ class Localization:
     timings: Timings
     lineage: Lineage
     produced_at: datetime
+    radii: tuple[ConfidenceRadius, ...] = ()  # the model's radius at the standard confidences
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,3 +211,14 @@ class ModelStatus:
     error: str | None = None
     requested_generation: int = 0
     state: ApplyState = ApplyState.APPLIED
+
+
+@dataclass(frozen=True, slots=True)
+class GroundTruth:
+    """The known true position of one capture's transmitter (a beacon, a repeater, a test)."""
+
+    capture_id: str
+    latitude: float
+    longitude: float
+    captured_at: datetime
+    source: str

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from heimdall_stream.lab.per_receiver import Arrivals
+from heimdall_stream.lab.arrivals import Arrivals
 from heimdall_stream.lab.publisher import SimulationPlan, publish
 from heimdall_stream.network import load_network
 from heimdall_stream.wire.codec import receiver_codec

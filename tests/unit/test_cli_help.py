@@ -19,7 +19,7 @@ from heimdall_stream.console.settings_doc import SECTIONS, SettingsCommand, docu
 READS = {
     "run": SECTIONS,
     "config": SECTIONS,
-    "simulate": ("general", "kafka", "join"),
+    "simulate": ("general", "kafka", "calibration", "join"),
     "train-reference": ("general", "mlflow"),
     "deploy": ("general", "kafka", "model"),
     "status": ("general", "kafka"),
@@ -28,6 +28,7 @@ READS = {
     "demo": ("general", "kafka", "redis", "mlflow", "model", "batching", "limits", "join"),
     "replay": ("general", "kafka", "mlflow", "model", "batching", "limits"),
     "map": ("general", "kafka", "map"),
+    "calibrate": ("general", "kafka", "calibration"),
 }
 
 

@@ -7,7 +7,8 @@ import itertools
 import numpy as np
 
 from heimdall_stream.join.keys import slot_key
-from heimdall_stream.lab.per_receiver import Arrivals, split
+from heimdall_stream.lab.arrivals import Arrivals
+from heimdall_stream.lab.per_receiver import split
 from heimdall_stream.lab.simulator import IqSimulator
 from heimdall_stream.wire.codec import receiver_codec
 from tests.helpers import NETWORK

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 
 from heimdall_stream.config import Settings
 from heimdall_stream.join.joiner import Joiner
@@ -63,16 +64,12 @@ def read_parts(settings: Settings, timeout: float = 60) -> dict[int, list[Any]]:
         }
     )
     metadata = consumer.list_topics(settings.join.topic, timeout=30).topics[settings.join.topic]
-    from confluent_kafka import TopicPartition
-
     ends = {
         p: consumer.get_watermark_offsets(TopicPartition(settings.join.topic, p), timeout=30)[1]
         for p in metadata.partitions
     }
     consumer.subscribe([settings.join.topic])
     by_partition: dict[int, list[Any]] = {p: [] for p in ends}
-    import time
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(len(by_partition[p]) < ends[p] for p in ends):
         message = consumer.poll(0.25)

@@ -29,55 +29,34 @@ def _plan():
     """
     simulator = IqSimulator(load_network(), seed=5)
     start = datetime.now(UTC).replace(microsecond=0)
-    captures = []
-    for i in range(TRANSMISSIONS):
-        capture = simulator.generate(i).capture
-        capture = dataclasses.replace(
-            capture, capture_id=f"join-{i}", captured_at=start + timedelta(seconds=i)
-        )
-        captures.append(capture)
     order: list[tuple[str, bytes]] = []
     expected: dict[str, tuple[str, ...]] = {}
     letters: Counter[str] = Counter()
-    held_back = []  # on time: sent after the next transmission's parts (1 s later < the 2 s window)
-    late = []  # sent after a transmission 2 s later: its window is closed by then
-    for i, capture in enumerate(captures):
-        receivers = sorted(capture.receivers, key=lambda r: r.receiver_id)
-        parts = [
-            (capture.capture_id, part_value(capture, r, capture.capture_id, expected=None)) for r in receivers
-        ]
+    held: list[tuple[int, tuple[str, bytes]]] = []  # (sent after this transmission's parts, part)
+    for i in range(TRANSMISSIONS):
+        capture = simulator.generate(i).capture
+        key = f"join-{i}"
+        capture = dataclasses.replace(capture, capture_id=key, captured_at=start + timedelta(seconds=i))
+        receivers = sorted(capture.receivers, key=lambda r: r.receiver_id, reverse=True)  # shuffled
+        parts = [(key, part_value(capture, r, key, expected=None)) for r in receivers]
+        on_time = [r.receiver_id for r in receivers]
         if i == 3:  # too few arrive: the set is dead-lettered part by part
             parts = parts[:2]
             letters["too_few"] += 2
         else:
-            parts = parts[::-1]  # shuffled against receiver order
-            if i % 2 == 0:
-                order.append(parts[0])  # a repeat of a receiver already in the set
+            if i % 2 == 0:  # a repeat of a receiver already in the set
+                order.append(parts[0])
                 letters["duplicate"] += 1
-            if i == 1:
-                late.append((i + 2, parts.pop()))
+            if i == 1:  # sent after transmission 3, 2 s later: its window has closed by then
+                held.append((i + 2, parts.pop()))
+                on_time.pop()
                 letters["late"] += 1
-            if i in (2, 4):
-                held_back.append((i + 1, parts.pop()))
-            expected[capture.capture_id] = tuple(
-                sorted(capture_id_receiver(p) for p in parts)
-                + [
-                    capture_id_receiver(p)
-                    for due, p in held_back
-                    if due == i + 1 and p[0] == capture.capture_id
-                ]
-            )
-            expected[capture.capture_id] = tuple(sorted(expected[capture.capture_id]))
+            if i in (2, 4):  # sent after the next transmission, 1 s later: still on time
+                held.append((i + 1, parts.pop()))
+            expected[key] = tuple(sorted(on_time))
         order.extend(parts)
-        order.extend(p for due, p in held_back if due == i)
-        order.extend(p for due, p in late if due == i)
+        order.extend(part for due, part in held if due == i)
     return order, expected, letters
-
-
-def capture_id_receiver(part: tuple[str, bytes]) -> str:
-    from heimdall_stream.wire.codec import receiver_codec
-
-    return receiver_codec().decode(part[1]).receiver_id
 
 
 def test_parts_shuffled_repeated_late_and_missing_form_each_set_once(

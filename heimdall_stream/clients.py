@@ -150,6 +150,7 @@ def ensure_topics(settings: Settings, partitions: int = 6, timeout_s: float = 30
     wanted = [
         NewTopic(kafka.input_topic, num_partitions=partitions, replication_factor=-1),
         NewTopic(kafka.output_topic, num_partitions=partitions, replication_factor=-1),
+        NewTopic(settings.join.topic, num_partitions=partitions, replication_factor=-1),
         NewTopic(
             kafka.dlq_topic,
             num_partitions=1,
@@ -218,6 +219,8 @@ def check_topics(settings: Settings, present: set[str]) -> None:
     needed = [kafka.input_topic, kafka.output_topic, kafka.dlq_topic]
     if settings.model.control_enabled:
         needed += [kafka.control_topic, kafka.status_topic]
+    if settings.join.enabled:
+        needed.append(settings.join.topic)
     missing = [topic for topic in needed if topic not in present]
     if missing:
         raise ConfigurationError(

@@ -23,7 +23,9 @@ from typing import IO, Any
 import numpy as np
 from confluent_kafka import Producer
 
+from heimdall_stream.lab.arrivals import Arrivals
 from heimdall_stream.lab.faults import FAULTS
+from heimdall_stream.lab.per_receiver import publish_parts
 from heimdall_stream.lab.simulator import IqSimulator, SimulatedCapture
 from heimdall_stream.network import Network
 from heimdall_stream.wire.codec import capture_codec, ground_truth_codec
@@ -41,6 +43,7 @@ class SimulationPlan:
     malformed_fraction: float = 0.0
     pool: int = 0
     id_prefix: str = "cap"
+    per_receiver: Arrivals | None = None  # set: each receiver publishes its part on its own
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,15 @@ class PublishStats:
     malformed: int = 0
     truths: int = 0
     malformed_kinds: dict[str, int] = dataclasses.field(default_factory=dict)
+    parts: int = 0  # per receiver: parts sent, of them late, and receivers that never sent
+    late_parts: int = 0
+    missing_parts: int = 0
+
+    def parts_summary(self) -> str:
+        """What went out per receiver ("" when the captures went whole)."""
+        if not self.parts:
+            return ""
+        return f"; as {self.parts} parts ({self.late_parts} late), {self.missing_parts} never sent"
 
 
 @dataclass(frozen=True)
@@ -114,6 +126,10 @@ def publish(
 
     With ``truths``, the ground truth of that share of the valid captures goes to its topic too.
     """
+    if plan.per_receiver is not None:
+        return publish_parts(
+            producer, topic, network, plan, plan.per_receiver, truth_file=truth_file, on_sent=on_sent
+        )
     stats = PublishStats()
     failures: list[tuple[str, Any]] = []  # (topic, KafkaError) of each failed delivery
 

@@ -42,6 +42,7 @@ from heimdall_stream.clients import AUTHORIZATION_ERRORS, consumer_config
 from heimdall_stream.config import Settings
 from heimdall_stream.errors import FatalKafkaError
 from heimdall_stream.health import Health
+from heimdall_stream.join.stage import JoinStage
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.processing.processor import BatchProcessor
 from heimdall_stream.processing.records import InputRecord, ScoredBatch
@@ -73,6 +74,7 @@ class StreamApp:
         store_healthy: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        join: JoinStage | None = None,
     ) -> None:
         self.settings = settings
         self.processor = processor
@@ -93,6 +95,10 @@ class StreamApp:
         self.delivery = Delivery(
             settings, self.consumer, metrics, self._on_kafka_error, lambda: self._assigned
         )
+        # Per-receiver parts, joined into sets that enter the batcher like whole captures.
+        self.join = join
+        if join is not None:
+            self.delivery.offsets_of = join.commit_offsets
         self._fatal: str | None = None
         self._failed = False
         self._assigned: set[tuple[str, int]] = set()
@@ -105,8 +111,9 @@ class StreamApp:
         self.delivery.start()
         self.delivery.aborts.sleep = stop.wait  # a stop request ends a wait before a retry
         self.trimmer.start()
+        topics = [self.settings.kafka.input_topic] + ([self.join.topic] if self.join else [])
         self.consumer.subscribe(
-            [self.settings.kafka.input_topic],
+            topics,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
@@ -149,6 +156,9 @@ class StreamApp:
         wall = self.wall() if messages else 0.0
         for message in messages:
             self._accept(message, now, wall)
+        if self.join is not None:
+            for record in self.join.tick():
+                self.batcher.add(record)
         self._dispatch()
         self._deliver(self.pipeline.ready())
         self.metrics.in_flight.set(len(self.batcher) + self.pipeline.captures())
@@ -206,18 +216,21 @@ class StreamApp:
             return
         if (topic, partition) not in self._assigned:  # fetched before a revoke served meanwhile
             return
-        self.metrics.captures_consumed.inc()
-        self.batcher.add(
-            InputRecord(
-                topic=topic,
-                partition=partition,
-                offset=offset,
-                key=message.key(),
-                value=message.value(),
-                consumed_at=now,
-                broker_delay_s=_since_timestamp(message, wall),
-            )
+        record = InputRecord(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=message.key(),
+            value=message.value(),
+            consumed_at=now,
+            broker_delay_s=_since_timestamp(message, wall),
         )
+        if self.join is not None and self.join.owns(record):
+            for ready in self.join.accept(record):  # sets (and the parts it refused), when ready
+                self.batcher.add(ready)
+            return
+        self.metrics.captures_consumed.inc()
+        self.batcher.add(record)
 
     # ------------------------------------------------------------------ processing
 
@@ -259,7 +272,15 @@ class StreamApp:
         for batch in batches:
             self.processor.discard(batch)
         records += self.pipeline.discard() + self.batcher.take(force=True)
-        self.delivery.rewind(records)
+        self._rewind_records(records)
+
+    def _rewind_records(self, records: list[InputRecord]) -> None:
+        """Seek back over discarded records; the join re-reads its parts from its last commit."""
+        if self.join is None:
+            self.delivery.rewind(records)
+            return
+        self.delivery.rewind([r for r in records if not self.join.owns(r)])
+        self.join.reset(self.consumer)
 
     def _finish_everything(self) -> None:
         """Score and commit every consumed capture (before a revoke, or when stopping)."""
@@ -272,6 +293,8 @@ class StreamApp:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        if self.join is not None:
+            self.join.on_assign(self.consumer, partitions)
         self.metrics.rebalances.labels("assign").inc()
         log.info("assigned %s", sorted(tp.partition for tp in partitions))
         self.health.update(partitions=len(self._assigned))
@@ -288,12 +311,14 @@ class StreamApp:
         # owned back to it, and leave the lost ones to their new owner.
         self._forget(partitions, "lost")
         discarded = self.pipeline.discard() + self.batcher.take(force=True)
-        self.delivery.rewind(discarded)
+        self._rewind_records(discarded)
         log.warning(
             "lost %d partitions; %d consumed captures left to run again", len(partitions), len(discarded)
         )
 
     def _forget(self, partitions: list[TopicPartition], kind: str) -> None:
+        if self.join is not None:
+            self.join.forget(partitions)
         for tp in partitions:
             self._assigned.discard((tp.topic, tp.partition))
             with contextlib.suppress(KeyError):  # no lag series yet for this partition

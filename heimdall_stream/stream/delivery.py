@@ -53,6 +53,8 @@ class Delivery:
         self._on_error = on_error
         self._assigned = assigned
         self._renew_producer = False
+        # The offsets a transaction commits for its records (the join puts its own in).
+        self.offsets_of: Callable[[Sequence[InputRecord]], list[TopicPartition]] = next_offsets
         self.producer = Producer({**producer_config(settings), "error_cb": on_error})
         self.aborts = AbortBudget(settings.kafka, metrics)
 
@@ -89,7 +91,7 @@ class Delivery:
         over these batches and whatever it consumed after them.
         """
         records = [record for batch in batches for record in batch.records]
-        offsets = next_offsets(records)
+        offsets = self.offsets_of(records)
         try:
             if self.exactly_once:
                 self._commit_transaction(batches, offsets)

@@ -35,12 +35,20 @@ from heimdall_stream.wire.messages import (
     Localization,
     ModelDeployment,
     ModelStatus,
+    ReceiverCapture,
 )
 from heimdall_stream.wire.records import record_mapping
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
-SCHEMA_NAMES = ("IqCapture", "Localization", "ModelDeployment", "ModelStatus", "GroundTruth")
+SCHEMA_NAMES = (
+    "IqCapture",
+    "Localization",
+    "ModelDeployment",
+    "ModelStatus",
+    "GroundTruth",
+    "ReceiverCapture",
+)
 
 T = TypeVar("T")
 Schema = dict[str, Any]
@@ -219,3 +227,9 @@ def status_codec() -> Codec[ModelStatus]:
 def ground_truth_codec() -> Codec[GroundTruth]:
     """Codec of ``GroundTruth``."""
     return record_codec(GroundTruth)
+
+
+@cache
+def receiver_codec() -> Codec[ReceiverCapture]:
+    """Codec of ``ReceiverCapture`` (one receiver's part of a transmission)."""
+    return record_codec(ReceiverCapture)

@@ -73,6 +73,24 @@ class IqCapture:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiverCapture:
+    """What one receiver recorded of one transmission, published by that receiver alone."""
+
+    transmission_key: str
+    receiver_id: str
+    latitude: float
+    longitude: float
+    window_start: datetime
+    center_frequency_hz: float
+    sample_rate_hz: float
+    sample_format: SampleFormat
+    samples: bytes
+    altitude_m: float | None = None
+    timestamp_offset_ns: int | None = None
+    expected_receivers: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Covariance:
     """Position covariance in the local east/north frame."""
 

@@ -13,7 +13,7 @@ from heimdall_stream.errors import FatalKafkaError
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.processing.records import InputRecord, ScoredBatch
 from heimdall_stream.stream.aborts import AbortBudget, PoisonBatchError, describe_start
-from heimdall_stream.stream.delivery import Delivery
+from heimdall_stream.stream.delivery import Delivery, next_offsets
 
 TOO_LARGE = KafkaError(
     KafkaError.MSG_SIZE_TOO_LARGE, "Broker: Message size too large", txn_requires_abort=True
@@ -114,6 +114,7 @@ def test_a_refused_commit_flushes_then_aborts_then_waits_and_finally_stops():
     delivery = Delivery.__new__(Delivery)  # no real clients: only the commit path runs
     delivery.settings, delivery.metrics, delivery.exactly_once = settings, metrics, True
     delivery.consumer, delivery._renew_producer = FakeConsumer(), False
+    delivery.offsets_of = next_offsets
     producer = delivery.producer = FakeProducer()
     waits: list[float] = []
     delivery.aborts = AbortBudget(settings.kafka, metrics, sleep=waits.append)

@@ -38,11 +38,11 @@ Usage::
                                                      # lines; --apply grants them on this stack
 
 The secured stack enforces ACLs (``stacklib.acls``): ``up`` creates the users heimdall
-(consumer), heimdall-operator and heimdall-simulator and grants them what their role needs on
-the default topic names (or those of the ``HEIMDALL_KAFKA__*`` variables); ``acls --apply``
-grants the same for other names.  ``stack.env`` holds the consumer's credentials,
-``stack.operator.env``, ``stack.simulator.env`` and ``stack.admin.env`` (the super user, for
-``heimdall-stream topics``) the others'.
+(consumer), heimdall-operator, heimdall-simulator and heimdall-observer (map, calibrate) and
+grants them what their role needs on the default topic names (or those of the ``HEIMDALL_*``
+variables); ``acls --apply`` grants the same for other names.  ``stack.env`` holds the
+consumer's credentials, ``stack.operator.env``, ``stack.simulator.env``, ``stack.observer.env``
+and ``stack.admin.env`` (the super user, for ``heimdall-stream topics``) the others'.
 
 The state directory is ``$HEIMDALL_STACK_DIR`` (default ``<repo>/.local-stack``); the Kafka
 jars are cached in ``$HEIMDALL_STACK_CACHE`` (default ``<repo>/.local-stack/cache``) so several

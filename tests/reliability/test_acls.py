@@ -123,3 +123,43 @@ def test_the_consumer_stops_outside_its_group_and_transactional_ids(acl_env, set
     assert run.returncode == 3, run.stderr[-2000:]
     assert expected in run.stderr, run.stderr[-2000:]
     assert "Traceback" not in run.stderr
+
+
+def _observer_joins(stack, paths, env, group: str) -> tuple[list[TopicPartition], list[KafkaError]]:
+    """Subscribe to the results as the observer in ``group``: what it was assigned, what it was refused."""
+    assigned: list[TopicPartition] = []
+    errors: list[KafkaError] = []
+    reader = Consumer(
+        {
+            **stack.kafka_client_options(paths, role="observer"),
+            "bootstrap.servers": env["HEIMDALL_KAFKA__BOOTSTRAP_SERVERS"],
+            "group.id": group,
+            "error_cb": errors.append,
+        }
+    )
+    reader.subscribe(
+        [env["HEIMDALL_KAFKA__OUTPUT_TOPIC"]], on_assign=lambda _c, partitions: assigned.extend(partitions)
+    )
+    deadline = time.monotonic() + 60
+    try:
+        while not assigned and not errors and time.monotonic() < deadline:
+            message = reader.poll(0.5)
+            if message is not None and message.error() is not None:
+                errors.append(message.error())
+    finally:
+        reader.close()
+    return assigned, errors
+
+
+def test_the_observer_reads_results_in_the_map_s_groups_and_writes_nothing(acl_env):
+    stack, paths, env = acl_env
+    # The map's group (HEIMDALL_MAP__GROUP_ID_PREFIX + instance id): joined, partitions assigned.
+    assigned, errors = _observer_joins(stack, paths, env, f"heimdall-map-{uuid.uuid4().hex[:8]}")
+    assert assigned and not errors, errors
+    # The consumer's group is not the observer's to join.
+    assigned, errors = _observer_joins(stack, paths, env, env["HEIMDALL_KAFKA__GROUP_ID"])
+    assert not assigned and errors and "group authorization failed" in errors[0].str().lower(), errors
+    # Nor may it publish captures, as a command would: exit 2 naming what was refused.
+    run = cli(as_role(env, stack, paths, "observer"), "simulate", "--count", "1", timeout=90)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert "user 'heimdall-observer' has no ACL on it" in run.stderr, run.stderr[-2000:]

@@ -4,13 +4,16 @@ The broker runs ``StandardAuthorizer`` with nothing allowed unless an ACL says s
 broker's own principals (``admin`` on the client listener, ``controller`` on the controller
 listener) are super users.  Everyone else gets exactly what their role needs:
 
-* ``heimdall`` (the consumer): read the input and the control topic, write the output, DLQ and
+* ``heimdall`` (the consumer): read the input, per-receiver and control topics, write the output, DLQ and
   status topics, its consumer group, and the transactional ids ``<prefix>-*`` (plus Describe on
   the ``heimdall-control-*`` group ids its control-topic reader names);
 * ``heimdall-operator`` (``deploy``, ``status``): the only writer of the control topic; reads
   it back (to number the next generation) and the status topic, describes the consumer group
   (and the ``heimdall-cli-*`` group ids its readers name);
-* ``heimdall-simulator``: writes the input topic, nothing else.
+* ``heimdall-simulator``: writes the input topic, the per-receiver topic and the ground-truth
+  topic (it stands for the receivers and the beacons whose positions are known), nothing else;
+* ``heimdall-observer`` (``map``, ``calibrate``): reads the results and the ground truth, in
+  consumer groups of its own (``<map prefix>-*``, ``heimdall-calibrate-*``), nothing else.
 
 ``rules`` is the one list; ``grant`` applies it through the Admin API, ``acl_commands`` prints
 it as ``kafka-acls.sh`` lines (deploy/README.md lists them).  Topic names and the group come
@@ -30,10 +33,19 @@ ROLES: dict[str, tuple[str, str]] = {
     "consumer": ("heimdall", "kafka_password"),
     "operator": ("heimdall-operator", "kafka_operator_password"),
     "simulator": ("heimdall-simulator", "kafka_simulator_password"),
+    "observer": ("heimdall-observer", "kafka_observer_password"),
 }
 # Group ids of readers that only assign() (heimdall_stream.control.runtime / .operator).
 CONTROL_READER_GROUP_PREFIX = "heimdall-control-"
 CLI_READER_GROUP_PREFIX = "heimdall-cli-"
+# The calibrator's group (heimdall_stream.calibration.service): this prefix + its instance id.
+CALIBRATOR_GROUP_PREFIX = "heimdall-calibrate-"
+# Names that are not HEIMDALL_KAFKA__* settings: the field -> its variable.
+OTHER_VARIABLES = {
+    "receivers_topic": "HEIMDALL_JOIN__TOPIC",
+    "truth_topic": "HEIMDALL_CALIBRATION__TRUTH_TOPIC",
+    "map_group_prefix": "HEIMDALL_MAP__GROUP_ID_PREFIX",
+}
 SCRAM_ITERATIONS = 8192  # what kafka-storage's --add-scram uses by default
 
 
@@ -48,16 +60,18 @@ class Names:
     status_topic: str = "heimdall.model-status"
     group_id: str = "heimdall-stream"
     transactional_id_prefix: str = "heimdall-stream"
+    receivers_topic: str = "heimdall.iq.receivers"
+    truth_topic: str = "heimdall.ground-truth"
+    map_group_prefix: str = "heimdall-map"
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Names:
-        """The names a consumer configured by ``HEIMDALL_KAFKA__*`` variables would use."""
-        values = {
-            name: env[f"HEIMDALL_KAFKA__{name.upper()}"]
+        """The names processes configured by these ``HEIMDALL_*`` variables would use."""
+        variables = {
+            name: OTHER_VARIABLES.get(name, f"HEIMDALL_KAFKA__{name.upper()}")
             for name in cls.__dataclass_fields__
-            if f"HEIMDALL_KAFKA__{name.upper()}" in env
         }
-        return cls(**values)
+        return cls(**{name: env[variable] for name, variable in variables.items() if variable in env})
 
 
 @dataclass(frozen=True)
@@ -73,9 +87,12 @@ class Rule:
 
 def rules(names: Names) -> list[Rule]:
     """Every ACL of the secured stack for these resource names."""
-    consumer, operator, simulator = (ROLES[r][0] for r in ("consumer", "operator", "simulator"))
+    consumer, operator, simulator, observer = (
+        ROLES[r][0] for r in ("consumer", "operator", "simulator", "observer")
+    )
     return [
         Rule(consumer, "READ", "topic", names.input_topic),
+        Rule(consumer, "READ", "topic", names.receivers_topic),
         Rule(consumer, "WRITE", "topic", names.output_topic),
         Rule(consumer, "WRITE", "topic", names.dlq_topic),
         Rule(consumer, "WRITE", "topic", names.status_topic),
@@ -92,6 +109,13 @@ def rules(names: Names) -> list[Rule]:
         Rule(operator, "DESCRIBE", "group", names.group_id),  # which instances are live
         Rule(operator, "DESCRIBE", "group", CLI_READER_GROUP_PREFIX, prefixed=True),  # likewise
         Rule(simulator, "WRITE", "topic", names.input_topic),
+        Rule(simulator, "WRITE", "topic", names.receivers_topic),
+        Rule(simulator, "WRITE", "topic", names.truth_topic),
+        Rule(observer, "READ", "topic", names.output_topic),
+        Rule(observer, "READ", "topic", names.truth_topic),
+        # The map's and the calibrator's groups: "<prefix>-<instance id>", joined but never committed.
+        Rule(observer, "READ", "group", f"{names.map_group_prefix}-", prefixed=True),
+        Rule(observer, "READ", "group", CALIBRATOR_GROUP_PREFIX, prefixed=True),
     ]
 
 

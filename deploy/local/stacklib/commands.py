@@ -67,8 +67,8 @@ def write_env(paths: Paths, ports: dict[str, int]) -> None:
     paths.env_file.write_text("\n".join(lines) + "\n")
     if paths.secure:
         # The same settings as each other principal: stack.operator.env, stack.simulator.env,
-        # stack.admin.env (the super user, for `heimdall-stream topics`).
-        for role in ("operator", "simulator", "admin"):
+        # stack.observer.env, stack.admin.env (the super user, for `heimdall-stream topics`).
+        for role in ("operator", "simulator", "observer", "admin"):
             options = kafka_client_options(paths, admin=role == "admin", role=role)
             swapped = {
                 "HEIMDALL_KAFKA__SASL_USERNAME": options["sasl.username"],

@@ -20,6 +20,7 @@ PASSWORDS = (
     "kafka_password",
     "kafka_operator_password",
     "kafka_simulator_password",
+    "kafka_observer_password",
     "kafka_controller_password",
     "redis_password",
     "keystore_password",

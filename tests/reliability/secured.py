@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import load_stack_module, unavailable
+from tests.helpers import run_cli
 from tests.integration.conftest import CONTROL_KEY
 
 SECURE_SERVICES = ["kafka", "redis"]
@@ -103,12 +103,4 @@ def provision(env: dict[str, str], stack: Any, paths: Any) -> None:
 
 def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """Run ``heimdall-stream ARGS`` in ``env`` and capture what it prints."""
-    return subprocess.run(
-        [sys.executable, "-m", "heimdall_stream.cli", *args],
-        env=env,
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
+    return run_cli(*args, env=env, timeout=timeout)

@@ -16,8 +16,9 @@ from heimdall_stream.lab.publisher import SimulationPlan, publish
 from heimdall_stream.network import load_network
 from heimdall_stream.wire.codec import receiver_codec
 from heimdall_stream.wire.messages import ReceiverCapture, SampleFormat
-from tests.integration.conftest import ConsumerProcess, _admin, read_topic, results_of, wait_for
+from tests.integration.conftest import ConsumerProcess, _admin, read_topic, results_of
 from tests.integration.join_helpers import SENTINEL_MS, join_settings, producer, read_parts, reference_sets
+from tests.reliability.kills import kill_at_progress
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -83,18 +84,7 @@ def test_sigkill_during_per_receiver_publishing_loses_and_duplicates_no_set(
     moments = sorted(rng.sample(range(parts // 20, parts * 8 // 10), KILLS))
     kills = 0
     try:
-        for moment in moments:
-            since = _committed_parts(settings)
-            wait_for(
-                lambda moment=moment, since=since: _committed_parts(settings) >= max(moment, since + 1),
-                300,
-                f"the consumer made no progress after {kills} kills",
-                interval=0.05,
-            )
-            time.sleep(rng.uniform(0.0, 0.5))  # anywhere in the transaction under way
-            consumer.kill()
-            kills += 1
-            consumer.start()
+        kills = kill_at_progress(consumer, lambda: _committed_parts(settings), moments, rng, 300)
         sender.join(300)
         assert not sender.is_alive(), "the parts were not all sent"
         _sentinels(settings)

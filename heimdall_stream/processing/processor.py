@@ -3,9 +3,10 @@
 ``BatchProcessor.process`` runs, for one consumed batch: decode → route (sticky, by a hash of
 ``capture_id``) → validate against the routed version's contract → dedup → cache look-up →
 infer (one inference batch per version, never mixed; poison isolated) → finish → shadow
-comparison.  It writes nothing: ``stream.delivery`` commits the outcome, and only then does
-``after_commit`` mark the captures done, fill the cache and record the metrics; a batch that
-is thrown away to run again (its transaction aborted) is handed to ``discard``.
+comparison.  It writes nothing to Kafka: ``before_commit`` writes pending dedup marks,
+``stream.delivery`` commits the outcome, and only then does ``after_commit`` mark the captures
+done, fill the cache and record the metrics; a batch that is thrown away to run again (its
+transaction aborted) is handed to ``discard``.
 
 Several worker threads may run ``process`` at once.  What they share is safe for that: the
 dedup claims (locked), the batch counter (atomic), the model sessions (onnxruntime's ``run`` is
@@ -95,6 +96,14 @@ class BatchProcessor:
             raise
         scored.finished_at = clock()
         return scored
+
+    def before_commit(self, scored: ScoredBatch) -> None:
+        """Write pending dedup marks for the batch's results (before its transaction commits).
+
+        No crash between the commit and ``after_commit`` can then let an upstream repeat
+        through (``processing.dedup``).
+        """
+        self.dedup.pend(scored.results)
 
     def after_commit(self, scored: ScoredBatch) -> None:
         """Mark the batch's captures done, cache its predictions, record its metrics."""

@@ -10,6 +10,7 @@ result cache keeps the model's own output).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,7 +26,11 @@ from heimdall_stream.processing.cache import Prediction, encode_prediction
 from heimdall_stream.processing.infer import Inferred
 from heimdall_stream.processing.records import DeadLetter, Decoded, Result
 from heimdall_stream.wire.codec import localization_codec
-from heimdall_stream.wire.messages import Covariance, Lineage, Localization, Timings
+from heimdall_stream.wire.messages import ConfidenceRadius, Covariance, Lineage, Localization, Timings
+
+# The confidences whose radii every result carries besides its ellipse's: the 68.27 % (the
+# one-sigma probability) and 95 % levels that calibration is judged on.
+STANDARD_CONFIDENCES = (0.6827, 0.95)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +45,28 @@ class FinishContext:
     inference_started: float  # monotonic seconds: the end of each capture's queueing
     inference_ms: float
     now: datetime
+    # The model's radius at each standard confidence; ``finish_all`` fills it once per batch.
+    radii: tuple[ConfidenceRadius, ...] = ()
+
+
+def standard_radii(model: LoadedModel, confidence: float, radius: float) -> tuple[ConfidenceRadius, ...]:
+    """The model's Mahalanobis radius at the standard confidences and at ``confidence`` (``radius``).
+
+    Each result says how its ellipse was drawn: the ellipse carries its own radius, and
+    ``radii`` these, so a reader can rebuild or score the ellipse at those levels from the
+    covariance alone (``heimdall-stream calibrate`` does).
+    """
+    levels = {level: model.contract.radius(level) for level in STANDARD_CONFIDENCES}
+    levels[confidence] = radius
+    return tuple(ConfidenceRadius(level, levels[level]) for level in sorted(levels))
 
 
 def finish_all(
     items: Sequence[Decoded], prepared: PreparedBatch, inferred: Inferred, ctx: FinishContext
 ) -> tuple[list[Result], list[DeadLetter]]:
     """Results for the rows that have a prediction; dead letters for the rest."""
+    if not ctx.radii:
+        ctx = dataclasses.replace(ctx, radii=standard_radii(ctx.model, ctx.confidence, ctx.radius))
     rows = range(len(items))
     east = np.array([inferred.predictions[r][0][0] if r in inferred.predictions else 0.0 for r in rows])
     north = np.array([inferred.predictions[r][0][1] if r in inferred.predictions else 0.0 for r in rows])
@@ -117,6 +138,7 @@ def finish(
         longitude=longitude,
         covariance=cov,
         ellipse=ellipse,
+        radii=ctx.radii,
         geojson=geojson,
         receivers_used=receivers_used,
         cache_hit=cache_hit,

@@ -19,13 +19,18 @@
   const arrivals = []; // server receive times of recent results, for the rate
 
   // ------------------------------------------------------------------ appearance
-  // Age from the capture's time (the receive time for results that do not carry it).
-  function timeOf(view) { return view.time ? Date.parse(view.time) / 1000 : view.received; }
+  // Age from the capture's time (the receive time for results that do not carry one it can read:
+  // an unparseable time would make every age NaN and stop the drawing).
+  function timeOf(view) {
+    const captured = view.time ? Date.parse(view.time) / 1000 : NaN;
+    return Number.isFinite(captured) ? captured : view.received;
+  }
   function serverNow() { return Date.now() / 1000 - skewS; }
   function colourOf(item) {
     if (item.view.quality != null && item.view.quality < DOUBTFUL_QUALITY) return DOUBTFUL_COLOUR;
     const age = serverNow() - item.t;
-    return AGE_COLOURS.find(([limit]) => age < limit)[1];
+    const step = AGE_COLOURS.find(([limit]) => age < limit) || AGE_COLOURS[AGE_COLOURS.length - 1];
+    return step[1];
   }
   // Large ellipses say little and would hide the rest: the bigger, the fainter.
   function alphaOf(view) {

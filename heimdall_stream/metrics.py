@@ -47,6 +47,13 @@ class Metrics:
             "evicted); each would have been a duplicate result.",
             registry=registry,
         )
+        self.doubtful_results = Counter(
+            "heimdall_doubtful_results_total",
+            "Results whose capture failed the consistency check (quality under 0.5: unlike the "
+            "model's training, or time differences without a sharp correlation peak).",
+            ["model_version"],
+            registry=registry,
+        )
         self.cache_hits = Counter(
             "heimdall_cache_hits_total",
             "Results served from the result cache.",

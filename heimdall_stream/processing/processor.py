@@ -29,6 +29,7 @@ from heimdall_stream.config import LimitsSettings
 from heimdall_stream.errors import InternalError
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.models.inference import LoadedModel
+from heimdall_stream.models.quality import IN_DISTRIBUTION_QUALITY
 from heimdall_stream.models.routing import ModelSet
 from heimdall_stream.processing.cache import ResultCache
 from heimdall_stream.processing.dedup import Deduplicator
@@ -119,6 +120,8 @@ class BatchProcessor:
                 metrics.inference_latency.labels(version).observe(stats.inference_s)
             if stats.results:
                 metrics.results_produced.labels(version).inc(len(stats.results))
+                doubtful = sum(r.localization.quality < IN_DISTRIBUTION_QUALITY for r in stats.results)
+                metrics.doubtful_results.labels(version).inc(doubtful)
             end_to_end = metrics.end_to_end_latency.labels(version)  # looked up once per batch
             for result in stats.results:
                 end_to_end.observe(max((now - result.captured_at).total_seconds(), 0.0))

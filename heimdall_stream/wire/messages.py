@@ -156,6 +156,8 @@ class Localization:
     lineage: Lineage
     produced_at: datetime
     radii: tuple[ConfidenceRadius, ...] = ()  # the model's radius at the standard confidences
+    # consistency with the model's training (models.quality); under 0.5: a doubtful fix
+    quality: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tracemalloc
@@ -91,6 +92,7 @@ localizations = st.builds(
     ),
     produced_at=timestamps,
     radii=st.lists(st.builds(ConfidenceRadius, finite, finite), max_size=3).map(tuple),
+    quality=st.floats(0.0, 1.0),
 )
 ground_truths = st.builds(GroundTruth, text, finite, finite, timestamps, text)
 deployments = st.builds(
@@ -136,7 +138,7 @@ def test_ground_truth_round_trip(value):
 
 
 def test_a_result_written_before_it_carried_its_radius_decodes_with_none_and_no_radii():
-    (v1,) = older_schemas("Localization")
+    v1 = older_schemas("Localization")[0]
     # The fingerprint every result written so far carries on heimdall.localizations.
     assert schema_fingerprint(v1).hex() == "f8aa1292fb1ef327"
     old_writer = Codec(v1, lambda record: record, lambda record: record)
@@ -163,6 +165,20 @@ def test_a_result_written_before_it_carried_its_radius_decodes_with_none_and_no_
     decoded = localization_codec().decode(old_writer.encode(record))
     assert decoded.ellipse == Ellipse(0.95, 250.0, 120.0, 10.0, None)
     assert decoded.radii == () and decoded.lineage.source_offset == 7
+
+
+@given(localizations)
+def test_a_localization_written_before_quality_existed_decodes_as_fully_trusted(value):
+    before_quality = older_schemas("Localization")[-1]  # v2: with radii, without quality
+    assert "quality" not in {f["name"] for f in before_quality["fields"]}
+    mapping = record_mapping(Localization, load_schema("Localization"))
+    old_writer = Codec(
+        before_quality,
+        lambda loc: {k: v for k, v in mapping.to_record(loc).items() if k != "quality"},
+        lambda r: r,
+    )
+    decoded = localization_codec().decode(old_writer.encode(value))
+    assert decoded == dataclasses.replace(value, quality=1.0)
 
 
 @given(deployments)

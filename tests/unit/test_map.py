@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import warnings
 from datetime import UTC, datetime, timedelta
@@ -70,6 +71,9 @@ def test_a_view_carries_what_the_popup_shows_and_the_error_against_a_truth():
     assert view["error_m"] == pytest.approx(1111.0, rel=0.01)
     assert len(view["rings"]) == 1 and view["rings"][0][0] == view["rings"][0][-1]
     assert view["rx"] == ["torino", "genova"] and view["cache"] is True
+    assert view["quality"] == 1.0  # a record without the field: fully trusted
+    doubtful = result_view(dataclasses.replace(_loc(), quality=0.23456), 8)
+    assert doubtful["quality"] == 0.235  # the page greys it (under 0.5)
 
 
 def test_a_result_with_the_older_single_feature_geojson_is_still_drawn():

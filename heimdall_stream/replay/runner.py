@@ -191,7 +191,14 @@ def _identity(job: ReplayJob, topic: str, models: list[LoadedModel]) -> dict[str
     resumed ``--to latest`` keeps the end it had (the live topic has grown since), and a resumed
     ``--from earliest`` its start (retention may have deleted the first messages since).
     """
-    return {"topic": topic, "from": job.start, "to": job.end, "models": [m.sha256 for m in models]}
+    return {
+        "topic": topic,
+        "from": job.start,
+        "to": job.end,
+        "models": [m.sha256 for m in models],
+        # Where the answers go: a file's progress is no position in a topic, nor the reverse.
+        "output": f"topic:{job.output_topic}" if job.output_topic is not None else f"file:{job.output_file}",
+    }
 
 
 def _saved_progress(
@@ -210,8 +217,15 @@ def _saved_progress(
     start = {p: s for p, (s, _) in span.bounds.items()}
     start.update({int(p): int(o) for p, o in saved["next"].items()})
     reports = {label: VersionReport.from_json(r) for label, r in saved["reports"].items()}
+    output_bytes = saved.get("output_bytes")
+    if job.output_file is not None and output_bytes is None:
+        # Without the position its answers reached, cutting the file back would guess: refuse.
+        raise ConfigurationError(
+            f"{job.state_file} does not say how far {job.output_file} was written; "
+            "remove it (and the file) to start the replay over"
+        )
     log.info("resuming from %s", job.state_file)
-    return span, start, reports, int(saved.get("output_bytes") or 0)
+    return span, start, reports, int(output_bytes or 0)
 
 
 def _save(

@@ -30,13 +30,13 @@ def test_no_state_file_means_a_new_replay(tmp_path: Path) -> None:
 def test_a_resumed_replay_keeps_its_range_and_offsets(tmp_path: Path) -> None:
     state = tmp_path / "s.json"
     span = Range("in", {0: (10, 500), 1: (0, 40)})
-    _save(job(state), span, MODELS, {0: 200, 1: 0}, {"m/4": VersionReport("m/4")})
+    _save(job(state), span, MODELS, {0: 200, 1: 0}, {"m/4": VersionReport("m/4")}, output_bytes=0)
     # Resolving "latest" again would give another end (the topic grew): the saved range is used.
     saved = _saved_progress(job(state), "in", MODELS)
     assert saved is not None
     resumed, start, reports, output_bytes = saved
     assert resumed == span and start == {0: 200, 1: 0} and list(reports) == ["m/4"]
-    assert output_bytes == 0, "no output bytes saved: nothing of the file is covered"
+    assert output_bytes == 0
     assert not state.with_suffix(".json.tmp").exists()
 
 
@@ -76,3 +76,15 @@ def test_a_resumed_file_is_cut_back_to_what_its_saved_progress_covers(tmp_path: 
     assert out.read_bytes() == covered, "chunk 2 is written again once, not twice"
     with pytest.raises(ConfigurationError, match="fewer than"):
         FileSink(tmp_path / "lost.jsonl", resume_at=len(covered))
+
+
+def test_a_progress_that_does_not_say_how_far_its_file_was_written_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "s.json"
+    _save(job(state), Range("in", {0: (0, 9)}), MODELS, {0: 4}, {})  # no output position
+    with pytest.raises(ConfigurationError, match="does not say how far"):
+        _saved_progress(job(state), "in", MODELS)
+    # The progress of a replay into a topic is not one into a file.
+    to_topic = ReplayJob("earliest", "latest", ("models:/m/4",), output_topic="t", state_file=state)
+    _save(to_topic, Range("in", {0: (0, 9)}), MODELS, {0: 4}, {})
+    with pytest.raises(ConfigurationError, match="progress of another replay"):
+        _saved_progress(job(state), "in", MODELS)

@@ -218,10 +218,11 @@ class Metrics:
             "1 while input partitions are paused for backpressure.",
             registry=registry,
         )
-        # The per-receiver join (join/): counted once the transaction carrying them commits.
+        # The per-receiver join (join/): parts as read (again after an abort or a rebalance, like
+        # captures_consumed); the sets below once the transaction carrying them commits.
         self.join_parts = Counter(
             "heimdall_join_parts_consumed_total",
-            "ReceiverCapture parts read from the receivers topic.",
+            "ReceiverCapture parts read from the receivers topic (re-reads after an abort count again).",
             registry=registry,
         )
         self.join_sets = Counter(

@@ -2,9 +2,11 @@
 
 Three bounds: open sets (count), sample bytes they hold, and per partition the done parts
 behind the oldest waiting one (their offsets go into the committed offset metadata, which
-brokers cap at 4 KB by default: ``offset.metadata.max.bytes``; at most 2 bytes a part).  At a
-bound the oldest open set (lowest first offset) is closed early with the receivers it has,
-counted as ``evicted``; it is emitted like any closed set (or dead-lettered as too small).
+brokers cap at 4 KB by default: ``offset.metadata.max.bytes``; at most 2 bytes a part).  At the
+first two, which are the whole join's, the set that has waited longest in any partition is
+closed early with the receivers it has; at the third, the partition's oldest (lowest first
+offset).  It counts as ``evicted`` and is emitted like any closed set (or dead-lettered as too
+small).
 Memory thus stays bounded under any input, at the price of a set that, under a replay without
 the pressure, might have grown.
 """
@@ -38,5 +40,5 @@ def over_bound(bounds: JoinBounds, open_sets: int, pending_bytes: int, tracked: 
 
 
 def oldest(sets: Iterable[OpenSet]) -> OpenSet | None:
-    """The set that gives way at a bound: the lowest first offset (it holds the commit back most)."""
+    """The set of a partition that gives way at its own bound: the lowest first offset."""
     return min(sets, key=lambda s: s.first_offset, default=None)

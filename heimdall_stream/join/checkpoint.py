@@ -98,8 +98,11 @@ class Tracker:
             offset = max(self.parts) + 1
         else:
             offset = self.committed.offset if self.committed else 0
-        done = tuple(sorted(o for o, s in self.parts.items() if s is not None and s <= seq and o > offset))
-        return Checkpoint(offset, watermark, done)
+        done = {o for o, s in self.parts.items() if s is not None and s <= seq and o > offset}
+        # Parts done before the last restart and not read again yet stay done: left out, a
+        # second restart would join them again into sets already emitted.
+        done.update(o for o in self._skip if o > offset)
+        return Checkpoint(offset, watermark, tuple(sorted(done)))
 
     def commit(self, checkpoint: Checkpoint) -> None:
         """A checkpoint was committed: forget the parts before it."""

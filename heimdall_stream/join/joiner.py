@@ -22,6 +22,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from heimdall_stream.errors import InternalError
 from heimdall_stream.join.assemble import record_of
 from heimdall_stream.join.bounds import JoinBounds, oldest, over_bound
 from heimdall_stream.join.checkpoint import Checkpoint, Tracker
@@ -111,7 +112,11 @@ class Joiner:
         """Take one consumed part; return the records it made ready for the batch path."""
         state = self.partitions.get(record.partition)
         if state is None:
-            return []
+            # The stream hands over parts of assigned partitions only; a part dropped here would
+            # be committed past without a trace, so this is a bug to stop on.
+            raise InternalError(
+                f"a part of {record.topic}[{record.partition}], a partition the join does not hold"
+            )
         state.step_watermark = state.watermark.value
         out: list[InputRecord] = []
         if state.tracker.seen(record.offset):
@@ -235,18 +240,43 @@ class Joiner:
             del state.emitted[key]
 
     def _enforce_bounds(self, state: _Partition, now: float, out: list[InputRecord]) -> None:
-        while state.open:
+        """Close sets early until the state is within its bounds again.
+
+        The open-set and byte bounds are the whole join's: the set that gives way is the one
+        that has waited longest in any partition (first consumed), not one of the partition
+        that happened to receive the last part, which would evict every new set on arrival
+        while another partition held the state.  The tracked-parts bound is per partition.
+        """
+        while True:
             # Parts done but not yet committed go once their batch commits: only the done parts
             # behind a waiting one (the offset metadata's size) count against the bound.
             tracked = state.tracker.exposure() if len(state.tracker) > self.bounds.max_tracked_parts else 0
             reason = over_bound(self.bounds, self.open_sets, self.pending_bytes, tracked)
             if reason is None:
                 return
-            victim = oldest(state.open.values())
-            if victim is None:
+            owner: _Partition | None = state
+            if tracked > self.bounds.max_tracked_parts:
+                victim = oldest(state.open.values())
+            else:
+                owner, victim = self._longest_waiting()
+            if owner is None or victim is None:
                 return
             self.evictions.append(f"set {victim.key} closed early: {reason}")
-            self._emit(state, victim, "evicted", now, out)
+            if owner is not state:
+                owner.step_watermark = owner.watermark.value  # its own event time, not this part's
+            self._emit(owner, victim, "evicted", now, out)
+
+    def _longest_waiting(self) -> tuple[_Partition | None, OpenSet | None]:
+        """The open set first consumed, over every partition, and its partition's state."""
+        candidates = [
+            (s.anchor.record.consumed_at, s.first_offset, p, s)
+            for p in self.partitions.values()
+            for s in p.open.values()
+        ]
+        if not candidates:
+            return None, None
+        _, _, owner, victim = min(candidates, key=lambda c: (c[0], c[1]))
+        return owner, victim
 
     def _emit(
         self, state: _Partition, closed: OpenSet, outcome: str, now: float, out: list[InputRecord]

@@ -114,7 +114,14 @@ class JoinStage:
             raise FatalKafkaError(f"cannot read the committed join state of {self.topic}: {exc}") from exc
         now = self._clock()
         for tp in committed:
-            checkpoint = Checkpoint.parse(tp.offset, tp.metadata) if tp.offset >= 0 else None
+            try:
+                checkpoint = Checkpoint.parse(tp.offset, tp.metadata) if tp.offset >= 0 else None
+            except (ValueError, IndexError) as exc:
+                # Guessing would join parts already emitted again: stop and say where.
+                raise FatalKafkaError(
+                    f"the committed join state of {self.topic}[{tp.partition}] at {tp.offset} does not "
+                    f"parse ({exc}): {tp.metadata!r:.200}"
+                ) from exc
             self.joiner.assign(tp.partition, checkpoint, now)
             if checkpoint is not None and checkpoint.done:
                 log.info(

@@ -156,3 +156,32 @@ def test_after_an_abort_everything_uncommitted_is_re_read_from_the_committed_off
     assert joiner.reset(0.0) == {0: 2}  # the aborted transaction's parts are read again
     again = [r for record in later for r in joiner.accept(record, 0.0)]
     assert _outcomes(joiner, again) == [("set", "k2", ("a", "b"))]
+
+
+def test_the_set_that_gives_way_is_the_longest_waiting_in_any_partition():
+    joiner = _joiner(max_open_sets=3)
+    joiner.assign(1, None, 0.0)
+    for offset, key in enumerate(("k1", "k2", "k3")):  # partition 0 holds the state
+        joiner.accept(part_record(offset, key, "a", 1000 + offset), 0.0)
+        joiner.accept(part_record(10 + offset, key, "b", 1000 + offset), 0.0)
+    # A new set on partition 1: partition 0's oldest gives way, the newcomer stays open.
+    out = joiner.accept(part_record(50, "x", "a", 1005, partition=1), 0.0)
+    assert _outcomes(joiner, out) == [("set", "k1", ("a", "b"))]
+    assert "x" in joiner.partitions[1].open and "k1" not in joiner.partitions[0].open
+    assert joiner.checkpoints(out).keys() == {0}, "the evicted set commits in its own partition"
+
+
+def test_a_second_restart_still_skips_what_was_done_before_the_first():
+    # Done before the first restart: 105 and 200 (200 not read again yet when the next commit
+    # is made); a second restart must still skip both.
+    joiner = Joiner(join_settings(), MAX)
+    joiner.assign(0, Checkpoint(100, 5, (105, 200)), 0.0)
+    out = []
+    for offset in range(100, 110):
+        if offset == 105:
+            joiner.accept(part_record(offset, "old", "a", 1000), 0.0)  # skipped: done before
+            continue
+        out += joiner.accept(part_record(offset, f"k{offset}", "a", 1000 + offset, expected=1), 0.0)
+    checkpoint = joiner.checkpoints(out)[0]
+    assert checkpoint.offset == 110 and 200 in checkpoint.done
+    assert Checkpoint.parse(checkpoint.offset, checkpoint.metadata()).done == (200,)

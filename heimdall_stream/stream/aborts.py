@@ -13,6 +13,7 @@ is fixed) resumes there.  A commit resets the budget.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -25,6 +26,7 @@ from heimdall_stream.processing.records import InputRecord
 from heimdall_stream.retry import Backoff
 
 log = logging.getLogger(__name__)
+BEAT_DURING_WAIT_S = 5.0  # how often a wait before a retried batch tells /healthz the loop is alive
 
 
 class PoisonBatchError(FatalKafkaError):
@@ -79,6 +81,28 @@ class AbortBudget:
             error.str(),
         )
         self.sleep(delay)
+
+
+def waiting_alive(
+    stop: threading.Event, beat: Callable[[], None], clock: Callable[[], float] = time.monotonic
+) -> Callable[[float], bool]:
+    """A wait for ``AbortBudget``: ended by ``stop``, calling ``beat`` every few seconds meanwhile.
+
+    A wait can reach ``KAFKA__ABORT_BACKOFF_MAX_S`` (30 s by default), the heartbeat's own
+    timeout: the loop is waiting on purpose, so /healthz must not call it stuck.  True when
+    the stop request ended it.
+    """
+
+    def wait(seconds: float) -> bool:
+        deadline = clock() + seconds
+        while (left := deadline - clock()) > 0:
+            beat()
+            if stop.wait(min(left, BEAT_DURING_WAIT_S)):
+                return True
+        beat()
+        return stop.is_set()
+
+    return wait
 
 
 def describe_start(records: Sequence[InputRecord]) -> str:

@@ -46,6 +46,7 @@ from heimdall_stream.join.stage import JoinStage
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.processing.processor import BatchProcessor
 from heimdall_stream.processing.records import InputRecord, ScoredBatch
+from heimdall_stream.stream.aborts import waiting_alive
 from heimdall_stream.stream.allocator import Trimmer
 from heimdall_stream.stream.batching import MicroBatcher
 from heimdall_stream.stream.delivery import Delivery
@@ -109,7 +110,8 @@ class StreamApp:
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set; then finish the pending batch and leave the group."""
         self.delivery.start()
-        self.delivery.aborts.sleep = stop.wait  # a stop request ends a wait before a retry
+        # A stop request ends a wait before a retried batch; /healthz hears from the loop meanwhile.
+        self.delivery.aborts.sleep = waiting_alive(stop, self.health.beat, self.clock)
         self.trimmer.start()
         topics = [self.settings.kafka.input_topic] + ([self.join.topic] if self.join else [])
         self.consumer.subscribe(

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 from prometheus_client import CollectorRegistry
 
-from heimdall_stream.config import KafkaSettings, Settings
-from heimdall_stream.errors import FatalKafkaError
+from heimdall_stream.config import KafkaSettings, Settings, load_settings
+from heimdall_stream.errors import ConfigurationError, FatalKafkaError
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.processing.records import InputRecord, ScoredBatch
-from heimdall_stream.stream.aborts import AbortBudget, PoisonBatchError, describe_start
+from heimdall_stream.stream.aborts import AbortBudget, PoisonBatchError, describe_start, waiting_alive
 from heimdall_stream.stream.delivery import Delivery, next_offsets
 
 TOO_LARGE = KafkaError(
@@ -128,3 +129,29 @@ def test_a_refused_commit_flushes_then_aborts_then_waits_and_finally_stops():
         delivery.commit([batch])
     assert producer.calls.count("abort") == 2  # aborted before giving up: nothing left open
     assert _value(metrics, "heimdall_transactions_total", outcome="committed") == 0
+
+
+def test_a_wait_before_a_retry_beats_the_heartbeat_and_ends_on_a_stop_request():
+    now = [0.0]
+    beats: list[float] = []
+
+    class Stop(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:  # the clock moves instead of sleeping
+            if not self.is_set():
+                now[0] += timeout or 0.0
+            return self.is_set()
+
+    stop = Stop()
+    wait = waiting_alive(stop, lambda: beats.append(now[0]), lambda: now[0])
+    assert wait(30.0) is False and now[0] == 30.0
+    assert beats == [0.0, 5.0, 10.0, 15.0, 20.0, 25.0, 30.0], "never longer than 5 s without a beat"
+    stop.set()
+    assert wait(30.0) is True and now[0] == 30.0, "a stop request ends the wait at once"
+
+
+def test_a_first_abort_backoff_above_the_longest_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv("HEIMDALL_KAFKA__ABORT_BACKOFF_FIRST_S", "60")
+    with pytest.raises(
+        ConfigurationError, match=r"abort_backoff_first_s \(60.0\) exceeds abort_backoff_max_s"
+    ):
+        load_settings()

@@ -37,6 +37,7 @@ from heimdall_stream.wire.messages import (
 )
 from tests.conftest import unavailable
 from tests.integration.conftest import scrape, wait_for
+from tests.integration.test_dashboard_metrics import CALIBRATOR_PREFIX, _base, _referenced
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
@@ -156,6 +157,10 @@ def test_the_stream_s_results_joined_with_ground_truth_give_coverage_and_error_p
     assert calibrator.value("heimdall_calibration_error_meters_count", **version) == count
     assert calibrator.value("heimdall_calibration_error_meters_sum", **version) > 0
     assert calibrator.value("heimdall_calibration_pending", side="truth") == 0
+    # Every calibration series the dashboard and the alert rules name is one this process exports.
+    exported = {_base(name) for name, _ in calibrator.samples()}
+    referenced = {name for name in _referenced() if name.startswith(CALIBRATOR_PREFIX)}
+    assert referenced and not {n for n in referenced if _base(n) not in exported}, sorted(referenced)
     wait_for(
         lambda: (
             calibrator.value("heimdall_calibration_bad_records_total", kind="truths", reason="bad_magic") == 1

@@ -59,6 +59,9 @@ class SleepingProcessor:
         time.sleep(len(records) / self.rate)
         return ScoredBatch(list(records), "sleep", started_at=started, finished_at=time.monotonic())
 
+    def before_commit(self, scored: ScoredBatch) -> None:
+        """No dedup marks to write."""
+
     def after_commit(self, scored: ScoredBatch) -> None:
         self.committed += len(scored.records)
         if self.committed >= self.expected:
@@ -119,7 +122,14 @@ def test_a_slow_batch_path_is_never_starved_by_the_input_path(make_settings, tmp
     runner = threading.Thread(target=app.run, args=(stop,), daemon=True)
     runner.start()
     try:
-        assert compute.done.wait(600), f"only {compute.committed} of {CAPTURES} captures committed"
+        # Done, or the loop died (its exception is on stderr): never wait out the bound for nothing.
+        deadline = time.monotonic() + 600
+        while not compute.done.wait(0.5) and runner.is_alive() and time.monotonic() < deadline:
+            pass
+        assert compute.done.is_set(), (
+            f"only {compute.committed} of {CAPTURES} captures committed"
+            + ("" if runner.is_alive() else " (the stream loop stopped)")
+        )
     finally:
         stop.set()
         runner.join(60)

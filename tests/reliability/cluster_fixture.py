@@ -88,10 +88,15 @@ class Cluster:
         found: list[int] = []
 
         def ask() -> bool:
-            node = find_coordinator(self.direct.split(",")[0], transactional_id, COORDINATOR_TRANSACTION)
-            if node is not None:
-                found.append(node)
-            return node is not None
+            for address in self.direct.split(","):  # any live node answers for the cluster
+                try:
+                    node = find_coordinator(address, transactional_id, COORDINATOR_TRANSACTION)
+                except OSError:
+                    continue
+                if node is not None:
+                    found.append(node)
+                    return True
+            return False
 
         wait_for(ask, timeout, f"no transaction coordinator for {transactional_id}", interval=0.5)
         return found[-1]

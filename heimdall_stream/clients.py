@@ -143,7 +143,9 @@ def ensure_topics(settings: Settings, partitions: int = 6, timeout_s: float = 30
     kafka = settings.kafka
     admin = AdminClient(admin_config(settings))
     replication = kafka.replication_factor
-    common = {} if kafka.min_insync_replicas is None else {"min.insync.replicas": str(kafka.min_insync_replicas)}
+    common = (
+        {} if kafka.min_insync_replicas is None else {"min.insync.replicas": str(kafka.min_insync_replicas)}
+    )
     specs = [
         (kafka.input_topic, partitions, {}),
         (kafka.output_topic, partitions, {}),

@@ -198,9 +198,10 @@ def _restart_missing(cluster: Cluster) -> None:
 
 
 def _proxy_built(stack: Any) -> bool:
-    from stacklib.toxiproxy import VERSION
+    from stacklib.toxiproxy import OLD_GO_VERSION, VERSION
 
-    return (stack.Paths.from_env().cache / "toxiproxy" / VERSION / "toxiproxy-server").exists()
+    cache = stack.Paths.from_env().cache / "toxiproxy"
+    return any((cache / version / "toxiproxy-server").exists() for version in (VERSION, OLD_GO_VERSION))
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ compiler only and one GC thread; the log cleaner's dedupe buffer, 128 MB by defa
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -187,7 +188,16 @@ def stop_one(paths: Paths, node: int, sig: int = signal.SIGTERM) -> None:
 
 
 def down_cluster(paths: Paths, sig: int = signal.SIGTERM) -> None:
-    """Stop every node, then the proxy."""
+    """Stop every node, then the proxy.
+
+    All nodes are signalled at once: one by one, the last controller would wait in vain for a
+    quorum to shut down in order, until it is killed.
+    """
+    for node in node_ids(paths):
+        pid = read_pid(paths, f"kafka-{node}")
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, sig)
     for node in reversed(node_ids(paths)):
         stop_one(paths, node, sig)
     stop(paths, "toxiproxy", sig)

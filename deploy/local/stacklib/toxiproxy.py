@@ -1,8 +1,9 @@
 """Toxiproxy, the fault-injecting TCP proxy between the consumer and a multi-broker cluster.
 
 The server is built once from its Go module (``go install``, through the Go module proxy) into
-the shared cache, ``<cache>/toxiproxy/<version>/toxiproxy-server``; Go 1.23 or later must be on
-PATH or in ``/usr/local/go/bin`` (``.ci/run`` installs Debian's ``golang-go`` when neither is).
+the shared cache, ``<cache>/toxiproxy/<version>/toxiproxy-server``, with the ``go`` on PATH or in
+``/usr/local/go/bin`` (``.ci/run`` installs Debian's ``golang-go`` when neither is; a Go older
+than 1.23 builds toxiproxy v2.5.0 instead, whose API is the same for what is used here).
 It runs as the stack service ``toxiproxy`` on a loopback API port and loads its proxies from a
 JSON file at start, so a restart brings them back.  ``Toxiproxy`` drives it over its HTTP API:
 latency, bandwidth, resets and a black hole (``timeout`` toxic) per proxy and direction.
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -24,7 +26,8 @@ from typing import Any
 from stacklib.paths import Paths, log
 from stacklib.procs import spawn
 
-VERSION = "v2.12.0"
+VERSION = "v2.12.0"  # needs Go >= 1.23
+OLD_GO_VERSION = "v2.5.0"  # for an older Go (Debian 12's golang-go is 1.19); same API for our use
 MODULE = "github.com/Shopify/toxiproxy/v2/cmd/server"
 BUILD_TIMEOUT_S = 900.0  # a first build on a loaded two-core machine takes minutes
 
@@ -38,23 +41,39 @@ def go_binary() -> str | None:
     return str(official) if os.access(official, os.X_OK) else None
 
 
+def go_minor(go: str) -> int:
+    """The minor release of a Go 1.x toolchain ("go version go1.26.8 linux/amd64" -> 26); 0 if unknown."""
+    try:
+        out = subprocess.run([go, "version"], capture_output=True, text=True, timeout=60, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return 0
+    found = re.search(r"go1\.(\d+)", out)
+    return int(found.group(1)) if found else 0
+
+
 def ensure_server(paths: Paths) -> Path:
-    """The toxiproxy server binary of ``VERSION``, built into the cache when missing."""
-    binary = paths.cache / "toxiproxy" / VERSION / "toxiproxy-server"
-    if os.access(binary, os.X_OK):
-        return binary
+    """The toxiproxy server binary (``VERSION``, or ``OLD_GO_VERSION`` for a Go older than 1.23).
+
+    Built into the cache when missing; a binary already there is used without asking for Go.
+    """
+    for version in (VERSION, OLD_GO_VERSION):
+        cached = paths.cache / "toxiproxy" / version / "toxiproxy-server"
+        if os.access(cached, os.X_OK):
+            return cached
     go = go_binary()
     if go is None:
         raise RuntimeError(
-            "the cluster's fault proxy is built with Go (>= 1.23), which is missing: "
+            "the cluster's fault proxy is built with Go, which is missing: "
             "apt-get install golang-go, or put the official Go on PATH"
         )
+    version = VERSION if go_minor(go) >= 23 else OLD_GO_VERSION
+    binary = paths.cache / "toxiproxy" / version / "toxiproxy-server"
     binary.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    log(f"toxiproxy: building {MODULE}@{VERSION} with {go} (once, into the cache)")
+    log(f"toxiproxy: building {MODULE}@{version} with {go} (once, into the cache)")
     with tempfile.TemporaryDirectory(dir=binary.parent) as gobin:
         built = subprocess.run(
-            [go, "install", f"{MODULE}@{VERSION}"],
+            [go, "install", f"{MODULE}@{version}"],
             env={**os.environ, "GOBIN": gobin, "CGO_ENABLED": "0"},
             capture_output=True,
             text=True,
@@ -63,7 +82,7 @@ def ensure_server(paths: Paths) -> Path:
         )
         if built.returncode != 0:
             raise RuntimeError(
-                f"building toxiproxy {VERSION} with {go} failed (exit {built.returncode}): "
+                f"building toxiproxy {version} with {go} failed (exit {built.returncode}): "
                 + (built.stderr or built.stdout).strip()[-1500:]
             )
         os.replace(Path(gobin) / "server", binary)  # atomic: a concurrent build never sees half a file

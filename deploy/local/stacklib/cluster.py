@@ -14,9 +14,9 @@ addresses of every node and reaches the cluster only through the proxy; and ``CO
 the tests (``HEIMDALL_TEST_KAFKA``) the direct ones, and the proxy's API in
 ``HEIMDALL_TEST_TOXIPROXY``.
 
-Memory: each JVM gets ``HEIMDALL_STACK_KAFKA_NODE_HEAP`` (default 256m) of heap, the client
-compiler only and one GC thread; the log cleaner's dedupe buffer, 128 MB by default, is cut to
-16 MB to fit in it.
+Memory: each JVM gets ``HEIMDALL_STACK_KAFKA_NODE_HEAP`` (default 512m) of heap, the client
+compiler only and the serial collector (GC log in ``kafka-N/gc.log``); the log cleaner's dedupe
+buffer, 128 MB by default, is cut to 16 MB.
 """
 
 from __future__ import annotations
@@ -81,18 +81,19 @@ def start_node(paths: Paths, ports: dict[str, int], node: int, java: tuple[str, 
                 f"formatting node {node}'s storage in {ndir} failed (exit {formatted.returncode}): "
                 + (formatted.stderr or formatted.stdout).strip()[-2000:]
             )
-    heap = os.environ.get("HEIMDALL_STACK_KAFKA_NODE_HEAP", "256m")
+    heap = os.environ.get("HEIMDALL_STACK_KAFKA_NODE_HEAP", "512m")
     jvm = [
         f"-Xmx{heap}",
         f"-Xms{heap}",
         # Three JVMs on two shared cores: the client compiler alone starts faster and keeps the
-        # code cache and compiler threads small; one GC thread each is plenty for these heaps.
+        # code cache and compiler threads small; the serial collector needs no GC threads.
         "-XX:TieredStopAtLevel=1",
         "-XX:+UseSerialGC",
         "-XX:ReservedCodeCacheSize=64m",
         "-XX:MaxMetaspaceSize=160m",
-        "-XX:MaxDirectMemorySize=128m",
-        "-Xss512k",
+        # A node out of memory exits (and the tests see it) instead of hanging in GC.
+        "-XX:+ExitOnOutOfMemoryError",
+        f"-Xlog:gc:file={ndir / 'gc.log'}:time,uptime:filecount=2,filesize=5m",
         "-Djava.awt.headless=true",
         f"-Dlog4j2.configurationFile={ndir / 'log4j2.yaml'}",
     ]
@@ -172,8 +173,9 @@ def start_one(paths: Paths, node: int) -> None:
     ports = assign_ports(paths, saved(paths))
     status = Waiting(f"kafka-{node}")
     pid = start_node(paths, ports, node)
-    direct = bootstrap(paths, ports, proxied=False)
-    listed = lambda: node in (brokers_seen(paths, direct) or {})  # noqa: E731
+    # Asked of the other nodes: they list it only once the controller has it registered.
+    others = ",".join(f"127.0.0.1:{node_ports(ports, n)['direct']}" for n in node_ids(paths) if n != node)
+    listed = lambda: node in (brokers_seen(paths, others) or {})  # noqa: E731
     _wait(paths, f"kafka-{node}", listed, pid, status, undo=lambda: stop_one(paths, node))
     status.done(f"on 127.0.0.1:{node_ports(ports, node)['direct']} (pid {pid})")
 

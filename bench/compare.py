@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.floor import broker_floor, floor_line
 from bench.stream import (
     PARTITIONS,
     Bench,
@@ -284,6 +285,8 @@ def compare(
         own = runs[system.key]["backlog"]["throughput"]
         run.extra["load_factor"] = rate / own if own else float("inf")
         runs[system.key]["half_load"] = asdict(run)
+    print(f"[{workload.key}] half load {rate:.0f}/s: the broker alone ...", flush=True)
+    floor = broker_floor(bench, pool, count, rate)
     return {
         "model_uri": workload.model_uri,
         "label": workload.label,
@@ -294,6 +297,7 @@ def compare(
         "offered_rule": "half the best peer's backlog throughput, the same for every system",
         "systems": {s.key: {"label": s.label, "guarantee": s.guarantee, **runs[s.key]} for s in usable},
         "skipped": skipped,
+        "broker_floor": floor,
     }
 
 
@@ -374,6 +378,8 @@ def table(result: dict[str, Any]) -> str:
         f"| compute limit: BatchProcessor, no Kafka, batch 32 (batch 1) | | {compute['batch_32']:.0f} "
         f"({compute['batch_1']:.0f}) | 1.00 | | | | | | |"
     )
+    if "broker_floor" in result:
+        lines.append(floor_line(result["broker_floor"]))
     if notes:
         lines += ["", *(f"- ⚠ {note}" for note in notes)]
     return "\n".join(lines)

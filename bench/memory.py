@@ -74,6 +74,7 @@ VARIANTS: dict[str, dict[str, str]] = {
     "defaults": {},
     "trim every 100 ms": {"HEIMDALL_MEMORY__TRIM_INTERVAL_MS": "100"},
     "glibc arenas": {"HEIMDALL_MEMORY__MALLOC_ARENA_MAX": "0"},
+    "mmap threshold 1 MB": {"HEIMDALL_MEMORY__MALLOC_MMAP_THRESHOLD_KBYTES": "1024"},
     "ORT arena on": {"HEIMDALL_MODEL__CPU_MEM_ARENA": "true"},
     "whole batch per run": {"HEIMDALL_MODEL__MAX_RUN_INPUT_KBYTES": "0"},
     "1 worker": {"HEIMDALL_BATCHING__WORKERS": "1"},

@@ -173,10 +173,12 @@ def main() -> None:
         for w, c in zip(workloads, computes, strict=True)
     }
     # A smoke run is no result: it is written beside the consumers' logs, not into bench/results.
+    # A comparison alone goes to <date>-compare.json, so it never replaces a whole run's figures.
+    suffix = "-compare" if args.compare_only else ""
     out = (
         work / "quick.json"
         if args.quick
-        else REPO / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d}.json"
+        else REPO / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d}{suffix}.json"
     )
     out.write_text(json.dumps(figures, indent=2, default=float))
     print(table(figures))

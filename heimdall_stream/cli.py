@@ -22,6 +22,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from tqdm import tqdm
@@ -30,7 +31,7 @@ from heimdall_stream.config import Settings, load_settings
 from heimdall_stream.console.failures import EXIT_CODES, HeimdallGroup, describe, exit_code, one_line
 from heimdall_stream.console.progress import Steps
 from heimdall_stream.console.settings_doc import GENERAL, SECTIONS, SettingsCommand, effective, env_lines
-from heimdall_stream.errors import ConfigurationError, HeimdallError
+from heimdall_stream.errors import HeimdallError
 from heimdall_stream.logs import setup_logging
 from heimdall_stream.map.command import map_command
 from heimdall_stream.network import load_network
@@ -83,84 +84,6 @@ def run() -> None:
     from heimdall_stream.stream.service import run_service
 
     run_service(settings)
-
-
-@main.command(reads=(GENERAL, "kafka"))
-@click.option("--count", default=100, show_default=True, help="Valid captures to send.")
-@click.option("--rate", default=0.0, show_default=True, help="Captures per second (0 = as fast as possible).")
-@click.option("--seed", default=0, show_default=True, help="Simulator seed.")
-@click.option(
-    "--duplicates", default=0.0, show_default=True, help="Fraction re-sent with the same capture_id."
-)
-@click.option("--malformed", default=0.0, show_default=True, help="Fraction followed by a malformed message.")
-@click.option(
-    "--pool", default=0, show_default=True, help="Distinct transmissions to cycle (0 = all distinct)."
-)
-@click.option("--topic", default=None, help="Topic (default: HEIMDALL_KAFKA__INPUT_TOPIC).")
-@click.option("--truth", "truth_path", type=click.Path(path_type=Path), help="Write the truth as JSON lines.")
-@click.option("--output", type=click.Path(path_type=Path), help="Write to this file instead of Kafka.")
-@click.option(
-    "--network",
-    "network_path",
-    type=click.Path(path_type=Path, exists=True),
-    help="Receiver network JSON (default: the shipped north-west Italy network).",
-)
-def simulate(
-    count: int,
-    rate: float,
-    seed: int,
-    duplicates: float,
-    malformed: float,
-    pool: int,
-    topic: str | None,
-    truth_path: Path | None,
-    output: Path | None,
-    network_path: Path | None,
-) -> None:
-    """Publish simulated IQ captures (with optional duplicates and malformed messages)."""
-    from confluent_kafka import Producer
-
-    from heimdall_stream.clients import capture_producer_config
-    from heimdall_stream.lab.publisher import Outgoing, SimulationPlan, publish, write_file
-
-    settings = _settings()
-    network = load_network(network_path)
-    plan = SimulationPlan(count, rate, seed, duplicates, malformed, pool)
-    if output is not None:
-        stats = write_file(output, network, plan)
-    else:
-        target = topic or settings.kafka.input_topic
-        if target not in _connect_or_exit(settings):
-            # Otherwise every message would fail delivery only after the whole run was sent.
-            raise ConfigurationError(
-                f"topic {target} does not exist on {settings.kafka.bootstrap_servers}; "
-                "create it with `heimdall-stream topics`"
-            )
-        producer = Producer(capture_producer_config(settings))
-        truth = truth_path.open("w") if truth_path else None
-        try:
-            with Steps() as steps:
-                steps.start(f"publishing {count} captures to {target}", count)
-
-                def tick(out: Outgoing) -> None:
-                    if out.kind == "valid":
-                        steps.advance()
-
-                stats = publish(
-                    producer,
-                    target,
-                    network,
-                    plan,
-                    truth_file=truth,
-                    on_sent=tick,
-                )
-        finally:
-            if truth is not None:
-                truth.close()
-    click.echo(
-        f"sent {stats.valid} captures, {stats.duplicates} duplicates, {stats.malformed} malformed "
-        f"{dict(sorted(stats.malformed_kinds.items()))}"
-    )
 
 
 @main.command("train-reference", reads=(GENERAL, "mlflow"))
@@ -318,7 +241,7 @@ def topics(partitions: int) -> None:
     click.echo("topics ready")
 
 
-@main.command(reads=(GENERAL, "kafka", "redis", "mlflow", "model", "batching", "limits"))
+@main.command(reads=(GENERAL, "kafka", "redis", "mlflow", "model", "batching", "limits", "join"))
 @click.option("--count", default=300, show_default=True, help="Captures to send.")
 @click.option("--rate", default=20.0, show_default=True, help="Captures per second.")
 @click.option(
@@ -329,7 +252,8 @@ def topics(partitions: int) -> None:
     help="Directory of the GeoJSON of every result and its truth.",
 )
 @click.option("--keep-stack", is_flag=True, help="Leave Kafka, Redis and MLflow running afterwards.")
-def demo(count: int, rate: float, output: Path, keep_stack: bool) -> None:
+@click.option("--per-receiver", is_flag=True, help="Receivers publish on their own; the consumer joins them.")
+def demo(**options: Any) -> None:
     """Run everything end to end on the local stack and print a summary.
 
     The stack's addresses replace HEIMDALL_KAFKA__BOOTSTRAP_SERVERS, HEIMDALL_REDIS__URL and
@@ -339,7 +263,7 @@ def demo(count: int, rate: float, output: Path, keep_stack: bool) -> None:
     from heimdall_stream.lab.demo import run_demo
 
     setup_logging("INFO")
-    sys.exit(run_demo(count=count, rate=rate, output=output, keep_stack=keep_stack))
+    sys.exit(run_demo(**options))  # count, rate, output, keep_stack, per_receiver
 
 
 @main.command("config", reads=SECTIONS)
@@ -364,6 +288,12 @@ from heimdall_stream.replay.command import replay as _replay  # noqa: E402 (ligh
 main.add_command(_replay)
 
 main.add_command(map_command)
+
+from heimdall_stream.calibration.command import calibrate as _calibrate  # noqa: E402 (light: click only)
+from heimdall_stream.lab.simulate_command import simulate as _simulate  # noqa: E402 (light: click only)
+
+main.add_command(_calibrate)
+main.add_command(_simulate)
 
 
 if __name__ == "__main__":

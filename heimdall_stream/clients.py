@@ -29,6 +29,15 @@ DLQ_HEADROOM = 64 * 1024
 # Errors that retrying cannot fix: stop at once instead of waiting out the connect timeout.
 REFUSALS = frozenset({KafkaError._AUTHENTICATION, KafkaError._SSL, KafkaError.SASL_AUTHENTICATION_FAILED})
 CONNECT_PROBE_S = 1.0
+# What a broker that enforces ACLs answers when the principal lacks the right.
+AUTHORIZATION_ERRORS = frozenset(
+    {
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    }
+)
 # "(after 0ms in state CONNECT, 3 identical error(s) suppressed)": differs between attempts.
 _ATTEMPT = re.compile(r"\s*\(after \d+ms in state [^)]*\)")
 # Simulated captures can exceed librdkafka's 1 MB default; this is well above the consumer's
@@ -149,6 +158,7 @@ def ensure_topics(settings: Settings, partitions: int = 6, timeout_s: float = 30
     specs = [
         (kafka.input_topic, partitions, {}),
         (kafka.output_topic, partitions, {}),
+        (settings.join.topic, partitions, {}),
         (kafka.dlq_topic, 1, {"retention.ms": str(14 * 24 * 3600 * 1000)}),
         (kafka.control_topic, 1, {"cleanup.policy": "compact"}),
         (kafka.status_topic, 1, {"cleanup.policy": "compact"}),
@@ -212,12 +222,38 @@ def check_topics(settings: Settings, present: set[str]) -> None:
     needed = [kafka.input_topic, kafka.output_topic, kafka.dlq_topic]
     if settings.model.control_enabled:
         needed += [kafka.control_topic, kafka.status_topic]
+    if settings.join.enabled:
+        needed.append(settings.join.topic)
     missing = [topic for topic in needed if topic not in present]
     if missing:
         raise ConfigurationError(
-            f"topic(s) {', '.join(missing)} do not exist on {kafka.bootstrap_servers}; "
+            f"topic(s) {', '.join(missing)} do not exist on {kafka.bootstrap_servers}"
+            f"{hidden_topics_hint(settings, 'them')}; "
             "create them with `heimdall-stream topics` (or your platform's topic tooling)"
         )
+
+
+def hidden_topics_hint(settings: Settings, pronoun: str) -> str:
+    """Why a topic may look missing: with ACLs, one the principal may not access is hidden."""
+    user = settings.kafka.sasl_username
+    return f" (or user {user!r} has no ACL on {pronoun}: the broker hides such topics)" if user else ""
+
+
+def refused_writes(settings: Settings, failures: list[tuple[str, Any]]) -> ConfigurationError | None:
+    """The first failed delivery (topic, KafkaError) that an ACL refused, as a clear error."""
+    refusals = (denied(settings, error, f"Write on {topic}") for topic, error in failures)
+    return next((refusal for refusal in refusals if refusal is not None), None)
+
+
+def denied(settings: Settings, error: KafkaError, what: str) -> ConfigurationError | None:
+    """A clear error when ``error`` is the broker refusing ``what`` to this principal (ACLs)."""
+    if error.code() not in AUTHORIZATION_ERRORS:
+        return None
+    user = settings.kafka.sasl_username or "ANONYMOUS"
+    return ConfigurationError(
+        f"Kafka denied user {user!r} {what}: {error.str()}; this principal has no ACL for it "
+        "(deploy/README.md, 'Least privilege', lists who may do what)"
+    )
 
 
 def _unreachable_message(

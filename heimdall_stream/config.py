@@ -26,8 +26,28 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from heimdall_stream.errors import ConfigurationError
+from heimdall_stream.service_settings import ApiSettings, CalibrationSettings, JoinSettings, MapSettings
 
 DeliveryMode = Literal["exactly_once", "at_least_once"]
+# The sections of the services beside the stream live in service_settings; named here too, so
+# ``from heimdall_stream.config import ApiSettings`` works like for every other section.
+__all__ = [
+    "ApiSettings",
+    "BatchingSettings",
+    "CalibrationSettings",
+    "DeliveryMode",
+    "JoinSettings",
+    "KafkaSettings",
+    "LimitsSettings",
+    "MapSettings",
+    "MemorySettings",
+    "MetricsSettings",
+    "MlflowSettings",
+    "ModelSettings",
+    "RedisSettings",
+    "Settings",
+    "load_settings",
+]
 
 
 class _Section(BaseModel):
@@ -78,6 +98,19 @@ class KafkaSettings(_Section):
         "replication factor 3: one broker may be down, acks=all still needs two copies); "
         "unset takes the broker's default.",
     )
+    abort_retries: int = Field(8, ge=0, description="Aborts in a row before the instance stops (exit 3).")
+    abort_backoff_first_s: float = Field(0.5, gt=0, description="First wait before an aborted batch reruns.")
+    abort_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait between two aborted runs.")
+
+    @model_validator(mode="after")
+    def _abort_backoff_in_order(self) -> KafkaSettings:
+        if self.abort_backoff_first_s > self.abort_backoff_max_s:
+            raise ValueError(
+                f"abort_backoff_first_s ({self.abort_backoff_first_s}) exceeds abort_backoff_max_s "
+                f"({self.abort_backoff_max_s})"
+            )
+        return self
+
     dlq_max_value_bytes: int = Field(
         983_040,
         ge=1024,
@@ -262,69 +295,6 @@ class MetricsSettings(_Section):
     port: int = Field(9108, ge=0, le=65535, description="Port of /metrics, /healthz, /readyz (0 = any).")
 
 
-class ApiSettings(_Section):
-    """The HTTP predict API (``POST /predict``, ``/predict/batch``) served beside the stream."""
-
-    enabled: bool = Field(
-        False, description="Serve the predict API in ``heimdall-stream run`` (on its own port and threads)."
-    )
-    host: str = Field("0.0.0.0", description="Address the predict API binds.")
-    port: int = Field(8080, ge=0, le=65535, description="Port of the predict API (0 = any).")
-    max_batch_size: int = Field(
-        32, ge=1, le=4096, description="Most captures of concurrent requests scored in one inference batch."
-    )
-    max_wait_ms: float = Field(
-        2.0,
-        ge=0,
-        description="How long the first waiting capture may wait for companions while a worker is "
-        "free (while every worker is busy, requests accumulate anyway, so batches grow with the load).",
-    )
-    max_queue: int = Field(
-        256,
-        ge=1,
-        description="Most captures waiting for a worker; a request that does not fit is answered 429 "
-        "with Retry-After at once (the queue is never unbounded).",
-    )
-    queue_timeout_ms: float = Field(
-        2_000.0,
-        gt=0,
-        description="A capture that waited longer than this for a worker is not scored: 503 with "
-        "Retry-After (its client has likely given up; scoring it would only delay the others).",
-    )
-    workers: int = Field(
-        1,
-        ge=1,
-        le=64,
-        description="Batches scored at once, on the API's own threads (never the stream's workers).",
-    )
-    max_request_captures: int = Field(
-        256, ge=1, description="Most captures in one /predict/batch request (more: 413)."
-    )
-    max_body_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="Largest request body accepted (more: 413)."
-    )
-    retry_after_s: int = Field(1, ge=1, description="Retry-After seconds sent with 429 and 503 answers.")
-
-
-class MapSettings(_Section):
-    """The live map (``heimdall-stream map``): where it listens, its basemap, what it keeps."""
-
-    host: str = Field("127.0.0.1", description="Address the map server binds.")
-    port: int = Field(8765, ge=0, le=65535, description="Port of the map page (0 = any).")
-    tile_url: str = Field(
-        "",
-        description="XYZ tile URL template, e.g. https://tile.example.org/{z}/{x}/{y}.png; empty = the "
-        "offline basemap only (a latitude/longitude grid and coarse coastlines and borders).",
-    )
-    tile_attribution: str = Field("", description="Attribution shown for the tiles.")
-    keep: int = Field(
-        10_000, ge=1, le=100_000, description="Newest results the server buffers and the page keeps."
-    )
-    group_id_prefix: str = Field(
-        "heimdall-map", description="Prefix of the map's own consumer group (+ the instance id)."
-    )
-
-
 class Settings(BaseSettings):
     """Every setting of heimdall-stream; built once at start-up and then immutable."""
 
@@ -347,9 +317,13 @@ class Settings(BaseSettings):
     batching: BatchingSettings = Field(default_factory=BatchingSettings, description=BatchingSettings.__doc__)
     limits: LimitsSettings = Field(default_factory=LimitsSettings, description=LimitsSettings.__doc__)
     memory: MemorySettings = Field(default_factory=MemorySettings, description=MemorySettings.__doc__)
+    join: JoinSettings = Field(default_factory=JoinSettings, description=JoinSettings.__doc__)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings, description=MetricsSettings.__doc__)
     api: ApiSettings = Field(default_factory=ApiSettings, description=ApiSettings.__doc__)
     map: MapSettings = Field(default_factory=MapSettings, description=MapSettings.__doc__)
+    calibration: CalibrationSettings = Field(
+        default_factory=CalibrationSettings, description=CalibrationSettings.__doc__
+    )
 
     @field_validator("log_level")
     @classmethod

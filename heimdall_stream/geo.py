@@ -91,8 +91,9 @@ def ellipse_from_covariance(cov: Covariance, confidence: float, *, radius: float
     """Confidence ellipse of a 2-D Gaussian: eigen-decomposition scaled by sqrt(chi2_2).
 
     ``radius`` replaces sqrt(chi2_2(confidence)) when the model declares a calibrated
-    Mahalanobis radius for this confidence (see ``ModelContract.radius``).  Orientation is the
-    direction of the major axis, clockwise from true north, in [0, 180).
+    Mahalanobis radius for this confidence (see ``ModelContract.radius``); the ellipse carries
+    the radius it was drawn at.  Orientation is the direction of the major axis, clockwise from
+    true north, in [0, 180).
     """
     check_covariance(cov)
     scale = chi2_2_scale(confidence)
@@ -114,6 +115,7 @@ def ellipse_from_covariance(cov: Covariance, confidence: float, *, radius: float
         semi_major_m=scale * math.sqrt(major_var),
         semi_minor_m=scale * math.sqrt(minor_var),
         orientation_deg=orientation,
+        radius=scale,  # carried so a reader can rebuild the ellipse from covariance and radius
     )
 
 

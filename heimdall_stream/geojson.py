@@ -6,7 +6,9 @@ is in a ``kind`` property:
 * ``kind: "estimate"``: a Point at the estimated position, with the capture id, the model, the
   capture's time and centre frequency;
 * ``kind: "ellipse"``: the confidence ellipse, a closed counter-clockwise Polygon (a MultiPolygon
-  when it crosses the antimeridian), with its confidence, axes and orientation.
+  when it crosses the antimeridian), with its confidence, axes, orientation and the Mahalanobis
+  ``radius`` it was drawn at (the semi-axes are ``radius`` times the square roots of the
+  covariance's eigenvalues).
 
 Other files add ``kind: "truth"`` (a simulator's true position) and ``kind: "receiver"``
 Points, so one FeatureCollection can hold them all (concatenate the ``features`` arrays).
@@ -31,6 +33,7 @@ from heimdall_stream.wire.messages import Ellipse
 COORDINATE_DECIMALS = 6
 METRE_DECIMALS = 1  # ellipse axes in the properties: 0.1 m (the record keeps the full values)
 DEGREE_DECIMALS = 2  # ellipse orientation in the properties
+RADIUS_DECIMALS = 4  # the ellipse's Mahalanobis radius (in sigmas) in the properties
 
 Feature = dict[str, Any]
 
@@ -94,6 +97,8 @@ def ellipse_feature(
             "semi_major_m": round(ellipse.semi_major_m, METRE_DECIMALS),
             "semi_minor_m": round(ellipse.semi_minor_m, METRE_DECIMALS),
             "orientation_deg": round(ellipse.orientation_deg, DEGREE_DECIMALS),
+            # the Mahalanobis radius it was drawn at (absent when the record does not say)
+            **({} if ellipse.radius is None else {"radius": round(ellipse.radius, RADIUS_DECIMALS)}),
         },
     }
 

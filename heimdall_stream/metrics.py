@@ -47,6 +47,13 @@ class Metrics:
             "evicted); each would have been a duplicate result.",
             registry=registry,
         )
+        self.doubtful_results = Counter(
+            "heimdall_doubtful_results_total",
+            "Results whose capture failed the consistency check (quality under 0.5: unlike the "
+            "model's training, or time differences without a sharp correlation peak).",
+            ["model_version"],
+            registry=registry,
+        )
         self.cache_hits = Counter(
             "heimdall_cache_hits_total",
             "Results served from the result cache.",
@@ -188,6 +195,12 @@ class Metrics:
             ["outcome"],
             registry=registry,
         )
+        self.consecutive_aborts = Gauge(
+            "heimdall_consecutive_aborts",
+            "Transactions aborted in a row since the last commit (the instance stops past "
+            "HEIMDALL_KAFKA__ABORT_RETRIES, counting transactions{outcome=gave_up}).",
+            registry=registry,
+        )
         self.kafka_errors = Counter(
             "heimdall_kafka_errors_total",
             "Errors reported by the Kafka clients, by code.",
@@ -204,6 +217,40 @@ class Metrics:
             "heimdall_partitions_paused",
             "1 while input partitions are paused for backpressure.",
             registry=registry,
+        )
+        # The per-receiver join (join/): parts as read (again after an abort or a rebalance, like
+        # captures_consumed); the sets below once the transaction carrying them commits.
+        self.join_parts = Counter(
+            "heimdall_join_parts_consumed_total",
+            "ReceiverCapture parts read from the receivers topic (re-reads after an abort count again).",
+            registry=registry,
+        )
+        self.join_sets = Counter(
+            "heimdall_join_sets_total",
+            "Sets the join closed, by outcome: complete (every expected receiver), partial (window "
+            "closed, enough receivers), expired (window closed, too few: dead-lettered), evicted "
+            "(closed early at a state bound).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.join_parts_rejected = Counter(
+            "heimdall_join_parts_rejected_total",
+            "Parts dead-lettered by the join, by reason (late, duplicate, mismatch, too_few, bad_key, "
+            "decode ...).",
+            ["reason"],
+            registry=registry,
+        )
+        self.join_wait = Histogram(
+            "heimdall_join_wait_seconds",
+            "From a set's first part being consumed to the set being emitted.",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.join_open_sets = Gauge(
+            "heimdall_join_open_sets", "Sets waiting for receivers or their window.", registry=registry
+        )
+        self.join_pending_bytes = Gauge(
+            "heimdall_join_pending_bytes", "Sample bytes held by the waiting sets.", registry=registry
         )
         self._hits = 0
         self._lookups = 0

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -129,3 +133,17 @@ def tiny_features_model(
     helper.set_model_props(model, {CONTRACT_KEY: contract.to_json()})
     onnx.checker.check_model(model)
     return model.SerializeToString()
+
+
+def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """``heimdall-stream ARGS`` as a child process configured by ``env``: exit code and output."""
+    return subprocess.run(
+        [sys.executable, "-m", "heimdall_stream.cli", *args],
+        env=env,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        cwd=Path(__file__).resolve().parents[1],
+    )

@@ -38,6 +38,15 @@ Usage::
     python deploy/local/stack.py status
     python deploy/local/stack.py env                 # print the env file
     python deploy/local/stack.py lock                # rewrite kafka/jars.lock from the pom (mvn)
+    python deploy/local/stack.py acls [--apply]      # the secured stack's ACLs as kafka-acls.sh
+                                                     # lines; --apply grants them on this stack
+
+The secured stack enforces ACLs (``stacklib.acls``): ``up`` creates the users heimdall
+(consumer), heimdall-operator, heimdall-simulator and heimdall-observer (map, calibrate) and
+grants them what their role needs on the default topic names (or those of the ``HEIMDALL_*``
+variables); ``acls --apply`` grants the same for other names.  ``stack.env`` holds the
+consumer's credentials, ``stack.operator.env``, ``stack.simulator.env``, ``stack.observer.env``
+and ``stack.admin.env`` (the super user, for ``heimdall-stream topics``) the others'.
 
 The state directory is ``$HEIMDALL_STACK_DIR`` (default ``<repo>/.local-stack``); the Kafka
 jars are cached in ``$HEIMDALL_STACK_CACHE`` (default ``<repo>/.local-stack/cache``) so several
@@ -56,8 +65,8 @@ from pathlib import Path
 # stacklib sits beside this script, which is run as a file (and imported by path by the tests).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stacklib import cluster, lockgen
-from stacklib.commands import down, status, up, write_env
+from stacklib import acls, cluster, lockgen
+from stacklib.commands import authorize, down, status, up, write_env
 from stacklib.install import pick_java, pick_redis
 from stacklib.jars import LockError
 from stacklib.paths import SERVICES, Paths, log
@@ -67,6 +76,8 @@ from stacklib.secure import kafka_client_options, missing_for_secure
 # The names the tests and the demo use through this script.
 __all__ = [
     "Paths",
+    "acls",
+    "authorize",
     "cluster",
     "down",
     "kafka_client_options",
@@ -85,7 +96,7 @@ __all__ = [
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("command", choices=["up", "down", "kill", "status", "env", "lock"])
+    parser.add_argument("command", choices=["up", "down", "kill", "status", "env", "lock", "acls"])
     parser.add_argument("services", nargs="*", metavar="SERVICE", help="kafka, redis, mlflow")
     parser.add_argument(
         "--secure",
@@ -100,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="up: Kafka nodes; 3 makes this state dir a KRaft cluster behind toxiproxy (kept after)",
     )
+    parser.add_argument("--apply", action="store_true", help="acls: grant them on this (secured) stack")
     args = parser.parse_intermixed_args(argv)
     unknown = set(args.services) - set(SERVICES)
     if unknown:
@@ -117,6 +129,14 @@ def main(argv: list[str] | None = None) -> int:
             return status(paths)
         elif args.command == "lock":
             lockgen.regenerate()
+        elif args.command == "acls":
+            names = acls.Names.from_env(os.environ)
+            if not args.apply:
+                print("\n".join(acls.acl_commands(names)))
+            elif not paths.secure:
+                raise RuntimeError(f"{paths.state} is not a secured stack (up --secure)")
+            else:
+                log(f"{authorize(paths, names)} ACLs in place")
         elif args.command == "env":
             if not paths.env_file.exists():
                 print("stack is not up: no env file", file=sys.stderr)

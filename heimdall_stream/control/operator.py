@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from heimdall_stream.clients import admin_config, idempotent_producer_config, reader_config
+from heimdall_stream.clients import admin_config, denied, idempotent_producer_config, reader_config
 from heimdall_stream.config import Settings
 from heimdall_stream.control.protocol import Outcome, next_generation, outcome, signed
 from heimdall_stream.errors import ConfigurationError, DecodeError
@@ -101,11 +101,20 @@ def publish_deployment(
         key.get_secret_value().encode(),
     )
     producer = Producer(idempotent_producer_config(settings))
+    failures: list[KafkaError] = []
+    topic = settings.kafka.control_topic
     producer.produce(
-        settings.kafka.control_topic, key=model_name.encode(), value=deployment_codec().encode(deployment)
+        topic,
+        key=model_name.encode(),
+        value=deployment_codec().encode(deployment),
+        on_delivery=lambda error, _message: failures.append(error) if error is not None else None,
     )
     if producer.flush(30):
-        raise ConfigurationError(f"could not publish to {settings.kafka.control_topic}")
+        raise ConfigurationError(f"could not publish to {topic}")
+    if failures:  # flush() also counts a message whose delivery failed as done
+        raise denied(settings, failures[0], f"Write on {topic}") or ConfigurationError(
+            f"could not publish to {topic}: {failures[0].str()}"
+        )
     return deployment
 
 

@@ -62,6 +62,8 @@ class ControlPlane:
         current: Callable[[], ModelSet],
         offer: Callable[[ModelSet], threading.Event],
         *,
+        withdraw: Callable[[threading.Event], bool] = lambda _swapped: False,
+        apply_timeout_s: float = APPLY_TIMEOUT_S,
         source: ModelSource | None = None,
         clock: Callable[[], float] = time.monotonic,
         backoff: Backoff | None = None,
@@ -70,6 +72,8 @@ class ControlPlane:
         self.metrics = metrics
         self._current = current
         self._offer = offer
+        self._withdraw = withdraw
+        self._apply_timeout_s = apply_timeout_s
         key = settings.model.control_hmac_key
         self._key = key.get_secret_value().encode() if key else None
         self._source = source or ModelRegistry(settings.mlflow.tracking_uri, settings.mlflow.cache_dir)
@@ -193,8 +197,7 @@ class ControlPlane:
             )
             return
         self._pending = None
-        swapped = self._offer(model_set)
-        if not swapped.wait(APPLY_TIMEOUT_S):
+        if not self._swapped_in_time(model_set):
             self._publish_status(
                 previous,
                 ApplyState.REFUSED,
@@ -210,6 +213,20 @@ class ControlPlane:
             f" shadows {[m.version for m in model_set.shadows]}" if model_set.shadows else "",
         )
         self._publish_status(model_set, ApplyState.APPLIED)
+
+    def _swapped_in_time(self, model_set: ModelSet) -> bool:
+        """Offer ``model_set`` and wait for the stream loop to put it in force.
+
+        On a timeout the offer is withdrawn: left behind, the loop would take it later and
+        serve a set whose status already said it was not applied.  If the loop took it in the
+        meantime, it is in force (or about to be) and counts as swapped.
+        """
+        swapped = self._offer(model_set)
+        if swapped.wait(self._apply_timeout_s):
+            return True
+        if self._withdraw(swapped):
+            return False
+        return swapped.wait(self._apply_timeout_s)
 
     def _wait_for_registry(
         self, deployment: ModelDeployment, force: bool, previous: ModelSet, exc: RegistryUnavailableError
@@ -261,7 +278,7 @@ class ControlPlane:
         serving = current.primaries[0][0]
         if len(current.primaries) == 1 and (model.version, model.sha256) == (serving.version, serving.sha256):
             return
-        if self._offer(ModelSet.single(model, current.generation)).wait(APPLY_TIMEOUT_S):
+        if self._swapped_in_time(ModelSet.single(model, current.generation)):
             self.metrics.model_reloads.labels("success").inc()
             self._publish_status(self._current(), ApplyState.APPLIED)
 

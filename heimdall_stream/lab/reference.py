@@ -5,11 +5,13 @@
 
 Each registered version carries the sha256 of its ONNX file as the ``heimdall.sha256`` tag, which
 the consumer checks before it opens a downloaded model.  The evaluation report is logged to the
-training run as metrics and as ``evaluation.json``.
+training run as metrics and as ``evaluation.json``; it includes the shift suite (error and
+coverage of the exported model on each variant of ``lab.shift``, fresh captures).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from heimdall_stream.lab.iq_benchmark import build_iq_benchmark_model
+from heimdall_stream.lab.shift_eval import evaluate_shift, simulate_variants
 from heimdall_stream.lab.training import EvaluationReport, StepHook, train_features_model
 from heimdall_stream.models.registry import SHA_TAG, file_sha256
 from heimdall_stream.network import Network
@@ -97,11 +100,13 @@ def train_and_register(
     include_iq: bool = True,
     features_name: str = FEATURES_MODEL,
     iq_name: str = IQ_MODEL,
+    shift_per_variant: int | None = None,
 ) -> tuple[Registered, EvaluationReport]:
     """Train, evaluate and register the features model (and the IQ benchmark model).
 
     ``progress`` and ``step`` are the progress hooks of ``train_features_model``; ``step`` is
-    also called before each registration.
+    also called before the shift suite and each registration.  The shift suite simulates
+    ``shift_per_variant`` captures of each variant (default: ``n_train // 40``, at least 20).
     """
     onnx_bytes, report = train_features_model(
         network,
@@ -112,7 +117,14 @@ def train_and_register(
         progress=progress,
         step=step,
     )
+    per_variant = max(n_train // 40, 20) if shift_per_variant is None else shift_per_variant
+    if per_variant > 0:
+        if step is not None:
+            step(f"evaluating on the shift suite ({per_variant} captures a variant)", None)
+        results = evaluate_shift(onnx_bytes, simulate_variants(network, per_variant))
+        report = dataclasses.replace(report, shift=tuple(r.as_dict() for r in results))
     numbers = {k: float(v) for k, v in report.as_dict().items() if isinstance(v, int | float)}
+    numbers |= shift_metrics(report)
     if step is not None:
         step(f"registering {features_name} in MLflow", None)
     features = register_onnx(
@@ -137,3 +149,9 @@ def train_and_register(
         )
     log.debug("evaluation: %s", json.dumps(report.as_dict()))  # returned, and logged to MLflow
     return features, report
+
+
+def shift_metrics(report: EvaluationReport) -> dict[str, float]:
+    """MLflow metrics of the shift suite: ``shift.<variant>.<measure>``."""
+    measures = ("median_error_m", "coverage_68", "coverage_95", "doubtful_share")
+    return {f"shift.{row['variant']}.{m}": float(row[m]) for row in report.shift for m in measures}

@@ -10,6 +10,11 @@ regressors:
   out-of-fold residuals (so they learn where the position is unsure, not its training fit);
 * correlation: a small MLP → the east/north error correlation.
 
+Training is domain-randomised over the shift axes of ``lab.shift`` (propagation, noise and
+gain, carrier, key-up, start offsets, oscillator and DC offsets, missing receivers), so the
+uncertainty models learn where the inputs are less trustworthy; the features themselves are
+waveform-robust (``models.features``).
+
 The predicted log-sigmas then go through an affine map (shift, slope) per regime (TDOA grid,
 power MLP), chosen on a separate calibration split; the remaining heavy tail is measured on the
 same split and declared in the contract's ``coverage`` (the Mahalanobis radius that holds each
@@ -41,12 +46,20 @@ from heimdall_stream.lab.localizer_graph import (
     Calibration,
     export_features_model,
 )
+from heimdall_stream.lab.shift import NOMINAL, RandomisedLinks
 from heimdall_stream.lab.simulator import IqSimulator
 from heimdall_stream.lab.tdoa_grid import GRID_FEATURES, SHARE_COLUMN, UNIT_M
 from heimdall_stream.lab.training_data import F32, F64, Dataset, model_input, normalisation, simulate_dataset
 from heimdall_stream.models.contract import CONTRACT_KEY, ModelContract
 from heimdall_stream.models.features import FEATURE_NAMES, normalise_features
+from heimdall_stream.models.quality import capture_quality, widen
 from heimdall_stream.network import Network
+
+# The model's features: all but the frequency offset, which measures each receiver's oscillator
+# and the waveform's spectrum, never the position (a model that learned FM voice misreads data).
+MODEL_FEATURES = tuple(name for name in FEATURE_NAMES if name != "freq_offset_hz")
+# A calibration group this large or larger has its own say in the declared coverage radii.
+MIN_COVERAGE_GROUP = 100
 
 # A progress hook: called with what a phase does as it begins (and its units of work, if counted).
 StepHook = Callable[[str, int | None], None]
@@ -76,6 +89,10 @@ class EvaluationReport:
     baseline_median_error_m: float
     baseline_p95_error_m: float
     baseline: str = "least squares on a log-distance path-loss law (1.5 km grid search)"
+    # training, calibration and test captures randomised over the shift axes (lab.shift)
+    randomised: bool = True
+    # per shift variant: error and coverage on fresh captures (lab.shift_eval), when evaluated
+    shift: tuple[dict[str, Any], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form, as logged to MLflow."""
@@ -91,8 +108,12 @@ def train_features_model(
     seed: int = 7,
     progress: Callable[[int], None] | None = None,
     step: StepHook | None = None,
+    randomise: bool = True,
 ) -> tuple[bytes, EvaluationReport]:
     """Simulate, train, calibrate and evaluate; return the ONNX bytes and the report.
+
+    With ``randomise`` every capture's link is drawn by ``lab.shift.RandomisedLinks`` (domain
+    randomisation over the shift axes, some variants held out); without it, the nominal link.
 
     ``step(text, total)`` is called as each phase begins (``total`` = captures to simulate for
     the counted one), ``progress(n)`` as captures are simulated: hooks for a progress display.
@@ -102,11 +123,16 @@ def train_features_model(
     from sklearn.neural_network import MLPRegressor
 
     step = step or _no_step
-    simulator = IqSimulator(network, seed=seed)
+    links = RandomisedLinks(seed) if randomise else None
+    simulator = IqSimulator(network, seed=seed, links=links)
     step(f"simulating {n_train + n_calibration + n_test} captures", n_train + n_calibration + n_test)
     train = simulate_dataset(simulator, n_train, 0, progress=progress)
     calib = simulate_dataset(simulator, n_calibration, n_train, progress=progress)
-    test = simulate_dataset(simulator, n_test, n_train + n_calibration, progress=progress)
+    full_test = simulate_dataset(simulator, n_test, n_train + n_calibration, progress=progress)
+    columns = [FEATURE_NAMES.index(name) for name in MODEL_FEATURES]
+    train, calib, test = (
+        dataclasses.replace(data, features=data.features[..., columns]) for data in (train, calib, full_test)
+    )
     mean, std = normalisation(train)
     lat0, lon0 = network.centroid()
     contract = ModelContract(
@@ -116,7 +142,7 @@ def train_features_model(
         reference_longitude=lon0,
         sample_rate_hz=simulator.sample_rate_hz,
         sample_count=simulator.sample_count,
-        feature_names=FEATURE_NAMES,
+        feature_names=MODEL_FEATURES,
         feature_mean=tuple(map(float, mean)),
         feature_std=tuple(map(float, std)),
         description="reference features localizer: TDOA grid + MLP position, boosted log-variance, "
@@ -192,10 +218,15 @@ def train_features_model(
     )
 
     # Errors stay heavier-tailed than a Gaussian after that: the contract declares the radius
-    # that really holds each share of the calibration truths.
+    # that really holds each share of the calibration truths, in every regime and in nominal
+    # as in shifted captures alike (the largest of the groups' radii).
     _pos, cov_calibrated, _grid = predict(calib, calibration)
+    nominal = np.array(
+        [links is None or links(i) == NOMINAL for i in range(n_train, n_train + n_calibration)]
+    )
     contract = dataclasses.replace(
-        contract, coverage=coverage_radii(mahalanobis_sq(residual_c, cov_calibrated))
+        contract,
+        coverage=robust_coverage_radii(mahalanobis_sq(residual_c, cov_calibrated), 2 * grid_c + nominal),
     )
 
     step("exporting to ONNX and evaluating on held-out captures", None)
@@ -204,9 +235,13 @@ def train_features_model(
     )
     # The report describes the exported file itself, run by onnxruntime as the consumer runs it.
     pos_t, cov_t = run_features_onnx(model.SerializeToString(), test, mean, std)
+    # ... and through the consumer's consistency check, which widens doubtful captures' ellipses.
+    test_inputs = {"receiver_features": normalise_features(test.features, test.mask, mean, std)}
+    test_inputs["receiver_mask"] = test.mask
+    cov_t = widen(cov_t, capture_quality(contract, test_inputs).widening)
     d2_test = mahalanobis_sq(test.target_enu - pos_t, cov_t)
     errors = np.hypot(*(test.target_enu - pos_t).T)
-    baseline = np.hypot(*(test.target_enu - pathloss_baseline(test, network)).T)
+    baseline = np.hypot(*(test.target_enu - pathloss_baseline(full_test, network)).T)
     report = EvaluationReport(
         n_train=n_train,
         n_calibration=n_calibration,
@@ -220,6 +255,7 @@ def train_features_model(
         p95_error_m=float(np.percentile(errors, 95)),
         baseline_median_error_m=float(np.median(baseline)),
         baseline_p95_error_m=float(np.percentile(baseline, 95)),
+        randomised=randomise,
     )
     evaluated = dataclasses.replace(contract, extra={"evaluation": report.as_dict()})
     _set_contract(model, evaluated)
@@ -279,6 +315,21 @@ def coverage_radii(d2: F64) -> tuple[tuple[float, float], ...]:
     radii = np.sqrt(np.quantile(d2, levels))
     # Strictly increasing even where a small sample ties two quantiles.
     radii = np.maximum.accumulate(radii) + np.arange(len(radii)) * 1e-9
+    return tuple((float(p), float(r)) for p, r in zip(levels, radii, strict=True))
+
+
+def robust_coverage_radii(d2: F64, groups: npt.NDArray[np.integer[Any]]) -> tuple[tuple[float, float], ...]:
+    """``coverage_radii`` of all of ``d2``, each radius raised to the largest of any group's.
+
+    Groups (labels) with fewer than ``MIN_COVERAGE_GROUP`` points are only part of the whole.
+    """
+    radii = np.array([r for _, r in coverage_radii(d2)])
+    for label in np.unique(groups):
+        member = groups == label
+        if member.sum() >= MIN_COVERAGE_GROUP:
+            radii = np.maximum(radii, [r for _, r in coverage_radii(d2[member])])
+    radii = np.maximum.accumulate(radii) + np.arange(len(radii)) * 1e-9
+    levels = sorted(set(COVERAGE_LEVELS))
     return tuple((float(p), float(r)) for p, r in zip(levels, radii, strict=True))
 
 

@@ -21,6 +21,7 @@ from heimdall_stream.models.features import assemble_batch, extract_features, no
 
 F32 = npt.NDArray[np.float32]
 F64 = npt.NDArray[np.float64]
+Extractor = Callable[[F32, F32, F64, F64], F32]
 
 
 @dataclass(frozen=True)
@@ -38,9 +39,14 @@ def simulate_dataset(
     count: int,
     start: int = 0,
     batch: int = 64,
+    *,
     progress: Callable[[int], None] | None = None,
+    extract: Extractor = extract_features,
 ) -> Dataset:
-    """Simulate captures ``start`` .. ``start + count`` and extract their features."""
+    """Simulate captures ``start`` .. ``start + count`` and extract their features.
+
+    ``extract`` is the feature extraction (the consumer's own; another one to compare).
+    """
     network = simulator.network
     frame = LocalFrame(*network.centroid())
     features: list[F32] = []
@@ -51,7 +57,7 @@ def simulate_dataset(
         iq, mask, fs, offsets = assemble_batch(
             [s.capture for s in sims], network.index(), simulator.sample_count
         )
-        features.append(extract_features(iq, mask, fs, offsets))
+        features.append(extract(iq, mask, fs, offsets))
         masks.append(mask)
         truths.extend((s.transmitter.latitude, s.transmitter.longitude) for s in sims)
         if progress is not None:

@@ -6,9 +6,12 @@
 * ``/config.json`` what the page needs at start: tile URL, how many results to keep, the receivers
   as GeoJSON;
 * ``/events`` server-sent events: each ``results`` event carries up to ``EVENT_BATCH`` results in
-  order, its ``id`` the last one's sequence number, so a browser that reconnects (it sends
-  ``Last-Event-ID``) resumes where it stopped; a new page first gets what the buffer holds;
-* ``/healthz`` 200 while the consumer thread runs, 503 with the reason when it stopped.
+  order, its ``id`` the feed's epoch and the last one's sequence number (``<epoch>-<seq>``), so a
+  browser that reconnects (it sends ``Last-Event-ID``) resumes where it stopped; after a restart
+  of the map the epoch differs and it gets the new buffer from its start, since the numbers
+  began again; a new page first gets what the buffer holds;
+* ``/healthz`` 200 while the consumer thread runs, 503 with the reason when it stopped;
+* ``/metrics`` the map's Prometheus series (``map/metrics.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
@@ -30,6 +34,7 @@ from starlette.staticfiles import StaticFiles
 
 from heimdall_stream.geojson import feature_collection, receiver_features
 from heimdall_stream.map.feed import ResultFeed
+from heimdall_stream.map.metrics import StreamStats, map_registry
 from heimdall_stream.network import Network
 
 STATIC = Path(str(resources.files("heimdall_stream").joinpath("map", "static")))
@@ -51,6 +56,8 @@ class PageConfig:
 
 def create_app(feed: ResultFeed, page: PageConfig, *, manage_feed: bool = True) -> Starlette:
     """The app; with ``manage_feed`` its lifespan starts and stops the feed."""
+    streams = StreamStats()
+    registry = map_registry(feed, streams)
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
@@ -81,14 +88,17 @@ def create_app(feed: ResultFeed, page: PageConfig, *, manage_feed: bool = True) 
         ok, detail = feed.healthy()
         return JSONResponse(detail, status_code=200 if ok else 503)
 
+    async def metrics(_: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
     async def events(request: Request) -> Response:
         start = request.headers.get("last-event-id") or request.query_params.get("since") or "0"
         try:
-            seq = max(int(start), 0)
+            seq = resume_after(start, feed.epoch)
         except ValueError:
-            return JSONResponse({"error": f"not a sequence number: {start!r}"}, status_code=400)
+            return JSONResponse({"error": f"not an event id: {start!r}"}, status_code=400)
         return StreamingResponse(
-            _stream(feed, seq),
+            _stream(feed, seq, streams),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
@@ -99,28 +109,48 @@ def create_app(feed: ResultFeed, page: PageConfig, *, manage_feed: bool = True) 
             Route("/config.json", config),
             Route("/events", events),
             Route("/healthz", healthz),
+            Route("/metrics", metrics),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         lifespan=lifespan,
     )
 
 
-async def _stream(feed: ResultFeed, seq: int) -> AsyncIterator[str]:
+def resume_after(last_id: str, epoch: str) -> int:
+    """The sequence number a stream resumes after, from ``Last-Event-ID`` (or ``?since=``).
+
+    ``<epoch>-<seq>`` of this feed: ``seq``; of another epoch (the map restarted, its numbers
+    began again): 0, the whole buffer; a bare number: that number.  Anything else: ValueError.
+    """
+    given_epoch, _, number = last_id.rpartition("-")
+    if given_epoch and given_epoch != epoch:
+        int(number)  # still an id of ours, just an older process's
+        return 0
+    return max(int(number), 0)
+
+
+async def _stream(feed: ResultFeed, seq: int, streams: StreamStats | None = None) -> AsyncIterator[str]:
     """Server-sent events from result ``seq`` + 1 on; ends when the client goes away."""
-    yield "retry: 2000\n\n"  # reconnect after 2 s
-    beat = time.monotonic()
-    while True:
-        items, skipped = feed.since(seq, EVENT_BATCH)
-        if items:
-            seq = items[-1]["seq"]
-            # "now": the server's clock, so the page tells ages right even if its own clock is off
-            payload = {"results": items, "skipped": skipped, "now": time.time()}
-            data = json.dumps(payload, separators=(",", ":"))
-            yield f"id: {seq}\nevent: results\ndata: {data}\n\n"
-            beat = time.monotonic()
-            if len(items) == EVENT_BATCH:
-                continue  # more is waiting: send it without sleeping
-        elif time.monotonic() - beat > HEARTBEAT_S:
-            yield ": heartbeat\n\n"
-            beat = time.monotonic()
-        await asyncio.sleep(POLL_S)
+    streams = streams or StreamStats()
+    streams.open += 1
+    try:
+        yield "retry: 2000\n\n"  # reconnect after 2 s
+        beat = time.monotonic()
+        while True:
+            items, skipped = feed.since(seq, EVENT_BATCH)
+            if items:
+                seq = items[-1]["seq"]
+                streams.skipped += skipped
+                # "now": the server's clock, so the page tells ages right even if its own is off
+                payload = {"results": items, "skipped": skipped, "now": time.time()}
+                data = json.dumps(payload, separators=(",", ":"))
+                yield f"id: {feed.epoch}-{seq}\nevent: results\ndata: {data}\n\n"
+                beat = time.monotonic()
+                if len(items) == EVENT_BATCH:
+                    continue  # more is waiting: send it without sleeping
+            elif time.monotonic() - beat > HEARTBEAT_S:
+                yield ": heartbeat\n\n"
+                beat = time.monotonic()
+            await asyncio.sleep(POLL_S)
+    finally:
+        streams.open -= 1

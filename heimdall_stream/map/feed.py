@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ class ResultFeed:
         self.start_at = start_at
         self.truth = truth
         self.stats = FeedStats()
+        # Names this process's numbering in event ids: a browser that comes back to a restarted
+        # map must not wait for the new numbers to reach the old ones.
+        self.epoch = uuid.uuid4().hex[:8]
         self._config = {
             **config,
             "enable.auto.commit": False,
@@ -146,7 +150,23 @@ class ResultFeed:
             consumer.close()
 
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        """Start every newly assigned partition at the end, or at the first offset after ``start_at``."""
+        """Start every newly assigned partition at the end, or at the first offset after ``start_at``.
+
+        A lookup that fails (the broker slow to answer) starts the partitions at the end instead
+        of stopping the feed: the map goes on showing new results, and /healthz says why the
+        earlier ones are missing.
+        """
+        try:
+            self._start_offsets(consumer, partitions)
+        except KafkaException as exc:
+            self.stats.last_error = f"start offsets not found, showing from now: {exc}"
+            log.warning("map feed: %s", self.stats.last_error)
+            for tp in partitions:
+                tp.offset = OFFSET_END
+        self.stats.assigned = len(partitions)
+        consumer.assign(partitions)
+
+    def _start_offsets(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         if self.start_at is None:
             # The end offsets are looked up now rather than left to OFFSET_END, so every result
             # committed after the assignment is shown (OFFSET_END is resolved later, at the first
@@ -160,8 +180,6 @@ class ResultFeed:
             for tp, hit in zip(partitions, found, strict=True):
                 # -1: no record at or after the time, so start at the end
                 tp.offset = hit.offset if hit.offset >= 0 else OFFSET_END
-        self.stats.assigned = len(partitions)
-        consumer.assign(partitions)
 
     def _on_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:

@@ -40,6 +40,7 @@ def result_view(loc: Localization, seq: int, truth: Mapping[str, float] | None =
         "produced": loc.produced_at.isoformat(),
         "rx": list(loc.receivers_used),
         "cache": loc.cache_hit,
+        "quality": round(loc.quality, 3),
         "error_m": None,
     }
     if truth is not None:

@@ -7,7 +7,7 @@ where a receiver is present, the sample rate (B,), and each receiver's clock off
 =================  =======  ====================================================================
 name               unit     meaning
 =================  =======  ====================================================================
-power_dbfs         dBFS     mean power of all samples (signal + noise)
+power_dbfs         dBFS     mean power of all samples (signal + noise), DC bin left out
 noise_floor_dbfs   dBFS     noise power, from a low periodogram quantile (robust to the signal)
 snr_db             dB       signal-to-noise ratio, signal = power - noise (floored at -20 dB)
 signal_dbfs        dBFS     signal power alone (power minus noise, floored 20 dB under the noise)
@@ -18,21 +18,34 @@ presence           0/1      1 where SNR exceeds ``PRESENCE_SNR_DB``
 tdoa_us            µs       arrival time against the mean arrival at all valid receivers, from
                             cross-correlation with the strongest one, corrected by the clock
                             offsets; 0 if invalid
-tdoa_valid         0/1      1 where the receiver is heard above 10 dB SNR and clock-synchronised
+tdoa_valid         0/1      1 where the receiver is heard above 10 dB SNR, clock-synchronised,
+                            and its correlation peak is sharp (``tdoa_quality`` ≥
+                            ``MIN_PEAK_QUALITY``); the strongest receiver when another one is
+tdoa_quality       0-1      normalised height of the correlation peak against the strongest
+                            receiver (its own: the best of the others'); 0 if not correlated
 =================  =======  ====================================================================
 
 Absent slots (mask 0) are all zeros.  Deterministic: no randomness, no state.
 
+Robust to the waveform (a model should not depend on one): the DC bin is left out of every
+spectral estimate (a receiver's DC offset is not a signal); the discriminator is gated to the
+samples where the signal stands above the noise (a transmitter that keys up part-way, or sends
+data in bursts, leaves stretches of noise whose discriminator is random) and correlated only
+where a clock offset is reported; and a correlation without a sharp peak (an unmodulated carrier
+carries no time information) gives no TDOA.  The lag search is centred on the difference of the
+reported clock offsets, so receivers that started recording tens of milliseconds apart still
+find their peak.
+
 The numbers are those of the straightforward whole-batch computation (kept as the reference in
 tests/unit/test_features.py, which checks the two agree), computed more cheaply: only present
-slots are transformed and only TDOA-valid slots correlated; rows go through in chunks of
-``_CHUNK_ROWS`` so temporaries stay small and in cache; the noise quantile is an exact selection
-of two order statistics rather than np.quantile's partition of everything; float32 throughout.
+slots are transformed and only slots that can have a TDOA correlated (``models.tdoa``); rows
+go through in chunks of ``_CHUNK_ROWS`` so temporaries stay small and in cache; the noise
+quantile is an exact selection of two order statistics rather than np.quantile's partition of
+everything; float32 throughout.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Mapping, Sequence
 
@@ -40,7 +53,20 @@ import numpy as np
 import numpy.typing as npt
 import scipy.fft
 
+from heimdall_stream.models.tdoa import MAX_TDOA_S, MIN_PEAK_QUALITY, TDOA_SNR_DB, tdoa
 from heimdall_stream.wire.messages import IqCapture
+
+# Re-exported: they define the TDOA features of FEATURE_NAMES.
+__all__ = [
+    "FEATURE_NAMES",
+    "MAX_TDOA_S",
+    "MIN_PEAK_QUALITY",
+    "TDOA_SNR_DB",
+    "assemble_batch",
+    "extract_features",
+    "normalise_features",
+]
+
 
 FEATURE_NAMES: tuple[str, ...] = (
     "power_dbfs",
@@ -52,11 +78,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     "presence",
     "tdoa_us",
     "tdoa_valid",
+    "tdoa_quality",
 )
 PRESENCE_SNR_DB = 3.0
 NOISE_QUANTILE = 0.2
-MAX_TDOA_S = 1.5e-3
-TDOA_SNR_DB = 10.0
 _TINY = 1e-20
 # Rows transformed per step: every temporary stays a few MB, so it is recycled by malloc
 # (instead of fresh zeroed pages from the kernel each batch) and mostly served from cache.
@@ -104,7 +129,9 @@ def extract_features(
     freq_offset = np.fft.fftfreq(length)[peak] * fs[:, None]
     heard = present & (snr_db > PRESENCE_SNR_DB)
 
-    tdoa_us, tdoa_valid = _tdoa(planes, snr_db, heard, offsets, fs, workers=workers)
+    tdoa_us, tdoa_valid, quality = tdoa(
+        planes, snr_db, noise, heard=heard, offsets=offsets, fs=fs, workers=workers
+    )
 
     signal_db = 10.0 * np.log10(signal + _TINY)
     strongest = np.max(np.where(present, signal_db, -np.inf), axis=1, keepdims=True)
@@ -120,6 +147,7 @@ def extract_features(
             heard.astype(np.float64),
             tdoa_us,
             tdoa_valid.astype(np.float64),
+            quality,
         ],
         axis=-1,
     )
@@ -146,6 +174,7 @@ def _spectral_estimates(planes: F32, rows: Ints, workers: int) -> tuple[F64, F64
         np.square(parts, out=parts)
         periodogram = np.add(parts[..., 0], parts[..., 1])
         periodogram /= np.float32(length * length)
+        periodogram[:, 0] = 0.0  # DC: a receiver's offset, not a signal
         power[done] = periodogram.sum(axis=-1, dtype=np.float64)  # Parseval: mean |x|²
         peak[done] = np.argmax(periodogram, axis=-1)
         # Noise bins of complex white noise are exponential, so the q-quantile of the periodogram
@@ -212,111 +241,6 @@ def _order_statistics(values: F32, below: int, above: int) -> tuple[F32, F32]:
         upper[r] = band[rank]
         lower[r] = band[:rank].max() if above > below else band[rank]
     return lower, upper
-
-
-def _tdoa(
-    planes: F32, snr_db: F64, heard: Bools, offsets: F64, fs: F64, *, workers: int
-) -> tuple[F64, Bools]:
-    """Time difference of arrival of each slot against the strongest heard, synchronised slot.
-
-    Receivers tune with different oscillator errors, so raw IQ decorrelates within a few
-    milliseconds; the FM discriminator output (instantaneous frequency) does not depend on the
-    carrier offset or phase, so that is what is cross-correlated.  Lags are searched within
-    ``MAX_TDOA_S`` (longer than any baseline of a regional network).
-    """
-    batch, slots = snr_db.shape
-    # Below ~10 dB the FM discriminator clicks and the correlation peak is unreliable.
-    synced = heard & np.isfinite(offsets) & (snr_db > TDOA_SNR_DB)
-    ranked = np.where(synced, snr_db, -np.inf)
-    reference = np.argmax(ranked, axis=1)  # (B,)
-    batches = np.arange(batch)
-    has_reference = np.isfinite(ranked[batches, reference])
-    valid = synced & has_reference[:, None]
-    tdoa_s = np.zeros((batch, slots))
-    rows = np.flatnonzero(valid)  # only valid slots are correlated: the others report 0 anyway
-    if rows.size:
-        owner = rows // slots
-        max_lag = math.ceil(MAX_TDOA_S * float(np.max(fs)))
-        lag = _correlation_lags(planes, rows, owner * slots + reference[owner], max_lag, workers)
-        tdoa_s.flat[rows] = lag / fs[owner]
-    tdoa_s += np.where(valid, offsets - offsets[batches, reference][:, None], 0.0)
-    # Measured against the strongest receiver, but reported against the mean arrival time of
-    # all valid receivers: the meaning of a slot's value then does not hinge on which receiver
-    # happened to be the strongest.
-    count = np.maximum(valid.sum(axis=1, keepdims=True), 1)
-    mean_arrival = np.where(valid, tdoa_s, 0.0).sum(axis=1, keepdims=True) / count
-    return np.where(valid, (tdoa_s - mean_arrival) * 1e6, 0.0), valid
-
-
-def _correlation_lags(planes: F32, rows: Ints, references: Ints, max_lag: int, workers: int) -> F64:
-    """Lag (samples) of the correlation peak of each slot ``rows[i]`` against ``references[i]``.
-
-    The peak is searched within ±``max_lag`` and refined to a fraction of a sample by a parabola.
-    ``rows`` is sorted and holds every reference, so the slots of one reference are adjacent.
-    """
-    span = planes.shape[-1] - 1
-    n_fft = scipy.fft.next_fast_len(2 * span, real=True)  # zero-padded: linear, not circular
-    position = np.searchsorted(rows, references)  # where each slot's reference sits in rows
-    lags = np.empty(rows.size)
-    for start, stop in _whole_groups(position, _CHUNK_ROWS * max(1, workers)):
-        # The discriminator goes straight into the zero-padded FFT input (scipy would copy).
-        padded = np.zeros((stop - start, n_fft), dtype=np.float32)
-        for i, slot in enumerate(rows[start:stop]):
-            _discriminator(planes[slot], out=padded[i, :span])
-        spectrum = scipy.fft.rfft(padded, axis=-1, workers=workers)
-        for first, last in _whole_groups(position[start:stop], 1):
-            spectrum[first:last] *= np.conjugate(spectrum[position[start + first] - start])
-        correlation = scipy.fft.irfft(spectrum, n=n_fft, axis=-1, workers=workers, overwrite_x=True)
-        lags[start:stop] = _peak_lag(correlation, max_lag)
-    return lags
-
-
-def _discriminator(plane: F32, out: F32) -> None:
-    """FM discriminator of one (2, L) IQ plane, mean removed, into ``out`` (L-1,).
-
-    The phase step arg(z[1:]·conj(z[:-1])), by the same complex64 operations as np.angle of the
-    product (the instantaneous frequency, in radians a sample).
-    """
-    z = np.empty(plane.shape[-1], dtype=np.complex64)
-    z.real = plane[0]
-    z.imag = plane[1]
-    product = np.conjugate(z[:-1])
-    np.multiply(product, z[1:], out=product)
-    # Contiguous copies: arctan2 is vectorised only for contiguous operands (same bits either way).
-    np.arctan2(product.imag.copy(), product.real.copy(), out=out)
-    # out.mean() without its Python overhead: float32 sum, float64 division, back to float32.
-    out -= np.float32(float(np.add.reduce(out)) / out.size)
-
-
-def _whole_groups(keys: Ints, limit: int) -> list[tuple[int, int]]:
-    """Consecutive [start, stop) ranges of ``keys`` that never split a run of equal keys.
-
-    Each range holds at most ``limit`` items, unless a single run is longer.
-    """
-    starts = [int(i) for i in np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])] + [keys.size]
-    ranges: list[tuple[int, int]] = []
-    begin = 0
-    for run_start, next_start in itertools.pairwise(starts):
-        if next_start - begin > limit and run_start > begin:
-            ranges.append((begin, run_start))
-            begin = run_start
-    if keys.size:
-        ranges.append((begin, keys.size))
-    return ranges
-
-
-def _peak_lag(correlation: F32, max_lag: int) -> F64:
-    """Sub-sample lag of each row's maximum within lags ±max_lag (parabola through its neighbours)."""
-    window = np.concatenate([correlation[:, -max_lag:], correlation[:, : max_lag + 1]], axis=-1)
-    peak = np.clip(np.argmax(window, axis=-1), 1, window.shape[-1] - 2)
-    left = np.take_along_axis(window, (peak - 1)[:, None], axis=-1)[:, 0]
-    centre = np.take_along_axis(window, peak[:, None], axis=-1)[:, 0]
-    right = np.take_along_axis(window, (peak + 1)[:, None], axis=-1)[:, 0]
-    curvature = left - 2.0 * centre + right
-    safe = np.where(curvature < 0, curvature, -1.0)
-    fraction = np.where(curvature < 0, 0.5 * (left - right) / safe, 0.0)
-    lag: F64 = (peak - max_lag) + np.clip(fraction, -0.5, 0.5)
-    return lag
 
 
 def normalise_features(features: F32, mask: F32, mean: npt.ArrayLike, std: npt.ArrayLike) -> F32:

@@ -111,7 +111,7 @@ def _call(tracking_uri: str, method: str, path: str, params: dict[str, Any]) -> 
         data = json.dumps(params).encode()
     request = urllib.request.Request(url, data=data, method=method, headers=_headers())
     try:
-        with urllib.request.urlopen(request, timeout=_timeout(), context=_tls_context()) as response:
+        with _opener().open(request, timeout=_timeout()) as response:
             return _json(response.read(), url)
     except urllib.error.HTTPError as exc:
         payload = _json_or_none(exc.read())
@@ -122,6 +122,48 @@ def _call(tracking_uri: str, method: str, path: str, params: dict[str, Any]) -> 
         raise RegistryRequestError(f"{method} {url}: HTTP {exc.code} {code}".rstrip()) from exc
     except (OSError, ValueError) as exc:  # URLError, timeouts, refused connections, TLS errors
         raise RegistryRequestError(f"{method} {url}: {exc}") from exc
+
+
+class _CredentialsStayHome(urllib.request.HTTPRedirectHandler):
+    """Follows redirects, but sends the registry's credentials only to the registry's origin.
+
+    urllib copies every header of a request to its redirect, wherever that points: a registry
+    (or a proxy in front of it) redirecting to another host would be handed the token.  The
+    same host, or the same host upgraded from http to https, keeps them, as in ``requests``.
+    """
+
+    def redirect_request(  # noqa: PLR0917  (urllib calls it with these six positionally)
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        """The redirected request, without ``Authorization`` when it leaves the origin."""
+        redirected = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if redirected is not None and not same_origin(req.full_url, redirected.full_url):
+            redirected.remove_header("Authorization")
+        return redirected
+
+
+def same_origin(url: str, redirected: str) -> bool:
+    """Whether credentials meant for ``url`` may follow a redirect to ``redirected``."""
+    before, after = urllib.parse.urlsplit(url), urllib.parse.urlsplit(redirected)
+    default = {"http": 80, "https": 443}
+    if before.hostname != after.hostname:
+        return False
+    if before.scheme == after.scheme:
+        return (before.port or default.get(before.scheme)) == (after.port or default.get(after.scheme))
+    upgrade = (before.scheme, after.scheme) == ("http", "https")
+    return upgrade and before.port in (None, 80) and after.port in (None, 443)
+
+
+def _opener() -> urllib.request.OpenerDirector:
+    return urllib.request.build_opener(
+        _CredentialsStayHome(), urllib.request.HTTPSHandler(context=_tls_context())
+    )
 
 
 def _headers() -> dict[str, str]:

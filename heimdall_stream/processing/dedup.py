@@ -4,9 +4,16 @@ A capture is a repeat when Redis holds its done mark, when this instance committ
 (``RecentIds``: a bounded in-process memory that catches repeats while Redis is down or after it
 lost its keyspace, counted apart because each would otherwise have been a duplicate result), or
 when the same ``capture_id`` came earlier in the same batch, or is *claimed* by a batch that is
-still being scored or committed (batches run on several worker threads at once).  A capture is
-marked done only after its result is committed, so a crash can cause a re-run, never a loss;
-a claim is released after the commit, or when the batch is discarded to run again.
+still being scored or committed (batches run on several worker threads at once).  A claim is
+released after the commit, or when the batch is discarded to run again.
+
+Marks are written in two steps around the commit, so that no crash opens a gap: just *before*
+the transaction commits, each result's capture gets a *pending* mark naming the input record it
+came from (``pending:topic:partition:offset``), and just after, the done mark.  A pending mark
+stops every other record with that ``capture_id`` (an upstream repeat), even if the instance
+dies between the commit and the done mark; it does not stop the very record it names, which is
+consumed again only if its transaction did not commit (aborted, or the instance died first), so
+a re-run is never mistaken for a repeat and nothing is lost.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 from heimdall_stream.metrics import Metrics
-from heimdall_stream.processing.records import Decoded
+from heimdall_stream.processing.records import Decoded, InputRecord, Result
 from heimdall_stream.processing.store import Store
 
 
@@ -80,7 +87,9 @@ class Deduplicator:
                 self._claimed.add(capture_id)
                 claimed.append(item)
         ids = {item.capture.capture_id for item in claimed}
-        done = self.store.filter_done(sorted(ids | set(in_memory)))
+        # A pending mark of this very record is a re-run of an uncommitted transaction: fresh.
+        own = {item.capture.capture_id: pending_mark(item.record) for item in claimed}
+        done = self.store.filter_done(sorted(ids | set(in_memory)), own)
         if done & ids:
             self.release(done & ids)
         fresh = [item for item in claimed if item.capture.capture_id not in done]
@@ -97,8 +106,19 @@ class Deduplicator:
         with self._lock:
             self._claimed.difference_update(capture_ids)
 
+    def pend(self, results: Sequence[Result]) -> None:
+        """Before the commit: pending marks, naming each result's input record (see above)."""
+        if results:
+            marks = {r.localization.capture_id: pending_mark(r.record) for r in results}
+            self.store.mark_done(list(marks), marks)
+
     def remember(self, capture_ids: Sequence[str]) -> None:
         """Mark committed captures done, in memory and in the store."""
         with self._lock:
             self.recent.add(capture_ids)
         self.store.mark_done(capture_ids)
+
+
+def pending_mark(record: InputRecord) -> bytes:
+    """The mark a capture carries while the transaction of ``record``'s result commits."""
+    return f"pending:{record.topic}:{record.partition}:{record.offset}".encode()

@@ -3,9 +3,10 @@
 ``BatchProcessor.process`` runs, for one consumed batch: decode → route (sticky, by a hash of
 ``capture_id``) → validate against the routed version's contract → dedup → cache look-up →
 infer (one inference batch per version, never mixed; poison isolated) → finish → shadow
-comparison.  It writes nothing: ``stream.delivery`` commits the outcome, and only then does
-``after_commit`` mark the captures done, fill the cache and record the metrics; a batch that
-is thrown away to run again (its transaction aborted) is handed to ``discard``.
+comparison.  It writes nothing to Kafka: ``before_commit`` writes pending dedup marks,
+``stream.delivery`` commits the outcome, and only then does ``after_commit`` mark the captures
+done, fill the cache and record the metrics; a batch that is thrown away to run again (its
+transaction aborted) is handed to ``discard``.
 
 Several worker threads may run ``process`` at once.  What they share is safe for that: the
 dedup claims (locked), the batch counter (atomic), the model sessions (onnxruntime's ``run`` is
@@ -28,6 +29,7 @@ from heimdall_stream.config import LimitsSettings
 from heimdall_stream.errors import InternalError
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.models.inference import LoadedModel
+from heimdall_stream.models.quality import IN_DISTRIBUTION_QUALITY
 from heimdall_stream.models.routing import ModelSet
 from heimdall_stream.processing.cache import ResultCache
 from heimdall_stream.processing.dedup import Deduplicator
@@ -95,6 +97,14 @@ class BatchProcessor:
         scored.finished_at = clock()
         return scored
 
+    def before_commit(self, scored: ScoredBatch) -> None:
+        """Write pending dedup marks for the batch's results (before its transaction commits).
+
+        No crash between the commit and ``after_commit`` can then let an upstream repeat
+        through (``processing.dedup``).
+        """
+        self.dedup.pend(scored.results)
+
     def after_commit(self, scored: ScoredBatch) -> None:
         """Mark the batch's captures done, cache its predictions, record its metrics."""
         self.dedup.remember([r.localization.capture_id for r in scored.results])
@@ -110,6 +120,8 @@ class BatchProcessor:
                 metrics.inference_latency.labels(version).observe(stats.inference_s)
             if stats.results:
                 metrics.results_produced.labels(version).inc(len(stats.results))
+                doubtful = sum(r.localization.quality < IN_DISTRIBUTION_QUALITY for r in stats.results)
+                metrics.doubtful_results.labels(version).inc(doubtful)
             end_to_end = metrics.end_to_end_latency.labels(version)  # looked up once per batch
             for result in stats.results:
                 end_to_end.observe(max((now - result.captured_at).total_seconds(), 0.0))

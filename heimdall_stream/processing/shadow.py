@@ -21,6 +21,7 @@ from heimdall_stream.errors import HeimdallError
 from heimdall_stream.geo import bhattacharyya_overlap
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.models.inference import LoadedModel
+from heimdall_stream.models.quality import capture_quality, widen
 from heimdall_stream.processing.intake import validate_all
 from heimdall_stream.processing.records import Decoded, Result, ShadowComparison
 
@@ -53,6 +54,10 @@ def compare_shadow(
         log.debug("shadow %s failed on a batch: %s", shadow.label, exc)
         return comparison
     primaries = [by_id[item.capture.capture_id].localization for item in good]
+    # The primary's covariance went through the consistency check: so does the shadow's.
+    shadow_covariance = widen(
+        prediction.covariance_enu, capture_quality(shadow.contract, prepared.inputs).widening
+    )
     primary_lat = np.array([p.latitude for p in primaries])
     primary_lon = np.array([p.longitude for p in primaries])
     # One pyproj/geodesic call each for the whole batch, not one per capture.
@@ -68,7 +73,7 @@ def compare_shadow(
                 [float(east[row]), float(north[row])],
                 [cov.sigma_east_m, cov.sigma_north_m, cov.rho],
                 prediction.position_enu_m[row],
-                prediction.covariance_enu[row],
+                shadow_covariance[row],
             )
         except (ValueError, ArithmeticError):
             comparison.errors += 1

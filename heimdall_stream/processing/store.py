@@ -24,6 +24,7 @@ from heimdall_stream.metrics import Metrics
 from heimdall_stream.retry import Backoff
 
 Clock = Callable[[], float]
+DONE = b"1"  # the mark of a committed capture (``dedup`` also writes pending marks)
 log = logging.getLogger(__name__)
 
 
@@ -34,11 +35,11 @@ class Store(Protocol):
     def healthy(self) -> bool:
         """False while the store is unreachable and being skipped."""
 
-    def filter_done(self, capture_ids: Sequence[str]) -> set[str]:
-        """The ids among ``capture_ids`` already marked done."""
+    def filter_done(self, capture_ids: Sequence[str], own: Mapping[str, bytes] | None = None) -> set[str]:
+        """The ids among ``capture_ids`` already marked, except those whose mark is ``own[id]``."""
 
-    def mark_done(self, capture_ids: Sequence[str]) -> None:
-        """Mark ids done (after their results are committed)."""
+    def mark_done(self, capture_ids: Sequence[str], values: Mapping[str, bytes] | None = None) -> None:
+        """Mark ids (done: ``b"1"``; or the value ``values`` gives, e.g. a pending mark)."""
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Cached values of the keys that are present."""
@@ -54,6 +55,7 @@ class InMemoryStore:
         self, dedup_ttl_s: float = 86_400, cache_ttl_s: float = 3_600, clock: Clock = time.monotonic
     ):
         self._done: dict[str, float] = {}
+        self._values: dict[str, bytes] = {}
         self._cache: dict[str, tuple[float, bytes]] = {}
         self._dedup_ttl, self._cache_ttl, self._clock = dedup_ttl_s, cache_ttl_s, clock
 
@@ -62,15 +64,16 @@ class InMemoryStore:
         """Always reachable."""
         return True
 
-    def filter_done(self, capture_ids: Sequence[str]) -> set[str]:
-        """Ids marked done and not yet expired."""
-        now = self._clock()
-        return {i for i in capture_ids if self._done.get(i, -1.0) > now}
+    def filter_done(self, capture_ids: Sequence[str], own: Mapping[str, bytes] | None = None) -> set[str]:
+        """Ids marked and not yet expired, except those whose mark is ``own[id]``."""
+        now, own = self._clock(), own or {}
+        return {i for i in capture_ids if self._done.get(i, -1.0) > now and self._values.get(i) != own.get(i)}
 
-    def mark_done(self, capture_ids: Sequence[str]) -> None:
-        """Mark ids done for the dedup TTL."""
+    def mark_done(self, capture_ids: Sequence[str], values: Mapping[str, bytes] | None = None) -> None:
+        """Mark ids for the dedup TTL (``b"1"``, or the value ``values`` gives)."""
         expiry = self._clock() + self._dedup_ttl
         self._done.update(dict.fromkeys(capture_ids, expiry))
+        self._values.update({i: (values or {}).get(i, DONE) for i in capture_ids})
 
     def get_many(self, keys: Sequence[str]) -> dict[str, bytes]:
         """Unexpired cached values."""
@@ -135,25 +138,30 @@ class RedisStore:
         self._recover()
         return True
 
-    def filter_done(self, capture_ids: Sequence[str]) -> set[str]:
-        """Ids with a done mark; none while degraded."""
+    def filter_done(self, capture_ids: Sequence[str], own: Mapping[str, bytes] | None = None) -> set[str]:
+        """Ids with a mark, except those whose mark is ``own[id]``; none while degraded."""
         if not capture_ids or not self._usable():
             return set()
         try:
-            flags = self._pipeline_exists(capture_ids)
+            marks = self._client.mget([f"{self._prefix}done:{cid}" for cid in capture_ids])
         except redis.RedisError as exc:
             self._fail(exc)
             return set()
-        return {cid for cid, flag in zip(capture_ids, flags, strict=True) if flag}
+        own = own or {}
+        return {
+            cid
+            for cid, mark in zip(capture_ids, marks, strict=True)
+            if mark is not None and mark != own.get(cid)
+        }
 
-    def mark_done(self, capture_ids: Sequence[str]) -> None:
-        """SET done marks with the dedup TTL; skipped while degraded."""
+    def mark_done(self, capture_ids: Sequence[str], values: Mapping[str, bytes] | None = None) -> None:
+        """SET marks with the dedup TTL (``b"1"``, or the value ``values`` gives); skipped while degraded."""
         if not capture_ids or not self._usable():
             return
         try:
             pipe = self._client.pipeline(transaction=False)
             for cid in capture_ids:
-                pipe.set(f"{self._prefix}done:{cid}", b"1", px=self._dedup_ttl_ms)
+                pipe.set(f"{self._prefix}done:{cid}", (values or {}).get(cid, DONE), px=self._dedup_ttl_ms)
             pipe.execute()
         except redis.RedisError as exc:
             self._fail(exc)
@@ -184,12 +192,6 @@ class RedisStore:
     def close(self) -> None:
         """Release the connection pool."""
         self._client.close()
-
-    def _pipeline_exists(self, capture_ids: Sequence[str]) -> list[int]:
-        pipe = self._client.pipeline(transaction=False)
-        for cid in capture_ids:
-            pipe.exists(f"{self._prefix}done:{cid}")
-        return [int(flag) for flag in pipe.execute()]
 
     def _usable(self) -> bool:
         if self._healthy:

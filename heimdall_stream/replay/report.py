@@ -4,7 +4,8 @@ Errors against the simulator's truth, distances to the live answers and ellipse 
 fixed-bin histograms (``Quantiles``: logarithmic bins for metres, 0.8 % wide, linear ones for
 overlaps), so a million captures take the same memory as a thousand and the report can be saved
 with the replay's progress and resumed.  Coverage counts whether the truth falls inside the
-version's own 68 % and 95 % ellipses (its calibrated covariance, Mahalanobis distance).
+version's own 68 % and 95 % ellipses: the Mahalanobis distance under its covariance against the
+radius each answer carries for that level (its model's calibrated one), the Gaussian's otherwise.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from heimdall_stream.calibration.coverage import radius_at
 from heimdall_stream.geo import LocalFrame, bhattacharyya_overlap, chi2_2_scale
 from heimdall_stream.wire.messages import Localization
 
 R68 = chi2_2_scale(0.6827) ** 2  # squared Mahalanobis radius of the 68.27 % ellipse
-R95 = chi2_2_scale(0.95) ** 2
+R95 = chi2_2_scale(0.95) ** 2  # (the Gaussian's, for results that do not carry their own)
 
 
 class Quantiles:
@@ -111,8 +113,8 @@ class VersionReport:
             delta = true - mine
             self.error_m.add(np.hypot(delta[:, 0], delta[:, 1]))
             squared = _mahalanobis2(delta, cov)
-            self.inside_68 += int((squared <= R68).sum())
-            self.inside_95 += int((squared <= R95).sum())
+            self.inside_68 += int((squared <= _squared_radii(known, 0.6827, R68)).sum())
+            self.inside_95 += int((squared <= _squared_radii(known, 0.95, R95)).sum())
         compared = [a for a in answers if a.capture_id in live]
         if compared:
             mine = _enu(frame, [(a.latitude, a.longitude) for a in compared])
@@ -206,3 +208,15 @@ def _mahalanobis2(delta: npt.NDArray[np.float64], cov: npt.NDArray[np.float64]) 
     se, sn, rho = cov[:, 0], cov[:, 1], cov[:, 2]
     x, y = delta[:, 0] / se, delta[:, 1] / sn
     return np.asarray((x * x - 2 * rho * x * y + y * y) / (1 - rho * rho), dtype=np.float64)
+
+
+def _squared_radii(
+    answers: Sequence[Localization], confidence: float, gaussian: float
+) -> npt.NDArray[np.float64]:
+    """Each answer's own squared radius at ``confidence`` (its model's calibrated one), else the Gaussian's.
+
+    A model that declares its coverage draws its ellipses at its own radii: a truth counts as
+    inside the ellipse the map showed, not inside a χ² one the model never claimed.
+    """
+    radii = [radius_at(a, confidence) for a in answers]
+    return np.array([gaussian if r is None else r * r for r in radii])

@@ -11,8 +11,9 @@ Memory stays bounded whatever the range: records are read a chunk at a time and 
 fixed-bin histograms.  Two lookups grow with the range: the truth (one entry per line of the
 truth file) and the live answers (about 100 bytes per capture in the range).  With ``state``,
 the resolved range, the offsets reached and the reports are saved after every chunk once its
-answers are durable: a replay that stops resumes there, over the range it started with (answers
-of the chunk in progress may then be written twice).
+answers are durable: a replay that stops resumes there, over the range it started with.  A file
+is cut back to what the progress covers, so the chunk in progress is written once; on a topic
+its answers may be written twice.
 """
 
 from __future__ import annotations
@@ -76,14 +77,15 @@ def replay(settings: Settings, job: ReplayJob, progress: Progress | None = None)
             span = resolve(consumer, settings.kafka.input_topic, job.start, job.end)
             start = {p: first for p, (first, _) in span.bounds.items()}
             reports = {m.label: VersionReport(m.label) for m in models}
+            output_bytes = None
         else:
-            span, start, reports = saved
+            span, start, reports, output_bytes = saved
         truth = load_truth(job.truth_file) if job.truth_file else {}
         live = load_live(settings, job.live_topic, span, since=job.start) if job.live_topic else {}
         log.info(
             "replaying %d offsets of %s with %s", span.total, span.topic, ", ".join(m.label for m in models)
         )
-        sink = _sink(settings, job)
+        sink = _sink(settings, job, resume_at=output_bytes)
         processors = [_processor(settings, model) for model in models]
         try:
             if progress is not None:
@@ -98,7 +100,7 @@ def replay(settings: Settings, job: ReplayJob, progress: Progress | None = None)
                 for record in records:
                     start[record.partition] = max(start[record.partition], record.offset + 1)
                 sink.flush()
-                _save(job, span, models, start, reports)
+                _save(job, span, models, start, reports, output_bytes=sink.written())
                 if progress is not None:
                     progress(len(records), span.total)
         finally:
@@ -114,12 +116,13 @@ def replay(settings: Settings, job: ReplayJob, progress: Progress | None = None)
     }
 
 
-def _sink(settings: Settings, job: ReplayJob) -> Sink:
+def _sink(settings: Settings, job: ReplayJob, *, resume_at: int | None) -> Sink:
+    """The job's sink; a resumed file is cut back to ``resume_at``, the bytes its progress covers."""
     if job.output_topic is not None:
         return TopicSink(settings, job.output_topic)
     if job.output_file is None:
         raise ConfigurationError("replay needs exactly one of --output-topic and --output")
-    return FileSink(job.output_file)
+    return FileSink(job.output_file, resume_at=resume_at)
 
 
 def _processor(settings: Settings, model: LoadedModel) -> BatchProcessor:
@@ -188,13 +191,20 @@ def _identity(job: ReplayJob, topic: str, models: list[LoadedModel]) -> dict[str
     resumed ``--to latest`` keeps the end it had (the live topic has grown since), and a resumed
     ``--from earliest`` its start (retention may have deleted the first messages since).
     """
-    return {"topic": topic, "from": job.start, "to": job.end, "models": [m.sha256 for m in models]}
+    return {
+        "topic": topic,
+        "from": job.start,
+        "to": job.end,
+        "models": [m.sha256 for m in models],
+        # Where the answers go: a file's progress is no position in a topic, nor the reverse.
+        "output": f"topic:{job.output_topic}" if job.output_topic is not None else f"file:{job.output_file}",
+    }
 
 
 def _saved_progress(
     job: ReplayJob, topic: str, models: list[LoadedModel]
-) -> tuple[Range, dict[int, int], dict[str, VersionReport]] | None:
-    """The range, next offsets and reports saved by an earlier run of this replay, if any."""
+) -> tuple[Range, dict[int, int], dict[str, VersionReport], int] | None:
+    """The range, next offsets, reports and output bytes saved by an earlier run of this replay."""
     if job.state_file is None or not job.state_file.exists():
         return None
     saved = json.loads(job.state_file.read_text(encoding="utf-8"))
@@ -207,8 +217,15 @@ def _saved_progress(
     start = {p: s for p, (s, _) in span.bounds.items()}
     start.update({int(p): int(o) for p, o in saved["next"].items()})
     reports = {label: VersionReport.from_json(r) for label, r in saved["reports"].items()}
+    output_bytes = saved.get("output_bytes")
+    if job.output_file is not None and output_bytes is None:
+        # Without the position its answers reached, cutting the file back would guess: refuse.
+        raise ConfigurationError(
+            f"{job.state_file} does not say how far {job.output_file} was written; "
+            "remove it (and the file) to start the replay over"
+        )
     log.info("resuming from %s", job.state_file)
-    return span, start, reports
+    return span, start, reports, int(output_bytes or 0)
 
 
 def _save(
@@ -217,7 +234,10 @@ def _save(
     models: list[LoadedModel],
     start: dict[int, int],
     reports: dict[str, VersionReport],
+    *,
+    output_bytes: int | None = None,
 ) -> None:
+    """Save the progress (atomically) after a chunk's answers are durable up to ``output_bytes``."""
     if job.state_file is None:
         return
     state = {
@@ -225,6 +245,7 @@ def _save(
         "range": span.to_json(),
         "next": {str(p): o for p, o in start.items()},
         "reports": {label: r.to_json() for label, r in reports.items()},
+        "output_bytes": output_bytes,
     }
     temporary = job.state_file.with_suffix(job.state_file.suffix + ".tmp")
     temporary.write_text(json.dumps(state), encoding="utf-8")

@@ -28,6 +28,9 @@ class Sink(Protocol):
     def flush(self) -> None:
         """Make every answer written so far durable."""
 
+    def written(self) -> int | None:
+        """How far the durable output reaches (bytes of a file), or None where it cannot be cut back."""
+
     def close(self) -> None:
         """Flush and release."""
 
@@ -50,9 +53,28 @@ def check_target(settings: Settings, topic: str | None, path: Path | None) -> No
 
 
 class FileSink:
-    """JSON lines: ``{"source": {"partition", "offset"}, "localization": {...}}`` per answer, appended."""
+    """JSON lines: ``{"source": {"partition", "offset"}, "localization": {...}}`` per answer.
 
-    def __init__(self, path: Path) -> None:
+    A new replay never appends to an existing file (answers of two runs would mix).  A resumed
+    one first cuts the file back to what its saved progress covers, so the chunk that was being
+    written when it stopped is written once, not twice.
+    """
+
+    def __init__(self, path: Path, resume_at: int | None = None) -> None:
+        if resume_at is None:
+            if path.exists() and path.stat().st_size > 0:
+                raise ConfigurationError(
+                    f"{path} already holds answers; a new replay does not append to them: "
+                    "remove it or name another file"
+                )
+        else:
+            size = path.stat().st_size if path.exists() else 0
+            if size < resume_at:
+                raise ConfigurationError(
+                    f"{path} holds {size} bytes, fewer than the {resume_at} its saved progress "
+                    "covers; remove the progress file to start the replay over"
+                )
+            os.truncate(path, resume_at)
         self._file: IO[str] = path.open("a", encoding="utf-8")
 
     def write(self, results: Sequence[Result]) -> None:
@@ -68,6 +90,10 @@ class FileSink:
         """Flush to the disk (the progress saved after it may say these answers are written)."""
         self._file.flush()
         os.fsync(self._file.fileno())
+
+    def written(self) -> int | None:
+        """Bytes of the file so far (durable after ``flush``)."""
+        return self._file.tell()
 
     def close(self) -> None:
         """Flush and close."""
@@ -113,6 +139,10 @@ class TopicSink:
             raise HeimdallError(
                 f"replay output to {self._topic}: {left} undelivered, errors {self._errors[:3]}"
             )
+
+    def written(self) -> None:
+        """None: records on a topic cannot be taken back (a resumed chunk may appear twice)."""
+        return None
 
     def close(self) -> None:
         """Flush."""

@@ -7,9 +7,9 @@ what fits in the next batch.  A batch goes to a worker as soon as one is idle (o
 meanwhile, so batches grow with the load, like a dynamic batcher.  In-flight work is bounded by
 the pipeline (``2 × workers`` batches) plus one batch being filled, and librdkafka's prefetch by
 ``queued.max.messages.kbytes``.  ``delivery`` writes each outcome and commits its offsets exactly
-once (or at least once); after the commit the processor does its bookkeeping (dedup marks,
-cache, metrics), and the trimmer (``stream.allocator``) is told that the batches' memory is
-free to give back.  Nothing calls back up this corridor.
+once (or at least once); before it the processor writes pending dedup marks, after it does its
+bookkeeping (done marks, cache, metrics), and the trimmer (``stream.allocator``) is told that
+the batches' memory is free to give back.  Nothing calls back up this corridor.
 
 A transaction that aborts throws away every batch after it too (scored or not) and seeks back
 to the oldest offset of all of them, so they run again in order.
@@ -38,13 +38,15 @@ from confluent_kafka import (
     TopicPartition,
 )
 
-from heimdall_stream.clients import consumer_config
+from heimdall_stream.clients import AUTHORIZATION_ERRORS, consumer_config
 from heimdall_stream.config import Settings
 from heimdall_stream.errors import FatalKafkaError
 from heimdall_stream.health import Health
+from heimdall_stream.join.stage import JoinStage
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.processing.processor import BatchProcessor
 from heimdall_stream.processing.records import InputRecord, ScoredBatch
+from heimdall_stream.stream.aborts import waiting_alive
 from heimdall_stream.stream.allocator import Trimmer
 from heimdall_stream.stream.batching import MicroBatcher
 from heimdall_stream.stream.delivery import Delivery
@@ -73,6 +75,7 @@ class StreamApp:
         store_healthy: Callable[[], bool] = lambda: True,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        join: JoinStage | None = None,
     ) -> None:
         self.settings = settings
         self.processor = processor
@@ -93,6 +96,10 @@ class StreamApp:
         self.delivery = Delivery(
             settings, self.consumer, metrics, self._on_kafka_error, lambda: self._assigned
         )
+        # Per-receiver parts, joined into sets that enter the batcher like whole captures.
+        self.join = join
+        if join is not None:
+            self.delivery.offsets_of = join.commit_offsets
         self._fatal: str | None = None
         self._failed = False
         self._assigned: set[tuple[str, int]] = set()
@@ -103,9 +110,12 @@ class StreamApp:
     def run(self, stop: threading.Event) -> None:
         """Run until ``stop`` is set; then finish the pending batch and leave the group."""
         self.delivery.start()
+        # A stop request ends a wait before a retried batch; /healthz hears from the loop meanwhile.
+        self.delivery.aborts.sleep = waiting_alive(stop, self.health.beat, self.clock)
         self.trimmer.start()
+        topics = [self.settings.kafka.input_topic] + ([self.join.topic] if self.join else [])
         self.consumer.subscribe(
-            [self.settings.kafka.input_topic],
+            topics,
             on_assign=self._on_assign,
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
@@ -148,6 +158,9 @@ class StreamApp:
         wall = self.wall() if messages else 0.0
         for message in messages:
             self._accept(message, now, wall)
+        if self.join is not None:
+            for record in self.join.tick():
+                self.batcher.add(record)
         self._dispatch()
         self._deliver(self.pipeline.ready())
         self.metrics.in_flight.set(len(self.batcher) + self.pipeline.captures())
@@ -196,24 +209,30 @@ class StreamApp:
                 log.warning("consume error: %s", error.str())
                 if error.fatal():
                     self._fatal = error.str()
+                elif error.code() in AUTHORIZATION_ERRORS:
+                    # An ACL missing on the input or the group is never granted by waiting.
+                    self._fatal = f"{error.str()} (user {self.settings.kafka.sasl_username!r})"
             return
         topic, partition, offset = message.topic(), message.partition(), message.offset()
         if topic is None or partition is None or offset is None:  # only for error events
             return
         if (topic, partition) not in self._assigned:  # fetched before a revoke served meanwhile
             return
-        self.metrics.captures_consumed.inc()
-        self.batcher.add(
-            InputRecord(
-                topic=topic,
-                partition=partition,
-                offset=offset,
-                key=message.key(),
-                value=message.value(),
-                consumed_at=now,
-                broker_delay_s=_since_timestamp(message, wall),
-            )
+        record = InputRecord(
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            key=message.key(),
+            value=message.value(),
+            consumed_at=now,
+            broker_delay_s=_since_timestamp(message, wall),
         )
+        if self.join is not None and self.join.owns(record):
+            for ready in self.join.accept(record):  # sets (and the parts it refused), when ready
+                self.batcher.add(ready)
+            return
+        self.metrics.captures_consumed.inc()
+        self.batcher.add(record)
 
     # ------------------------------------------------------------------ processing
 
@@ -240,6 +259,7 @@ class StreamApp:
         started = self.clock()
         for batch in batches:
             batch.stages["commit_wait"] = max(started - batch.finished_at, 0.0)
+            self.processor.before_commit(batch)
         if not self.delivery.commit(batches):
             self._rewind(batches)
             return
@@ -254,7 +274,15 @@ class StreamApp:
         for batch in batches:
             self.processor.discard(batch)
         records += self.pipeline.discard() + self.batcher.take(force=True)
-        self.delivery.rewind(records)
+        self._rewind_records(records)
+
+    def _rewind_records(self, records: list[InputRecord]) -> None:
+        """Seek back over discarded records; the join re-reads its parts from its last commit."""
+        if self.join is None:
+            self.delivery.rewind(records)
+            return
+        self.delivery.rewind([r for r in records if not self.join.owns(r)])
+        self.join.reset(self.consumer)
 
     def _finish_everything(self) -> None:
         """Score and commit every consumed capture (before a revoke, or when stopping)."""
@@ -267,6 +295,8 @@ class StreamApp:
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        if self.join is not None:
+            self.join.on_assign(self.consumer, partitions)
         self.metrics.rebalances.labels("assign").inc()
         log.info("assigned %s", sorted(tp.partition for tp in partitions))
         self.health.update(partitions=len(self._assigned))
@@ -283,12 +313,14 @@ class StreamApp:
         # owned back to it, and leave the lost ones to their new owner.
         self._forget(partitions, "lost")
         discarded = self.pipeline.discard() + self.batcher.take(force=True)
-        self.delivery.rewind(discarded)
+        self._rewind_records(discarded)
         log.warning(
             "lost %d partitions; %d consumed captures left to run again", len(partitions), len(discarded)
         )
 
     def _forget(self, partitions: list[TopicPartition], kind: str) -> None:
+        if self.join is not None:
+            self.join.forget(partitions)
         for tp in partitions:
             self._assigned.discard((tp.topic, tp.partition))
             with contextlib.suppress(KeyError):  # no lag series yet for this partition
@@ -304,6 +336,9 @@ class StreamApp:
             log.error("fatal Kafka error: %s", error.str())
         elif error.code() in (KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED):
             self._fatal = f"authentication failed: {error.str()}"
+            log.error("%s", self._fatal)
+        elif error.code() in AUTHORIZATION_ERRORS:
+            self._fatal = f"{error.str()} (user {self.settings.kafka.sasl_username!r})"
             log.error("%s", self._fatal)
         else:
             if error.code() == KafkaError._ALL_BROKERS_DOWN:

@@ -2,8 +2,10 @@
 
 ``exactly_once``: one Kafka transaction carries the results, the dead letters and the input
 offsets (``send_offsets_to_transaction``) of one or more batches; when it must abort, the caller
-seeks the consumer back (``rewind``) over them and every batch behind them, which run again.  A
-transaction that can be neither committed nor aborted stops the instance (``FatalKafkaError``).
+seeks the consumer back (``rewind``) over them and every batch behind them, which run again,
+after a wait that grows with every abort in a row; past ``HEIMDALL_KAFKA__ABORT_RETRIES`` the
+instance stops (``stream.aborts``).  A transaction that can be neither committed nor aborted
+stops the instance (``FatalKafkaError``).
 ``at_least_once``: results are flushed, and the offsets committed only once every delivery is
 confirmed.  Either way nothing is committed for a capture whose output was not written.
 """
@@ -23,11 +25,14 @@ from heimdall_stream.errors import FatalKafkaError
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.processing.records import DeadLetter, InputRecord, ScoredBatch
 from heimdall_stream.retry import Backoff, retry_call
+from heimdall_stream.stream.aborts import AbortBudget
 
 log = logging.getLogger(__name__)
 KAFKA_TIMEOUT_S = 30.0
 # Calls of a transactional API while librdkafka says its error is retriable (5 retries).
 TRANSACTIONAL_ATTEMPTS = 6
+# How long an abort first waits for the transaction's produce requests to complete.
+ABORT_FLUSH_S = 10.0
 
 
 class Delivery:
@@ -48,12 +53,28 @@ class Delivery:
         self._on_error = on_error
         self._assigned = assigned
         self._renew_producer = False
+        # The offsets a transaction commits for its records (the join puts its own in).
+        self.offsets_of: Callable[[Sequence[InputRecord]], list[TopicPartition]] = next_offsets
         self.producer = Producer({**producer_config(settings), "error_cb": on_error})
+        self.aborts = AbortBudget(settings.kafka, metrics)
 
     def start(self) -> None:
-        """Register the transactional id (fencing any previous holder of it)."""
-        if self.exactly_once:
+        """Register the transactional id (fencing any previous holder of it).
+
+        A refusal (no ACL on the transactional id, a coordinator that never answers) stops the
+        instance with the broker's reason (``FatalKafkaError``) before anything is consumed.
+        """
+        if not self.exactly_once:
+            return
+        try:
             self._call(self.producer.init_transactions, KAFKA_TIMEOUT_S)
+        except KafkaException as exc:
+            self.metrics.transactions.labels("fatal").inc()
+            kafka = self.settings.kafka
+            raise FatalKafkaError(
+                f"cannot register the transactional id {producer_config(self.settings)['transactional.id']} "
+                f"(user {kafka.sasl_username!r}): {exc.args[0].str()}"
+            ) from exc
 
     def outage(self) -> None:
         """Every broker was down: the next transaction starts on a fresh producer."""
@@ -70,7 +91,7 @@ class Delivery:
         over these batches and whatever it consumed after them.
         """
         records = [record for batch in batches for record in batch.records]
-        offsets = next_offsets(records)
+        offsets = self.offsets_of(records)
         try:
             if self.exactly_once:
                 self._commit_transaction(batches, offsets)
@@ -85,8 +106,10 @@ class Delivery:
             log.warning("batch not committed (%s); rewinding to reprocess it", error.str())
             if self.exactly_once:
                 self._abort(error)
+            self.aborts.aborted(error, records)  # waits before the retry, or stops past the bound
             return False
         self.metrics.transactions.labels("committed").inc()
+        self.aborts.committed()
         return True
 
     def _commit_transaction(self, batches: Sequence[ScoredBatch], offsets: list[TopicPartition]) -> None:
@@ -175,6 +198,10 @@ class Delivery:
 
         On restart ``init_transactions`` settles whatever this instance left open.
         """
+        # Produce requests still in flight can make the abort fail with INVALID_TXN_STATE
+        # (librdkafka issue 4849): let them finish or fail first, for a bounded time (a record
+        # for a deleted topic never finishes; the abort purges it).
+        self.producer.flush(ABORT_FLUSH_S)
         try:
             self._call(self.producer.abort_transaction, KAFKA_TIMEOUT_S)
         except KafkaException as exc:

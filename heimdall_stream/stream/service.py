@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING
 
@@ -22,6 +23,7 @@ from heimdall_stream.config import Settings
 from heimdall_stream.control.runtime import ControlPlane
 from heimdall_stream.errors import ConfigurationError
 from heimdall_stream.health import Health, serve
+from heimdall_stream.join.stage import JoiningProcessor, JoinStage
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.models.inference import LoadedModel
 from heimdall_stream.models.loading import load_version
@@ -33,6 +35,7 @@ from heimdall_stream.processing.processor import BatchProcessor
 from heimdall_stream.processing.store import RedisStore
 from heimdall_stream.stream.allocator import tune_malloc
 from heimdall_stream.stream.app import StreamApp
+from heimdall_stream.stream.delivery import next_offsets
 from heimdall_stream.stream.swap import ModelSwap
 
 if TYPE_CHECKING:
@@ -64,16 +67,22 @@ class ConsumerService:
             model = self.load_model()
             store = self._store()
             models = ModelSwap(ModelSet.single(model))
+            join = None
+            if self.settings.join.enabled:
+                join = JoinStage(self.settings, self.metrics, next_offsets)
             app = StreamApp(
                 self.settings,
-                self.processor(models, store),
+                self.processor(models, store, join),
                 models,
                 self.metrics,
                 self.health,
                 store_healthy=lambda: store.healthy,
+                join=join,
             )
             if self.settings.model.control_enabled:
-                control = ControlPlane(self.settings, self.metrics, models.current, models.offer)
+                control = ControlPlane(
+                    self.settings, self.metrics, models.current, models.offer, withdraw=models.withdraw
+                )
                 control.start()
                 self.control = control
             if self.settings.api.enabled:
@@ -87,10 +96,12 @@ class ConsumerService:
             self._server.shutdown()
             self._server.server_close()
 
-    def processor(self, models: ModelSwap, store: RedisStore) -> BatchProcessor:
-        """The batch path of this instance, on the given model sets and store."""
+    def processor(
+        self, models: ModelSwap, store: RedisStore, join: JoinStage | None = None
+    ) -> BatchProcessor:
+        """The batch path of this instance, on the given model sets and store (and join)."""
         settings = self.settings
-        return BatchProcessor(
+        return (BatchProcessor if join is None else partial(JoiningProcessor, join))(
             models.current,
             Deduplicator(store, settings.redis.recent_ids, self.metrics),
             ResultCache(store),

@@ -31,6 +31,18 @@ class ModelSwap:
             self._offered = (models, swapped)
         return swapped
 
+    def withdraw(self, swapped: threading.Event) -> bool:
+        """Take back the offer behind ``swapped`` if the stream loop has not taken it yet.
+
+        False when it was taken (it is in force, or about to be once the loop's bookkeeping
+        sets the event) or superseded by a newer offer.
+        """
+        with self._lock:
+            if self._offered is not None and self._offered[1] is swapped:
+                self._offered = None
+                return True
+        return False
+
     def take_offer(self) -> tuple[ModelSet, threading.Event] | None:
         """Put the offered set in force (between batches).
 

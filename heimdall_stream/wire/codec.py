@@ -29,12 +29,26 @@ import fastavro
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from heimdall_stream.errors import DecodeError
-from heimdall_stream.wire.messages import IqCapture, Localization, ModelDeployment, ModelStatus
+from heimdall_stream.wire.messages import (
+    GroundTruth,
+    IqCapture,
+    Localization,
+    ModelDeployment,
+    ModelStatus,
+    ReceiverCapture,
+)
 from heimdall_stream.wire.records import record_mapping
 
 MAGIC = b"\xc3\x01"
 HEADER_SIZE = len(MAGIC) + 8
-SCHEMA_NAMES = ("IqCapture", "Localization", "ModelDeployment", "ModelStatus")
+SCHEMA_NAMES = (
+    "IqCapture",
+    "Localization",
+    "ModelDeployment",
+    "ModelStatus",
+    "GroundTruth",
+    "ReceiverCapture",
+)
 
 T = TypeVar("T")
 Schema = dict[str, Any]
@@ -207,3 +221,15 @@ def deployment_codec() -> Codec[ModelDeployment]:
 def status_codec() -> Codec[ModelStatus]:
     """Codec of ``ModelStatus``."""
     return record_codec(ModelStatus)
+
+
+@cache
+def ground_truth_codec() -> Codec[GroundTruth]:
+    """Codec of ``GroundTruth``."""
+    return record_codec(GroundTruth)
+
+
+@cache
+def receiver_codec() -> Codec[ReceiverCapture]:
+    """Codec of ``ReceiverCapture`` (one receiver's part of a transmission)."""
+    return record_codec(ReceiverCapture)

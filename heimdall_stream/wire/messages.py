@@ -73,6 +73,24 @@ class IqCapture:
 
 
 @dataclass(frozen=True, slots=True)
+class ReceiverCapture:
+    """What one receiver recorded of one transmission, published by that receiver alone."""
+
+    transmission_key: str
+    receiver_id: str
+    latitude: float
+    longitude: float
+    window_start: datetime
+    center_frequency_hz: float
+    sample_rate_hz: float
+    sample_format: SampleFormat
+    samples: bytes
+    altitude_m: float | None = None
+    timestamp_offset_ns: int | None = None
+    expected_receivers: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Covariance:
     """Position covariance in the local east/north frame."""
 
@@ -89,6 +107,16 @@ class Ellipse:
     semi_major_m: float
     semi_minor_m: float
     orientation_deg: float
+    # Mahalanobis radius the axes were scaled by (None: written before the field existed).
+    radius: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfidenceRadius:
+    """A confidence level and the Mahalanobis radius of the ellipse holding that probability."""
+
+    confidence: float
+    radius: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +155,9 @@ class Localization:
     timings: Timings
     lineage: Lineage
     produced_at: datetime
+    radii: tuple[ConfidenceRadius, ...] = ()  # the model's radius at the standard confidences
+    # consistency with the model's training (models.quality); under 0.5: a doubtful fix
+    quality: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,3 +213,14 @@ class ModelStatus:
     error: str | None = None
     requested_generation: int = 0
     state: ApplyState = ApplyState.APPLIED
+
+
+@dataclass(frozen=True, slots=True)
+class GroundTruth:
+    """The known true position of one capture's transmitter (a beacon, a repeater, a test)."""
+
+    capture_id: str
+    latitude: float
+    longitude: float
+    captured_at: datetime
+    source: str

@@ -39,6 +39,9 @@ def model_uri(mlflow_uri: str, tmp_path_factory) -> str:
     # Cached across sessions on this machine; the name changes whenever the model code does.
     sources = (
         "models/features.py",
+        "models/tdoa.py",
+        "lab/simulator.py",
+        "lab/shift.py",
         "lab/training.py",
         "lab/training_data.py",
         "lab/localizer_graph.py",

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.helpers import run_cli
+
 BOUND_S = 120  # far above HEIMDALL_KAFKA__CONNECT_TIMEOUT_S below plus start-up on a slow machine
 
 
@@ -36,15 +37,7 @@ def cli_env(**settings: str) -> dict[str, str]:
 
 
 def heimdall(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "heimdall_stream.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=BOUND_S,
-        check=False,
-        cwd=REPO,
-    )
+    return run_cli(*args, env=env, timeout=BOUND_S)
 
 
 @pytest.mark.parametrize("command", [["run"], ["topics"], ["status"], ["simulate", "--count", "1"]])

@@ -12,6 +12,7 @@ from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from heimdall_stream.geojson import feature_of_kind
+from heimdall_stream.models.quality import IN_DISTRIBUTION_QUALITY
 from tests.integration.conftest import read_topic, results_of, scrape, send_captures, wait_for
 
 pytestmark = pytest.mark.integration
@@ -65,6 +66,9 @@ def test_n_captures_give_exactly_n_results_with_geometry_and_lineage(make_settin
         assert polygon.is_valid and polygon.contains(shapely.geometry.Point(loc.longitude, loc.latitude))
         assert loc.model_name.startswith("it_localization_") and loc.model_version
         assert all(value > 0 for value in (loc.timings.end_to_end_ms, loc.timings.inference_ms))
+        assert 0.0 <= loc.quality <= 1.0
+    doubtful = sum(loc.quality < IN_DISTRIBUTION_QUALITY for loc in results)
+    assert consumer.metric_sum("heimdall_doubtful_results_total") == doubtful
     assert consumer.metric("heimdall_dedup_hits_total") == len(inputs) - 60
     assert consumer.metric("heimdall_captures_consumed_total") == len(inputs)
 

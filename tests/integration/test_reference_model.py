@@ -12,6 +12,7 @@ from mlflow import MlflowClient
 
 from heimdall_stream.errors import ModelLoadError
 from heimdall_stream.lab.reference import train_and_register
+from heimdall_stream.lab.shift import VARIANTS
 from heimdall_stream.models.contract import CONTRACT_KEY, parse_contract
 from heimdall_stream.models.inference import load_model
 from heimdall_stream.models.registry import SHA_TAG, ModelRegistry
@@ -24,7 +25,12 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def registered(mlflow_uri):
     tag = uuid.uuid4().hex[:6]
     features, report = train_and_register(
-        mlflow_uri, load_network(), n_train=800, features_name=f"ref_features_{tag}", iq_name=f"ref_iq_{tag}"
+        mlflow_uri,
+        load_network(),
+        n_train=800,
+        features_name=f"ref_features_{tag}",
+        iq_name=f"ref_iq_{tag}",
+        shift_per_variant=8,  # the suite's plumbing; its figures need train-reference's defaults
     )
     return features, report, f"ref_iq_{tag}"
 
@@ -40,7 +46,13 @@ def test_both_models_are_registered_with_alias_sha_and_report(mlflow_uri, regist
     local = mlflow.artifacts.download_artifacts(
         run_id=version.run_id, artifact_path="evaluation.json", tracking_uri=mlflow_uri
     )
-    assert json.loads(Path(local).read_text())["n_train"] == 800
+    logged = json.loads(Path(local).read_text())
+    assert logged["n_train"] == 800
+    # The shift suite: every variant evaluated, as metrics and in the report.
+    assert [row["variant"] for row in logged["shift"]] == list(VARIANTS)
+    assert all(row["n"] == 8 for row in logged["shift"])
+    carrier = next(row for row in report.shift if row["variant"] == "carrier")
+    assert run.data.metrics["shift.carrier.coverage_95"] == pytest.approx(carrier["coverage_95"])
     iq = client.get_model_version_by_alias(iq_name, "benchmark")
     assert SHA_TAG in iq.tags
 

@@ -3,6 +3,7 @@
 from tests.integration.conftest import make_settings, model_uri, start_consumer, start_stream  # noqa: F401
 from tests.reliability.cluster_fixture import cluster, cluster_settings, healthy_cluster  # noqa: F401
 from tests.reliability.fault_run import RECORDED
+from tests.reliability.secured import secure_stack  # noqa: F401  (one secured stack per session)
 
 
 def pytest_terminal_summary(terminalreporter):

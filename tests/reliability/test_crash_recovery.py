@@ -17,6 +17,7 @@ from tests.integration.conftest import (
     send_captures,
     wait_for,
 )
+from tests.reliability.kills import kill_at_progress
 
 pytestmark = [pytest.mark.reliability, pytest.mark.slow]
 
@@ -47,18 +48,7 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(make_settings, t
     moments = sorted(rng.sample(range(CAPTURES // 20, CAPTURES * 9 // 10), KILLS))
     kills = 0
     try:
-        for moment in moments:
-            since = _committed(settings)
-            wait_for(
-                lambda moment=moment, since=since: _committed(settings) >= max(moment, since + 1),
-                180,
-                f"the consumer made no progress after {kills} kills",
-                interval=0.05,
-            )
-            time.sleep(rng.uniform(0.0, 0.5))  # anywhere in the transaction under way
-            consumer.kill()
-            kills += 1
-            consumer.start()
+        kills = kill_at_progress(consumer, lambda: _committed(settings), moments, rng, 180)
         sender.join(180)
         assert not sender.is_alive(), "the captures were not all sent"
         messages = read_topic(

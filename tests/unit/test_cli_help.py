@@ -19,15 +19,16 @@ from heimdall_stream.console.settings_doc import SECTIONS, SettingsCommand, docu
 READS = {
     "run": SECTIONS,
     "config": SECTIONS,
-    "simulate": ("general", "kafka"),
+    "simulate": ("general", "kafka", "calibration", "join"),
     "train-reference": ("general", "mlflow"),
     "deploy": ("general", "kafka", "model"),
     "status": ("general", "kafka"),
     "check-model": ("general", "mlflow", "model", "batching"),
     "topics": ("general", "kafka"),
-    "demo": ("general", "kafka", "redis", "mlflow", "model", "batching", "limits"),
+    "demo": ("general", "kafka", "redis", "mlflow", "model", "batching", "limits", "join"),
     "replay": ("general", "kafka", "mlflow", "model", "batching", "limits"),
     "map": ("general", "kafka", "map"),
+    "calibrate": ("general", "kafka", "calibration"),
 }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import tracemalloc
@@ -21,6 +22,7 @@ from heimdall_stream.wire.codec import (
     Codec,
     capture_codec,
     deployment_codec,
+    ground_truth_codec,
     load_schema,
     localization_codec,
     older_schemas,
@@ -30,8 +32,10 @@ from heimdall_stream.wire.codec import (
 )
 from heimdall_stream.wire.messages import (
     ApplyState,
+    ConfidenceRadius,
     Covariance,
     Ellipse,
+    GroundTruth,
     IqCapture,
     Lineage,
     LoadedVersion,
@@ -78,7 +82,7 @@ localizations = st.builds(
     latitude=finite,
     longitude=finite,
     covariance=st.builds(Covariance, finite, finite, finite),
-    ellipse=st.builds(Ellipse, finite, finite, finite, finite),
+    ellipse=st.builds(Ellipse, finite, finite, finite, finite, st.none() | finite),
     geojson=text,
     receivers_used=st.lists(text, max_size=7).map(tuple),
     cache_hit=st.booleans(),
@@ -87,7 +91,10 @@ localizations = st.builds(
         Lineage, st.integers(0, 2**31 - 1), st.integers(0, 2**63 - 1), text, st.integers(0, 2**31 - 1)
     ),
     produced_at=timestamps,
+    radii=st.lists(st.builds(ConfidenceRadius, finite, finite), max_size=3).map(tuple),
+    quality=st.floats(0.0, 1.0),
 )
+ground_truths = st.builds(GroundTruth, text, finite, finite, timestamps, text)
 deployments = st.builds(
     ModelDeployment,
     model_name=text,
@@ -123,6 +130,55 @@ def test_capture_round_trip(capture):
 @given(localizations)
 def test_localization_round_trip(value):
     assert localization_codec().decode(localization_codec().encode(value)) == value
+
+
+@given(ground_truths)
+def test_ground_truth_round_trip(value):
+    assert ground_truth_codec().decode(ground_truth_codec().encode(value)) == value
+
+
+def test_a_result_written_before_it_carried_its_radius_decodes_with_none_and_no_radii():
+    v1 = older_schemas("Localization")[0]
+    # The fingerprint every result written so far carries on heimdall.localizations.
+    assert schema_fingerprint(v1).hex() == "f8aa1292fb1ef327"
+    old_writer = Codec(v1, lambda record: record, lambda record: record)
+    record = {
+        "capture_id": "c",
+        "model_name": "m",
+        "model_version": "3",
+        "latitude": 45.0,
+        "longitude": 7.6,
+        "covariance": {"sigma_east_m": 100.0, "sigma_north_m": 50.0, "rho": 0.1},
+        "ellipse": {
+            "confidence": 0.95,
+            "semi_major_m": 250.0,
+            "semi_minor_m": 120.0,
+            "orientation_deg": 10.0,
+        },
+        "geojson": "{}",
+        "receivers_used": ["torino"],
+        "cache_hit": False,
+        "timings": {"queued_ms": 1.0, "inference_ms": 2.0, "end_to_end_ms": 3.0},
+        "lineage": {"source_partition": 0, "source_offset": 7, "batch_id": "b", "batch_size": 1},
+        "produced_at": datetime(2026, 1, 1, tzinfo=UTC),
+    }
+    decoded = localization_codec().decode(old_writer.encode(record))
+    assert decoded.ellipse == Ellipse(0.95, 250.0, 120.0, 10.0, None)
+    assert decoded.radii == () and decoded.lineage.source_offset == 7
+
+
+@given(localizations)
+def test_a_localization_written_before_quality_existed_decodes_as_fully_trusted(value):
+    before_quality = older_schemas("Localization")[-1]  # v2: with radii, without quality
+    assert "quality" not in {f["name"] for f in before_quality["fields"]}
+    mapping = record_mapping(Localization, load_schema("Localization"))
+    old_writer = Codec(
+        before_quality,
+        lambda loc: {k: v for k, v in mapping.to_record(loc).items() if k != "quality"},
+        lambda r: r,
+    )
+    decoded = localization_codec().decode(old_writer.encode(value))
+    assert decoded == dataclasses.replace(value, quality=1.0)
 
 
 @given(deployments)
@@ -218,7 +274,7 @@ def _mapping(schema):
 
 
 def test_each_shipped_schema_documents_every_field():
-    for name in ("IqCapture", "Localization", "ModelDeployment", "ModelStatus"):
+    for name in ("IqCapture", "Localization", "ModelDeployment", "ModelStatus", "GroundTruth"):
         schema = json.loads((REPO / "schemas" / f"{name}.avsc").read_text())
         assert schema["namespace"] == "org.heimdall.stream"
         assert schema.get("doc")

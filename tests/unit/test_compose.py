@@ -126,7 +126,7 @@ def test_every_heimdall_stream_command_in_the_file_parses_with_the_cli():
 
     services = _model()["services"]
     commands = {name: s["command"] for name, s in services.items() if s["image"] == "heimdall-stream:local"}
-    assert set(commands) == {"trainer", "consumer", "simulator"}
+    assert set(commands) == {"trainer", "consumer", "simulator", "calibrate"}
     for name, (command, *args) in commands.items():
         group_context = click.Context(main, info_name="heimdall-stream")
         subcommand = main.get_command(group_context, command)

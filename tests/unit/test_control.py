@@ -25,6 +25,7 @@ from heimdall_stream.models.registry import FetchedModel, file_sha256
 from heimdall_stream.models.routing import ModelSet, route_point
 from heimdall_stream.models.weights import check_weights
 from heimdall_stream.retry import Backoff
+from heimdall_stream.stream.swap import ModelSwap
 from heimdall_stream.wire.codec import status_codec
 from heimdall_stream.wire.messages import ApplyState, ModelDeployment, ModelStatus, WeightedVersion
 from tests.helpers import tiny_features_model
@@ -233,6 +234,51 @@ def test_a_deployment_waiting_for_the_registry_is_retried_on_the_backoff_of_the_
     now[0] = 1000.0
     plane.retry_pending()
     assert registry.calls == 5, "nothing is pending any more"
+
+
+def test_an_offer_not_taken_in_time_is_withdrawn_so_a_refused_set_is_never_served_later(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(tiny_features_model())
+    monkeypatch.setattr(runtime, "Producer", _Producer)
+    first = ModelSet.single(load_model(path, name="tiny", version="6", uri="models:/tiny/6", sha256="x"))
+    swap = ModelSwap(first)  # the stream loop never comes round to take the offer
+    registry = _Registry(path)
+    registry.down = False
+    plane = runtime.ControlPlane(
+        Settings.model_validate({"instance_id": "i-1", "batching": {"max_batch_size": 2}}),
+        Metrics(CollectorRegistry()),
+        swap.current,
+        swap.offer,
+        withdraw=swap.withdraw,
+        apply_timeout_s=0.01,
+        source=registry,
+    )
+    deployment = dataclasses.replace(
+        BASE, model_name="tiny", generation=1, versions=(WeightedVersion("models:/tiny/7", 1.0),)
+    )
+    plane._apply(deployment)
+    published = plane._producer.statuses
+    assert [(s.state, s.generation) for s in published] == [(ApplyState.REFUSED, 0)]
+    assert "not swapped in time" in (published[0].error or "")
+    assert swap.take_offer() is None, "the refused set is no longer on offer"
+    assert swap.current() is first
+
+
+def test_withdrawing_an_offer_the_loop_already_took_reports_it_taken(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(tiny_features_model())
+    model = load_model(path, name="tiny", version="6", uri="models:/tiny/6", sha256="x")
+    first, second, third = (ModelSet.single(model, generation) for generation in (0, 1, 2))
+    swap = ModelSwap(first)
+    taken = swap.offer(second)
+    assert swap.take_offer() is not None
+    assert swap.withdraw(taken) is False and swap.current() is second
+    superseded = swap.offer(first)
+    newer = swap.offer(third)
+    assert swap.withdraw(superseded) is False, "a superseded offer is not the one on offer"
+    assert swap.withdraw(newer) is True and swap.take_offer() is None
 
 
 @given(st.text(min_size=1, max_size=40))

@@ -10,6 +10,7 @@ Tolerances of the comparison with the reference (float32 outputs):
   on, those same numbers; a flip is only accepted where the reference SNR lies within
   ``SNR_FLOAT_NOISE_DB`` of a threshold (none has been seen).  A capture with such a flip is left
   out of the tdoa comparison, since its mean arrival then averages other receivers.
+* tdoa_quality: 1e-4 absolute (a ratio of float64 sums of the same float32 discriminators).
 * tdoa_us: 1e-3 µs absolute (5e-5 of a sample at 50 kHz).  The discriminator's complex64
   product z[1:]·conj(z[:-1]) is rounded in its last bit differently by numpy depending on the
   operands' layout: with float (not CI16) samples even the reference gives a capture slightly
@@ -36,12 +37,14 @@ from heimdall_stream.models import features as features_module
 from heimdall_stream.models.features import (
     FEATURE_NAMES,
     MAX_TDOA_S,
+    MIN_PEAK_QUALITY,
     NOISE_QUANTILE,
     PRESENCE_SNR_DB,
     TDOA_SNR_DB,
     assemble_batch,
     extract_features,
 )
+from heimdall_stream.models.tdoa import GATE_NOISE_FACTOR, GATE_SAMPLES, STEP_SHARE
 from heimdall_stream.network import load_network
 from heimdall_stream.wire.messages import SampleFormat
 
@@ -50,6 +53,7 @@ COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 DB_FEATURES = ("power_dbfs", "noise_floor_dbfs", "snr_db", "signal_dbfs", "relative_signal_db")
 DB_TOLERANCE = 1e-4
 TDOA_TOLERANCE_US = 1e-3
+QUALITY_TOLERANCE = 1e-4
 SNR_FLOAT_NOISE_DB = 1e-3
 _TINY = 1e-20
 F32 = npt.NDArray[np.float32]
@@ -72,6 +76,7 @@ def reference_extract_features(
     z.imag = iq[:, :, 1, :]
     spectrum = scipy.fft.fft(z, axis=-1)
     periodogram = (spectrum.real**2 + spectrum.imag**2) / np.float32(length * length)
+    periodogram[..., 0] = 0.0
     power = periodogram.sum(axis=-1, dtype=np.float64)
     noise = np.quantile(periodogram, NOISE_QUANTILE, axis=-1) * length / -np.log1p(-NOISE_QUANTILE)
     signal = np.maximum(power - noise, noise * 0.01)
@@ -79,7 +84,7 @@ def reference_extract_features(
     peak = np.argmax(periodogram, axis=-1)
     freq_offset = np.fft.fftfreq(length)[peak] * fs[:, None]
     heard = present & (snr_db > PRESENCE_SNR_DB)
-    tdoa_us, tdoa_valid = _reference_tdoa(z, snr_db, heard, offsets, fs)
+    tdoa_us, tdoa_valid, quality = _reference_tdoa(z, snr_db, noise, heard=heard, offsets=offsets, fs=fs)
     signal_db = 10.0 * np.log10(signal + _TINY)
     strongest = np.max(np.where(present, signal_db, -np.inf), axis=1, keepdims=True)
     relative_db = np.where(present, signal_db - np.where(np.isfinite(strongest), strongest, 0.0), 0.0)
@@ -94,6 +99,7 @@ def reference_extract_features(
             heard.astype(np.float64),
             tdoa_us,
             tdoa_valid.astype(np.float64),
+            quality,
         ],
         axis=-1,
     )
@@ -101,22 +107,47 @@ def reference_extract_features(
     return features.astype(np.float32)
 
 
-def _reference_tdoa(z: Any, snr_db: F64, heard: Any, offsets: F64, fs: Any) -> tuple[F64, Any]:
-    batch = z.shape[0]
+def _reference_tdoa(
+    z: Any, snr_db: F64, noise: F64, *, heard: Any, offsets: F64, fs: Any
+) -> tuple[F64, Any, F64]:
+    batch, slots = snr_db.shape
     synced = heard & np.isfinite(offsets) & (snr_db > TDOA_SNR_DB)
     ranked = np.where(synced, snr_db, -np.inf)
     reference = np.argmax(ranked, axis=1)
     rows = np.arange(batch)
     has_reference = np.isfinite(ranked[rows, reference])
-    discriminator = np.angle(z[..., 1:] * np.conj(z[..., :-1])).astype(np.float32)
-    discriminator -= discriminator.mean(axis=-1, keepdims=True)
+    correlated = synced & has_reference[:, None]
+    clock = np.where(correlated, offsets - offsets[rows, reference][:, None], 0.0)
+    dc_free = z - z.mean(axis=-1, keepdims=True)
+    discriminator = np.angle(dc_free[..., 1:] * np.conj(dc_free[..., :-1])).astype(np.float32)
+    # Gate: mean power of the GATE_SAMPLES samples around each step above the noise.
+    power = np.abs(dc_free.astype(np.complex128)) ** 2
+    kernel = np.ones(GATE_SAMPLES) / GATE_SAMPLES
     length = discriminator.shape[-1]
+    gate = np.zeros(discriminator.shape, dtype=bool)
+    for b in range(batch):
+        for n in range(slots):
+            local = np.convolve(power[b, n], kernel, mode="valid")
+            if local.size:
+                around = local[np.clip(np.arange(length) - GATE_SAMPLES // 2, 0, local.size - 1)]
+                gate[b, n] = (
+                    (around > GATE_NOISE_FACTOR * noise[b, n])
+                    & (power[b, n, :-1] > STEP_SHARE * around)
+                    & (power[b, n, 1:] > STEP_SHARE * around)
+                )
+    discriminator[~gate] = 0.0
+    kept = gate.sum(axis=-1, keepdims=True)
+    means = discriminator.sum(axis=-1, keepdims=True, dtype=np.float64) / np.maximum(kept, 1)
+    discriminator = np.where(gate, discriminator - means.astype(np.float32), 0.0).astype(np.float32)
+    energy = (discriminator.astype(np.float64) ** 2).sum(axis=-1)
     n_fft = scipy.fft.next_fast_len(2 * length, real=True)
     spectrum = scipy.fft.rfft(discriminator, n=n_fft, axis=-1)
     ref_spectrum = spectrum[rows, reference][:, None, :]
     correlation = scipy.fft.irfft(spectrum * np.conj(ref_spectrum), n=n_fft, axis=-1)
     max_lag = int(np.ceil(MAX_TDOA_S * float(np.max(fs))))
-    window = np.concatenate([correlation[..., -max_lag:], correlation[..., : max_lag + 1]], axis=-1)
+    centre_lag = np.round(-clock * fs[:, None]).astype(np.intp)
+    lag_grid = np.clip(centre_lag[..., None] + np.arange(-max_lag, max_lag + 1), -length, length)
+    window = np.take_along_axis(correlation, lag_grid % n_fft, axis=-1)
     peak = np.clip(np.argmax(window, axis=-1), 1, window.shape[-1] - 2)
     left = np.take_along_axis(window, (peak - 1)[..., None], axis=-1)[..., 0]
     centre = np.take_along_axis(window, peak[..., None], axis=-1)[..., 0]
@@ -124,13 +155,18 @@ def _reference_tdoa(z: Any, snr_db: F64, heard: Any, offsets: F64, fs: Any) -> t
     curvature = left - 2.0 * centre + right
     safe = np.where(curvature < 0, curvature, -1.0)
     fraction = np.where(curvature < 0, 0.5 * (left - right) / safe, 0.0)
-    lag = (peak - max_lag) + np.clip(fraction, -0.5, 0.5)
-    ref_offset = offsets[rows, reference][:, None]
-    tdoa_s = lag / fs[:, None] + (offsets - ref_offset)
-    valid = synced & has_reference[:, None]
+    lag = np.take_along_axis(lag_grid, peak[..., None], axis=-1)[..., 0] + np.clip(fraction, -0.5, 0.5)
+    norm = np.sqrt(energy * energy[rows, reference][:, None])
+    quality = np.where(correlated & (norm > 0), np.clip(centre / np.where(norm > 0, norm, 1.0), 0, 1), 0.0)
+    is_reference = np.zeros((batch, slots), dtype=bool)
+    is_reference[rows, reference] = has_reference
+    sharp = correlated & ~is_reference & (quality >= MIN_PEAK_QUALITY)
+    quality[is_reference] = np.max(np.where(sharp, quality, 0.0), axis=1)[has_reference]
+    valid = sharp | (is_reference & sharp.any(axis=1)[:, None])
+    tdoa_s = lag / fs[:, None] + clock
     count = np.maximum(valid.sum(axis=1, keepdims=True), 1)
     mean_arrival = np.where(valid, tdoa_s, 0.0).sum(axis=1, keepdims=True) / count
-    return np.where(valid, (tdoa_s - mean_arrival) * 1e6, 0.0), valid
+    return np.where(valid, (tdoa_s - mean_arrival) * 1e6, 0.0), valid, quality
 
 
 def assert_matches_reference(
@@ -153,6 +189,12 @@ def assert_matches_reference(
         return
     np.testing.assert_allclose(
         got[same][..., COL["tdoa_us"]], want[same][..., COL["tdoa_us"]], rtol=0, atol=TDOA_TOLERANCE_US
+    )
+    np.testing.assert_allclose(
+        got[same][..., COL["tdoa_quality"]],
+        want[same][..., COL["tdoa_quality"]],
+        rtol=0,
+        atol=QUALITY_TOLERANCE,
     )
 
 
@@ -387,3 +429,55 @@ def test_full_size_simulated_batches_match_the_reference(seed):
     got = extract_features(iq, mask, fs, offsets)
     assert_matches_reference(got, reference_extract_features(iq, mask, fs, offsets))
     assert got[..., COL["tdoa_valid"]].sum() > 0
+
+
+def _geometry_errors_us(features: F32, tx: Transmitter) -> F64:
+    geod = Geod(ellps="WGS84")
+    dist = np.array(
+        [geod.inv(tx.longitude, tx.latitude, r.longitude, r.latitude)[2] for r in NETWORK.receivers]
+    )
+    valid = features[:, COL["tdoa_valid"]] > 0
+    arrival_us = dist / SPEED_OF_LIGHT * 1e6
+    expected_us = arrival_us - arrival_us[valid].mean()
+    return np.asarray(np.abs(features[valid, COL["tdoa_us"]] - expected_us[valid]))
+
+
+@pytest.mark.parametrize("modulation", ["fm", "data"])
+def test_reported_start_offsets_and_key_up_still_give_the_geometry(modulation):
+    # Receivers start recording up to 40 ms apart (reported), the transmitter keys up 60 ms in.
+    link = LinkModel(offline_probability=0.0, synced_fraction=1.0, shadowing_db=0.0, start_offset_s=0.04)
+    sim = IqSimulator(NETWORK, link, seed=8)
+    tx = Transmitter(45.0, 8.0, 47.0, 145.0e6, modulation=modulation, key_up_s=0.06)
+    cap = sim.generate(0, tx)
+    offsets_ms = [abs(r.timestamp_offset_ns or 0) / 1e6 for r in cap.capture.receivers]
+    assert max(offsets_ms) > 10 * MAX_TDOA_S * 1e3  # far outside the plain lag window
+    features = extract_features(*_batch([cap]))[0]
+    assert (features[:, COL["tdoa_valid"]] > 0).sum() >= 4
+    assert np.median(_geometry_errors_us(features, tx)) < 5.0
+
+
+def test_an_unmodulated_carrier_gives_no_time_difference():
+    link = LinkModel(offline_probability=0.0, synced_fraction=1.0, shadowing_db=0.0)
+    cap = IqSimulator(NETWORK, link, seed=9).generate(0, Transmitter(45.0, 8.0, 47.0, 145.0e6, "carrier"))
+    features = extract_features(*_batch([cap]))[0]
+    assert (features[:, COL["snr_db"]] > 20).sum() >= 4  # heard loud and clear ...
+    assert (features[:, COL["tdoa_valid"]] == 0).all()  # ... but it carries no time
+    assert (features[:, COL["tdoa_quality"]] < MIN_PEAK_QUALITY).all()
+
+
+def test_a_dc_offset_alone_is_not_a_signal():
+    link = LinkModel(offline_probability=0.0, dc_offset_dbfs=(-45.0, -45.0))
+    sim = IqSimulator(NETWORK, link, seed=1)
+    cap = sim.generate(0, Transmitter(44.0, 8.9, 0.0, 145.0e6))  # 1 mW: Milano hears nothing
+    features = extract_features(*_batch([cap]))
+    assert features[0, NETWORK.index()["milano-baggio"], COL["presence"]] == 0
+
+
+def test_shifted_captures_match_the_reference():
+    link = LinkModel(
+        start_offset_s=0.03, key_up_probability=0.5, modulation=(0.5, 0.3, 0.2), dc_offset_dbfs=(-70.0, -50.0)
+    )
+    iq, mask, fs, offsets = _simulated(12, 8, link)
+    assert_matches_reference(
+        extract_features(iq, mask, fs, offsets), reference_extract_features(iq, mask, fs, offsets)
+    )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
+import warnings
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from heimdall_stream.errors import ConfigurationError
 from heimdall_stream.geo import ellipse_from_covariance
@@ -16,8 +19,14 @@ from heimdall_stream.map.command import parse_start
 from heimdall_stream.map.feed import ResultFeed
 from heimdall_stream.map.truth import TruthFile
 from heimdall_stream.map.view import result_view
+from heimdall_stream.network import load_network
 from heimdall_stream.wire.codec import localization_codec
 from heimdall_stream.wire.messages import Covariance, Lineage, Localization, Timings
+
+# starlette's TestClient announces a future move away from httpx; the server side does not use it.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
 
 WHEN = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 
@@ -62,6 +71,9 @@ def test_a_view_carries_what_the_popup_shows_and_the_error_against_a_truth():
     assert view["error_m"] == pytest.approx(1111.0, rel=0.01)
     assert len(view["rings"]) == 1 and view["rings"][0][0] == view["rings"][0][-1]
     assert view["rx"] == ["torino", "genova"] and view["cache"] is True
+    assert view["quality"] == 1.0  # a record without the field: fully trusted
+    doubtful = result_view(dataclasses.replace(_loc(), quality=0.23456), 8)
+    assert doubtful["quality"] == 0.235  # the page greys it (under 0.5)
 
 
 def test_a_result_with_the_older_single_feature_geojson_is_still_drawn():
@@ -137,7 +149,7 @@ def test_the_event_stream_sends_results_in_order_with_their_sequence_as_id():
     retry, results = asyncio.run(first_events(2))
     assert retry.startswith("retry:")
     head, data = results.split("\ndata: ")
-    assert head == "id: 3\nevent: results"
+    assert head == f"id: {feed.epoch}-3\nevent: results"
     payload = json.loads(data)
     assert [r["id"] for r in payload["results"]] == ["c-1", "c-2"] and payload["skipped"] == 0
     assert payload["now"] > 0  # the server's clock: the page's ages do not depend on its own
@@ -175,3 +187,55 @@ def test_results_with_malformed_geojson_or_a_nan_error_are_skipped_or_cleaned_ne
     view = result_view(_loc(), 1, {"latitude": float("nan"), "longitude": 7.5})
     assert view["error_m"] is None
     json.dumps(view, allow_nan=False)
+
+
+def test_a_browser_back_from_a_restarted_map_gets_its_whole_buffer_not_nothing():
+    assert map_app.resume_after("0", "e1") == 0
+    assert map_app.resume_after("e1-42", "e1") == 42
+    assert map_app.resume_after("17", "e1") == 17  # ?since=17
+    # Another process's numbering began again at 1: waiting for it to pass 5000 would show nothing.
+    assert map_app.resume_after("e0-5000", "e1") == 0
+    for bad in ("e1-x", "abc", ""):
+        with pytest.raises(ValueError):
+            map_app.resume_after(bad, "e1")
+
+
+def test_a_failed_start_offset_lookup_shows_results_from_now_instead_of_stopping_the_feed():
+    from confluent_kafka import OFFSET_END, KafkaException, TopicPartition
+
+    class SlowBroker:
+        def __init__(self) -> None:
+            self.assigned: list[TopicPartition] = []
+
+        def get_watermark_offsets(self, tp, timeout, cached):
+            raise KafkaException("KafkaError{code=_TIMED_OUT}")
+
+        def assign(self, partitions):
+            self.assigned = partitions
+
+    feed, consumer = _feed(keep=10), SlowBroker()
+    feed._on_assign(consumer, [TopicPartition("results", 0), TopicPartition("results", 1)])
+    assert [tp.offset for tp in consumer.assigned] == [OFFSET_END, OFFSET_END]
+    assert feed.stats.assigned == 2 and not feed.stats.fatal
+    assert "showing from now" in (feed.stats.last_error or "")
+
+
+def test_the_map_is_scraped_like_every_consumer():
+    feed = _feed(keep=10)
+    for i in range(3):
+        feed._add(localization_codec().encode(_loc(f"c-{i}")))
+    feed._add(b"not avro")
+    page = map_app.PageConfig("", "", 10, load_network(), "results")
+    with TestClient(map_app.create_app(feed, page, manage_feed=False)) as client:
+        response = client.get("/metrics")
+    assert response.status_code == 200
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+    assert values["heimdall_map_results_consumed_total"] == 3
+    assert values["heimdall_map_results_unreadable_total"] == 1
+    assert values["heimdall_map_buffered_results"] == 3
+    assert values["heimdall_map_feed_up"] == 0  # never started: its consumer is not running
+    assert values["heimdall_map_event_streams"] == 0

@@ -243,6 +243,8 @@ def test_shadows_are_scored_and_compared_but_never_emitted(model, model2):
         0.0, abs=1e-3
     )
     assert _metric(metrics, "heimdall_shadow_ellipse_overlap_count", model_version="2") == 5
+    # ... and the same ellipse: both went through the same consistency check (widened alike).
+    assert _metric(metrics, "heimdall_shadow_ellipse_overlap_sum", model_version="2") == pytest.approx(5.0)
 
 
 def test_cache_keys_depend_on_the_input_and_the_model(model, tmp_path_factory):
@@ -252,3 +254,17 @@ def test_cache_keys_depend_on_the_input_and_the_model(model, tmp_path_factory):
     assert model.prepare(captures).cache_keys == keys
     other = _load(tmp_path_factory, "other", nan_below_receivers=4)
     assert other.prepare(captures).cache_keys != keys
+
+
+def test_doubtful_results_carry_their_quality_widened_and_are_counted(model):
+    # The tiny model's contract says its training features had mean 0 and std 1: every real
+    # capture (powers around -70 dBFS) lies far outside that, so every result is doubtful.
+    processor, metrics = _processor(ModelSet.single(model))
+    scored = processor.process(_encoded(_captures(3, prefix="doubtful")))
+    for result in scored.results:
+        loc = localization_codec().decode(result.value)
+        assert 0.0 < loc.quality < 0.5
+        # The model says σ = 2000 m east; the record carries it widened by 1 / quality (≤ 4×).
+        assert loc.covariance.sigma_east_m == pytest.approx(2000.0 * min(1 / loc.quality, 4.0), rel=1e-6)
+    processor.after_commit(scored)
+    assert _metric(metrics, "heimdall_doubtful_results_total", model_version="1") == 3

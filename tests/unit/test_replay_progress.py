@@ -12,6 +12,7 @@ import pytest
 from heimdall_stream.errors import ConfigurationError
 from heimdall_stream.replay.report import VersionReport
 from heimdall_stream.replay.runner import ReplayJob, _save, _saved_progress
+from heimdall_stream.replay.sinks import FileSink
 from heimdall_stream.replay.source import Range
 
 MODELS: Any = [SimpleNamespace(label="m/4", sha256="ab" * 32)]
@@ -29,12 +30,13 @@ def test_no_state_file_means_a_new_replay(tmp_path: Path) -> None:
 def test_a_resumed_replay_keeps_its_range_and_offsets(tmp_path: Path) -> None:
     state = tmp_path / "s.json"
     span = Range("in", {0: (10, 500), 1: (0, 40)})
-    _save(job(state), span, MODELS, {0: 200, 1: 0}, {"m/4": VersionReport("m/4")})
+    _save(job(state), span, MODELS, {0: 200, 1: 0}, {"m/4": VersionReport("m/4")}, output_bytes=0)
     # Resolving "latest" again would give another end (the topic grew): the saved range is used.
     saved = _saved_progress(job(state), "in", MODELS)
     assert saved is not None
-    resumed, start, reports = saved
+    resumed, start, reports, output_bytes = saved
     assert resumed == span and start == {0: 200, 1: 0} and list(reports) == ["m/4"]
+    assert output_bytes == 0
     assert not state.with_suffix(".json.tmp").exists()
 
 
@@ -52,3 +54,37 @@ def test_the_progress_of_another_replay_is_refused(tmp_path: Path, topic: str, e
     with pytest.raises(ConfigurationError, match="another replay"):
         _saved_progress(job(state, end), topic, models)
     assert json.loads(state.read_text())["range"] == {"0": [0, 5]}
+
+
+def test_a_new_replay_does_not_append_to_answers_already_in_its_file(tmp_path: Path) -> None:
+    out = tmp_path / "answers.jsonl"
+    FileSink(out).close()  # an empty file is fine to start over
+    out.write_text('{"earlier": "run"}\n', encoding="utf-8")
+    with pytest.raises(ConfigurationError, match="already holds answers"):
+        FileSink(out)
+
+
+def test_a_resumed_file_is_cut_back_to_what_its_saved_progress_covers(tmp_path: Path) -> None:
+    out, state = tmp_path / "answers.jsonl", tmp_path / "s.json"
+    covered = b'{"chunk": 1}\n'
+    out.write_bytes(covered + b'{"chunk": 2, "written before the stop')
+    _save(job(state), Range("in", {0: (0, 9)}), MODELS, {0: 4}, {}, output_bytes=len(covered))
+    saved = _saved_progress(job(state), "in", MODELS)
+    assert saved is not None
+    sink = FileSink(out, resume_at=saved[3])
+    sink.close()
+    assert out.read_bytes() == covered, "chunk 2 is written again once, not twice"
+    with pytest.raises(ConfigurationError, match="fewer than"):
+        FileSink(tmp_path / "lost.jsonl", resume_at=len(covered))
+
+
+def test_a_progress_that_does_not_say_how_far_its_file_was_written_is_refused(tmp_path: Path) -> None:
+    state = tmp_path / "s.json"
+    _save(job(state), Range("in", {0: (0, 9)}), MODELS, {0: 4}, {})  # no output position
+    with pytest.raises(ConfigurationError, match="does not say how far"):
+        _saved_progress(job(state), "in", MODELS)
+    # The progress of a replay into a topic is not one into a file.
+    to_topic = ReplayJob("earliest", "latest", ("models:/m/4",), output_topic="t", state_file=state)
+    _save(to_topic, Range("in", {0: (0, 9)}), MODELS, {0: 4}, {})
+    with pytest.raises(ConfigurationError, match="progress of another replay"):
+        _saved_progress(job(state), "in", MODELS)

@@ -5,6 +5,7 @@
 * ``jars``: the Kafka broker's jars, fetched from Maven Central through ``kafka/jars.lock``;
 * ``procs``: ports, pid files, starting and stopping processes;
 * ``secure``: passwords and the test CA of a secured stack;
+* ``acls``: the secured stack's principals and least-privilege ACLs (Admin API, kafka-acls.sh);
 * ``kafka``, ``redis``, ``mlflow``: configure, start and probe one service each;
 * ``commands``: ``up``, ``down``, ``status`` and the env file.
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import functools
+import os
 import signal
 import time
 from collections.abc import Callable
 
-from stacklib import cluster
+from stacklib import acls, cluster
 from stacklib.kafka import kafka_ready, start_kafka
 from stacklib.mlflow import mlflow_ready, start_mlflow
 from stacklib.paths import SERVICES, Paths, Waiting, log
@@ -69,6 +70,39 @@ def write_env(paths: Paths, ports: dict[str, int]) -> None:
         ]
     paths.env_file.touch(mode=0o600)
     paths.env_file.write_text("\n".join(lines) + "\n")
+    if paths.secure:
+        # The same settings as each other principal: stack.operator.env, stack.simulator.env,
+        # stack.observer.env, stack.admin.env (the super user, for `heimdall-stream topics`).
+        for role in ("operator", "simulator", "observer", "admin"):
+            options = kafka_client_options(paths, admin=role == "admin", role=role)
+            swapped = {
+                "HEIMDALL_KAFKA__SASL_USERNAME": options["sasl.username"],
+                "HEIMDALL_KAFKA__SASL_PASSWORD": options["sasl.password"],
+            }
+            role_lines = [
+                f"{key}={swapped[key]}" if key in swapped else line
+                for line in lines
+                for key in [line.split("=", 1)[0]]
+            ]
+            role_file = paths.state / f"stack.{role}.env"
+            role_file.touch(mode=0o600)
+            role_file.write_text("\n".join(role_lines) + "\n")
+
+
+def authorize(paths: Paths, names: acls.Names | None = None) -> int:
+    """Create the principals and their ACLs on a secured stack's Kafka (idempotent).
+
+    ``names``: the topics and group to grant; by default those of the ``HEIMDALL_KAFKA__*``
+    variables in the environment, else the service's defaults.  Returns the number of ACLs.
+    """
+    options = {
+        "bootstrap.servers": cluster.bootstrap(paths, saved_ports(paths), proxied=False)
+        if cluster.size(paths) > 1
+        else f"127.0.0.1:{saved_ports(paths)['kafka']}",
+        **kafka_client_options(paths, admin=True),
+    }
+    acls.upsert_users(options, load_secrets(paths))
+    return acls.grant(options, names or acls.Names.from_env(os.environ))
 
 
 def up(paths: Paths, services: list[str], *, secure: bool = False, brokers: int | None = None) -> None:
@@ -115,6 +149,9 @@ def up(paths: Paths, services: list[str], *, secure: bool = False, brokers: int 
             stop(paths, service)  # never leave a half-started service holding its port
             raise
         status.done(f"on 127.0.0.1:{port} (pid {pid})")
+    if paths.secure and "kafka" in services:
+        granted = authorize(paths)
+        log(f"kafka: users {', '.join(user for user, _ in acls.ROLES.values())} and {granted} ACLs in place")
     write_env(paths, ports)
 
 

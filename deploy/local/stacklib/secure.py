@@ -10,10 +10,21 @@ import subprocess
 from pathlib import Path
 
 from stacklib import install
+from stacklib.acls import ADMIN_USER, ROLES
 from stacklib.paths import Paths, log
 
-KAFKA_ADMIN_USER = "admin"
-KAFKA_CLIENT_USER = "heimdall"
+KAFKA_ADMIN_USER = ADMIN_USER
+KAFKA_CLIENT_USER = ROLES["consumer"][0]
+PASSWORDS = (
+    "kafka_admin_password",
+    "kafka_password",
+    "kafka_operator_password",
+    "kafka_simulator_password",
+    "kafka_observer_password",
+    "kafka_controller_password",
+    "redis_password",
+    "keystore_password",
+)
 
 
 def missing_for_secure(services: list[str]) -> list[tuple[str, str]]:
@@ -36,12 +47,11 @@ def make_secure(paths: Paths) -> None:
         raise RuntimeError(
             f"{paths.state} holds a broker formatted without SCRAM users; use another HEIMDALL_STACK_DIR"
         )
-    if not paths.secrets_file.exists():
+    values = load_secrets(paths) if paths.secrets_file.exists() else {}
+    missing = [name for name in PASSWORDS if name not in values]
+    if missing:  # a new stack, or one made before the operator and simulator principals
         # Hex tokens: safe inside JAAS strings, URLs and shell lines without quoting.
-        values = {
-            name: secrets.token_hex(16)
-            for name in ("kafka_admin_password", "kafka_password", "redis_password", "keystore_password")
-        }
+        values.update({name: secrets.token_hex(16) for name in missing})
         paths.secrets_file.touch(mode=0o600)
         paths.secrets_file.write_text(json.dumps(values, indent=2))
     if not (paths.tls / "broker.p12").exists():
@@ -86,15 +96,20 @@ def generate_tls(directory: Path, keystore_password: str) -> None:
     log(f"generated a test CA and server certificate in {directory}")
 
 
-def kafka_client_options(paths: Paths, *, admin: bool = False) -> dict[str, str]:
-    """The librdkafka options for this stack's Kafka (empty for the plain stack)."""
+def kafka_client_options(paths: Paths, *, admin: bool = False, role: str = "consumer") -> dict[str, str]:
+    """The librdkafka options for this stack's Kafka (empty for the plain stack).
+
+    ``admin`` is the super user (topic creation, ACLs); otherwise ``role`` is one of
+    ``acls.ROLES``: consumer, operator or simulator, each allowed only what its ACLs say.
+    """
     if not paths.secure:
         return {}
     values = load_secrets(paths)
+    user, key = (KAFKA_ADMIN_USER, "kafka_admin_password") if admin else ROLES[role]
     return {
         "security.protocol": "SASL_SSL",
         "sasl.mechanism": "SCRAM-SHA-512",
-        "sasl.username": KAFKA_ADMIN_USER if admin else KAFKA_CLIENT_USER,
-        "sasl.password": values["kafka_admin_password" if admin else "kafka_password"],
+        "sasl.username": user,
+        "sasl.password": values[key],
         "ssl.ca.location": str(paths.tls / "ca.pem"),
     }

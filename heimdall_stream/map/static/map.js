@@ -7,6 +7,8 @@
   const AGE_COLOURS = [[10, "#d7301f"], [60, "#fc8d59"], [600, "#2b8cbe"], [Infinity, "#7a8793"]];
   const BANDS = [[50e6, 54e6, "6 m"], [144e6, 148e6, "2 m"], [430e6, 440e6, "70 cm"], [1240e6, 1300e6, "23 cm"]];
   const RATE_WINDOW_S = 10;
+  // A doubtful fix (the capture looked unlike the model's training): grey, whatever its age.
+  const DOUBTFUL_QUALITY = 0.5, DOUBTFUL_COLOUR = "#b0b0b0";
 
   const map = L.map("map", { preferCanvas: true, worldCopyJump: true, zoomSnap: 0.25 });
   const basemapRenderer = L.canvas({ padding: 0.2 });
@@ -17,12 +19,18 @@
   const arrivals = []; // server receive times of recent results, for the rate
 
   // ------------------------------------------------------------------ appearance
-  // Age from the capture's time (the receive time for results that do not carry it).
-  function timeOf(view) { return view.time ? Date.parse(view.time) / 1000 : view.received; }
+  // Age from the capture's time (the receive time for results that do not carry one it can read:
+  // an unparseable time would make every age NaN and stop the drawing).
+  function timeOf(view) {
+    const captured = view.time ? Date.parse(view.time) / 1000 : NaN;
+    return Number.isFinite(captured) ? captured : view.received;
+  }
   function serverNow() { return Date.now() / 1000 - skewS; }
   function colourOf(item) {
+    if (item.view.quality != null && item.view.quality < DOUBTFUL_QUALITY) return DOUBTFUL_COLOUR;
     const age = serverNow() - item.t;
-    return AGE_COLOURS.find(([limit]) => age < limit)[1];
+    const step = AGE_COLOURS.find(([limit]) => age < limit) || AGE_COLOURS[AGE_COLOURS.length - 1];
+    return step[1];
   }
   // Large ellipses say little and would hide the rest: the bigger, the fainter.
   function alphaOf(view) {
@@ -50,6 +58,7 @@
       ["position", view.lat.toFixed(5) + ", " + view.lon.toFixed(5)],
       ["ellipse " + Math.round(view.conf * 100) + " %", fmt(view.a / 1000, 2, " × ") + fmt(view.b / 1000, 2, " km")],
       ["receivers", view.rx.length + ": " + view.rx.join(", ")],
+      ["quality", view.quality == null ? "–" : view.quality.toFixed(2) + (view.quality < DOUBTFUL_QUALITY ? " (doubtful)" : "")],
     ];
     const body = rows.map(([k, v]) => "<tr><th>" + escapeHtml(k) + "</th><td>" + escapeHtml(v) + "</td></tr>").join("");
     return '<div class="result-popup" data-capture-id="' + escapeHtml(view.id) + '"><table>' + body + "</table></div>";

@@ -1,0 +1,97 @@
+"""The join in the batch path (no Kafka): sets scored like captures, refused parts carried along."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from prometheus_client import CollectorRegistry
+
+from heimdall_stream.config import LimitsSettings, Settings
+from heimdall_stream.join.checkpoint import Checkpoint
+from heimdall_stream.join.stage import JoiningProcessor, JoinStage
+from heimdall_stream.lab.per_receiver import part_value
+from heimdall_stream.lab.simulator import IqSimulator
+from heimdall_stream.metrics import Metrics
+from heimdall_stream.models.inference import load_model
+from heimdall_stream.models.registry import file_sha256
+from heimdall_stream.models.routing import ModelSet
+from heimdall_stream.processing.cache import ResultCache
+from heimdall_stream.processing.dedup import Deduplicator
+from heimdall_stream.processing.records import InputRecord
+from heimdall_stream.processing.store import InMemoryStore
+from heimdall_stream.stream.delivery import next_offsets
+from tests.helpers import NETWORK, tiny_features_model
+
+TOPIC = "rx"
+
+
+def _stage_and_processor(tmp_path):
+    path = tmp_path / "model.onnx"
+    path.write_bytes(tiny_features_model())
+    model = load_model(path, name="tiny", version="1", uri="models:/tiny/1", sha256=file_sha256(path))
+    models = ModelSet.single(model)
+    settings = Settings(join={"enabled": True, "topic": TOPIC, "min_receivers": 3}, limits=LimitsSettings())
+    metrics = Metrics(CollectorRegistry())
+    stage = JoinStage(settings, metrics, next_offsets, clock=lambda: 1.0)
+    store = InMemoryStore()
+    processor = JoiningProcessor(
+        stage,
+        lambda: models,
+        Deduplicator(store, 100, metrics),
+        ResultCache(store),
+        metrics,
+        limits=settings.limits,
+        confidence=0.95,
+        batch_prefix="t",
+    )
+    stage.joiner.assign(0, None, 0.0)
+    return stage, processor, metrics
+
+
+def _records(capture, receivers, first_offset, expected):
+    return [
+        InputRecord(
+            TOPIC,
+            0,
+            first_offset + i,
+            capture.capture_id.encode(),
+            part_value(capture, r, capture.capture_id, expected=expected),
+            0.0,
+        )
+        for i, r in enumerate(receivers)
+    ]
+
+
+def test_a_set_is_scored_like_a_capture_and_refused_parts_ride_along(tmp_path):
+    stage, processor, metrics = _stage_and_processor(tmp_path)
+    capture = IqSimulator(NETWORK, seed=3).generate(0).capture
+    capture = dataclasses.replace(capture, capture_id="tx-1")
+    receivers = list(capture.receivers)
+    records = _records(capture, receivers[:1] + receivers[:1] + receivers[1:], 0, len(receivers))
+    emitted = [out for record in records for out in stage.accept(record)]
+    assert len(emitted) == 2  # the repeat (dead letter) and the set
+    letters_only = processor.process(emitted[:1])
+    assert [letter.reason for letter in letters_only.dead_letters] == [
+        "duplicate"
+    ] and not letters_only.results
+    scored = processor.process(emitted)
+    assert [r.localization.capture_id for r in scored.results] == ["tx-1"]
+    assert sorted(scored.results[0].localization.receivers_used) == sorted(r.receiver_id for r in receivers)
+    offsets = stage.commit_offsets(scored.records)
+    (tp,) = offsets
+    assert (tp.topic, tp.partition, tp.offset) == (TOPIC, 0, len(records))
+    assert Checkpoint.parse(tp.offset, tp.metadata).done == ()
+    processor.after_commit(scored)
+    assert metrics.registry.get_sample_value("heimdall_join_sets_total", {"outcome": "complete"}) == 1
+    assert (
+        metrics.registry.get_sample_value("heimdall_join_parts_rejected_total", {"reason": "duplicate"}) == 1
+    )
+    assert metrics.registry.get_sample_value("heimdall_join_open_sets") == 0
+
+
+def test_whole_captures_keep_their_own_offsets_beside_the_join(tmp_path):
+    stage, _, _ = _stage_and_processor(tmp_path)
+    whole = InputRecord("captures", 2, 41, b"k", b"v", 0.0)
+    assert [(tp.topic, tp.partition, tp.offset) for tp in stage.commit_offsets([whole])] == [
+        ("captures", 2, 42)
+    ]

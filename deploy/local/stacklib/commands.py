@@ -8,7 +8,7 @@ import signal
 import time
 from collections.abc import Callable
 
-from stacklib import acls
+from stacklib import acls, cluster
 from stacklib.kafka import kafka_ready, start_kafka
 from stacklib.mlflow import mlflow_ready, start_mlflow
 from stacklib.paths import SERVICES, Paths, Waiting, log
@@ -51,6 +51,11 @@ def write_env(paths: Paths, ports: dict[str, int]) -> None:
         f"HEIMDALL_MLFLOW__TRACKING_URI={mlflow}",
         f"MLFLOW_TRACKING_URI={mlflow}",
     ]
+    if cluster.size(paths) > 1:  # the consumer goes through the fault proxy, tooling does not
+        overrides = cluster.env_lines(paths, ports)
+        lines = [f"{k}={overrides.pop(k)}" if k in overrides else line
+                 for line in lines for k in [line.split("=", 1)[0]]]  # fmt: skip
+        lines += [f"{k}={v}" for k, v in overrides.items()]
     if paths.secure:
         values = load_secrets(paths)
         kafka_options = kafka_client_options(paths)
@@ -91,15 +96,22 @@ def authorize(paths: Paths, names: acls.Names | None = None) -> int:
     variables in the environment, else the service's defaults.  Returns the number of ACLs.
     """
     options = {
-        "bootstrap.servers": f"127.0.0.1:{saved_ports(paths)['kafka']}",
+        "bootstrap.servers": cluster.bootstrap(paths, saved_ports(paths), proxied=False)
+        if cluster.size(paths) > 1
+        else f"127.0.0.1:{saved_ports(paths)['kafka']}",
         **kafka_client_options(paths, admin=True),
     }
     acls.upsert_users(options, load_secrets(paths))
     return acls.grant(options, names or acls.Names.from_env(os.environ))
 
 
-def up(paths: Paths, services: list[str], *, secure: bool = False) -> None:
-    """Start each service unless it already runs and answers; then write the env file."""
+def up(paths: Paths, services: list[str], *, secure: bool = False, brokers: int | None = None) -> None:
+    """Start each service unless it already runs and answers; then write the env file.
+
+    ``brokers``: 3 makes (once) this state directory's Kafka a three-node cluster (``cluster``).
+    """
+    if brokers is not None:
+        cluster.set_size(paths, brokers)
     if secure or paths.secure:
         missing = missing_for_secure(services)
         if missing:
@@ -110,6 +122,9 @@ def up(paths: Paths, services: list[str], *, secure: bool = False) -> None:
         make_secure(paths)
     ports = load_ports(paths)
     for service in services:
+        if service == "kafka" and cluster.size(paths) > 1:
+            cluster.up_cluster(paths, ports)
+            continue
         port = ports[service]
         pid = read_pid(paths, service)
         if pid is not None and READY[service](paths, port):
@@ -144,6 +159,9 @@ def down(paths: Paths, services: list[str], sig: int = signal.SIGTERM) -> None:
     """Stop the named services (all by default) and wait until their ports are free."""
     ports = saved_ports(paths)
     for service in reversed(services):
+        if service == "kafka" and cluster.size(paths) > 1:
+            cluster.down_cluster(paths, sig)
+            continue
         stop(paths, service, sig)
         port = ports.get(service)
         deadline = time.monotonic() + STOP_TIMEOUT_S
@@ -156,6 +174,11 @@ def status(paths: Paths) -> int:
     ports = saved_ports(paths)
     healthy = True
     for service in SERVICES:
+        if service == "kafka" and cluster.size(paths) > 1:
+            lines, ready = cluster.status_lines(paths)
+            print("\n".join(lines))
+            healthy &= ready
+            continue
         pid = read_pid(paths, service)
         port = ports.get(service)
         ready = port is not None and READY[service](paths, port)

@@ -101,16 +101,6 @@ class KafkaSettings(_Section):
     abort_retries: int = Field(8, ge=0, description="Aborts in a row before the instance stops (exit 3).")
     abort_backoff_first_s: float = Field(0.5, gt=0, description="First wait before an aborted batch reruns.")
     abort_backoff_max_s: float = Field(30.0, gt=0, description="Longest wait between two aborted runs.")
-
-    @model_validator(mode="after")
-    def _abort_backoff_in_order(self) -> KafkaSettings:
-        if self.abort_backoff_first_s > self.abort_backoff_max_s:
-            raise ValueError(
-                f"abort_backoff_first_s ({self.abort_backoff_first_s}) exceeds abort_backoff_max_s "
-                f"({self.abort_backoff_max_s})"
-            )
-        return self
-
     dlq_max_value_bytes: int = Field(
         983_040,
         ge=1024,
@@ -125,6 +115,15 @@ class KafkaSettings(_Section):
     client_options: dict[str, str] = Field(
         default_factory=dict, description="librdkafka options passed through unchanged."
     )
+
+    @model_validator(mode="after")
+    def _abort_backoff_in_order(self) -> KafkaSettings:
+        if self.abort_backoff_first_s > self.abort_backoff_max_s:
+            raise ValueError(
+                f"abort_backoff_first_s ({self.abort_backoff_first_s}) exceeds abort_backoff_max_s "
+                f"({self.abort_backoff_max_s})"
+            )
+        return self
 
     def client_config(self) -> dict[str, Any]:
         """The librdkafka configuration shared by every client (secrets revealed here only)."""

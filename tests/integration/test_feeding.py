@@ -126,9 +126,8 @@ def test_a_slow_batch_path_is_never_starved_by_the_input_path(make_settings, tmp
         deadline = time.monotonic() + 600
         while not compute.done.wait(0.5) and runner.is_alive() and time.monotonic() < deadline:
             pass
-        assert compute.done.is_set(), (
-            f"only {compute.committed} of {CAPTURES} captures committed"
-            + ("" if runner.is_alive() else " (the stream loop stopped)")
+        assert compute.done.is_set(), f"only {compute.committed} of {CAPTURES} captures committed" + (
+            "" if runner.is_alive() else " (the stream loop stopped)"
         )
     finally:
         stop.set()

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from confluent_kafka import Producer
 
 from bench.compute import encoded_pool
 from bench.run import REPO, _features_model, _free_port, _stack_env
@@ -55,14 +54,7 @@ def produce_parts(
     bench: Bench, topic: str, pool: list[IqCapture], count: int, rate: float | None, *, expected: bool
 ) -> None:
     """Offer ``count`` transmissions as parts, receivers shuffled within each, at ``rate`` (None: flood)."""
-    producer = Producer(
-        {
-            "bootstrap.servers": bench.bootstrap,
-            "linger.ms": 5,
-            "enable.idempotence": True,
-            "queue.buffering.max.kbytes": 262_144,
-        }
-    )
+    producer = bench.load_producer(topic)  # the whole-capture offer's producer, warmed up alike
     rng = random.Random(3)
     start = time.monotonic()
     for i in range(count):

@@ -105,11 +105,11 @@ def make_settings(services, model_uri, new_topic, new_group_id, tmp_path) -> Cal
     return make
 
 
-class ConsumerThread:
-    """A consumer running in this process (metrics inspectable, stopped cleanly)."""
+class ServiceThread:
+    """A service's ``run(stop)`` on a thread of this process; what it raised is kept for the test."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.service = ConsumerService(settings)
+    def __init__(self, service: Any) -> None:
+        self.service = service
         self.stop_event = threading.Event()
         self.error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -120,6 +120,13 @@ class ConsumerThread:
             self.service.run(self.stop_event)
         except BaseException as exc:
             self.error = exc
+
+
+class ConsumerThread(ServiceThread):
+    """A consumer running in this process (metrics inspectable, stopped cleanly)."""
+
+    def __init__(self, settings: Settings) -> None:
+        super().__init__(ConsumerService(settings))
 
     def metric(self, name: str, **labels: str) -> float:
         value = self.service.registry.get_sample_value(name, labels or None)

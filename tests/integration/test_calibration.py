@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 import shutil
 import subprocess
-import threading
 import urllib.error
 import urllib.request
 import uuid
@@ -36,28 +35,18 @@ from heimdall_stream.wire.messages import (
     Timings,
 )
 from tests.conftest import unavailable
-from tests.integration.conftest import scrape, wait_for
+from tests.integration.conftest import ServiceThread, scrape, wait_for
 from tests.integration.test_dashboard_metrics import CALIBRATOR_PREFIX, _base, _referenced
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
 
 
-class CalibratorThread:
+class CalibratorThread(ServiceThread):
     """``heimdall-stream calibrate`` in this process, on its own /metrics port."""
 
     def __init__(self, settings: Settings) -> None:
-        self.service = CalibrationService(settings)
-        self.stop_event = threading.Event()
-        self.error: BaseException | None = None
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.service.run(self.stop_event)
-        except BaseException as exc:
-            self.error = exc
+        super().__init__(CalibrationService(settings))
 
     def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         """Every sample of the scraped /metrics, by name and labels."""

@@ -18,7 +18,14 @@ T = TypeVar("T")
 
 
 class CallHungError(Exception):
-    """A bounded call did not return within its deadline; the client it used is wedged."""
+    """A bounded call did not return within its deadline; the client it used is wedged.
+
+    ``helper``: the thread still blocked in the call (alive for as long as the call is).
+    """
+
+    def __init__(self, message: str, helper: threading.Thread) -> None:
+        super().__init__(message)
+        self.helper = helper
 
 
 def bounded_call(call: Callable[[], T], deadline_s: float, name: str) -> T:
@@ -37,9 +44,10 @@ def bounded_call(call: Callable[[], T], deadline_s: float, name: str) -> T:
         finally:
             done.set()
 
-    threading.Thread(target=run, name=f"bounded-{name}", daemon=True).start()
+    helper = threading.Thread(target=run, name=f"bounded-{name}", daemon=True)
+    helper.start()
     if not done.wait(deadline_s):
-        raise CallHungError(f"{name} did not return within {deadline_s:.0f} s")
+        raise CallHungError(f"{name} did not return within {deadline_s:.0f} s", helper)
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]  # type: ignore[no-any-return]

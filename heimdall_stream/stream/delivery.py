@@ -15,6 +15,7 @@ confirmed.  Either way nothing is committed for a capture whose output was not w
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -38,6 +39,9 @@ TRANSACTIONAL_ATTEMPTS = 6
 ABORT_FLUSH_S = 10.0
 # How much longer than its own timeout a transactional call may block before it counts as hung.
 HUNG_GRACE_S = 5.0
+# Abandoned producers still wedged at once, past which the instance stops: each holds a
+# librdkafka handle (threads, sockets) for as long as its call hangs, and a restart frees them.
+MAX_WEDGED_PRODUCERS = 3
 
 
 class Delivery:
@@ -58,6 +62,7 @@ class Delivery:
         self._on_error = on_error
         self._assigned = assigned
         self._renew_producer = False
+        self._wedged: list[threading.Thread] = []  # helpers still blocked in an abandoned producer
         # The offsets a transaction commits for its records (the join puts its own in).
         self.offsets_of: Callable[[Sequence[InputRecord]], list[TopicPartition]] = next_offsets
         self.producer = Producer({**producer_config(settings), "error_cb": on_error})
@@ -217,6 +222,13 @@ class Delivery:
         has the coordinator abort what it left open.  The hung call keeps the old producer
         alive on its helper thread until it returns, if ever.
         """
+        self._wedged = [helper for helper in self._wedged if helper.is_alive()] + [hung.helper]
+        if len(self._wedged) > MAX_WEDGED_PRODUCERS:
+            self.metrics.transactions.labels("fatal").inc()
+            raise FatalKafkaError(
+                f"{len(self._wedged)} transactional producers are wedged in librdkafka ({hung}); "
+                "nothing of their transactions was committed, a restart resumes from the last commit"
+            )
         self.metrics.transactions.labels("aborted").inc()
         log.warning("batch not committed (%s); renewing the producer and rewinding to reprocess it", hung)
         self._renew_producer = True

@@ -10,6 +10,7 @@ from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
 from heimdall_stream.config import Settings
+from heimdall_stream.errors import FatalKafkaError
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.processing.records import InputRecord, ScoredBatch
 from heimdall_stream.stream import delivery as delivery_module
@@ -74,6 +75,7 @@ def test_a_hung_send_offsets_abandons_the_producer_and_the_next_transaction_uses
     delivery = Delivery.__new__(Delivery)  # no real clients: only the commit path runs
     delivery.settings, delivery.metrics, delivery.exactly_once = settings, metrics, True
     delivery.consumer, delivery._renew_producer, delivery._on_error = FakeConsumer(), False, print
+    delivery._wedged = []
     delivery.offsets_of = next_offsets
     release = threading.Event()
     wedged = delivery.producer = Producer(release)
@@ -92,5 +94,26 @@ def test_a_hung_send_offsets_abandons_the_producer_and_the_next_transaction_uses
         assert delivery.producer is fresh[0]
         renewed = {"outcome": "producer_renewed"}
         assert metrics.registry.get_sample_value("heimdall_transactions_total", renewed) == 1
+    finally:
+        release.set()
+
+
+def test_too_many_wedged_producers_at_once_stop_the_instance(monkeypatch):
+    settings = Settings(kafka={"abort_retries": 8})
+    metrics = Metrics(CollectorRegistry())
+    delivery = Delivery.__new__(Delivery)
+    delivery.metrics, delivery._renew_producer, delivery._wedged = metrics, False, []
+    delivery.aborts = AbortBudget(settings.kafka, metrics, sleep=lambda _s: None)
+    release = threading.Event()
+    records = [InputRecord("in", 0, 5, b"k", b"v", consumed_at=0.0)]
+    try:
+        for _ in range(delivery_module.MAX_WEDGED_PRODUCERS):
+            with pytest.raises(CallHungError) as hung:
+                bounded_call(release.wait, 0.01, "send_offsets_to_transaction")
+            delivery._abandon_producer(hung.value, records)
+        with pytest.raises(CallHungError) as hung:
+            bounded_call(release.wait, 0.01, "send_offsets_to_transaction")
+        with pytest.raises(FatalKafkaError, match="4 transactional producers are wedged"):
+            delivery._abandon_producer(hung.value, records)
     finally:
         release.set()

@@ -5,7 +5,9 @@ offsets (``send_offsets_to_transaction``) of one or more batches; when it must a
 seeks the consumer back (``rewind``) over them and every batch behind them, which run again,
 after a wait that grows with every abort in a row; past ``HEIMDALL_KAFKA__ABORT_RETRIES`` the
 instance stops (``stream.aborts``).  A transaction that can be neither committed nor aborted
-stops the instance (``FatalKafkaError``).
+stops the instance (``FatalKafkaError``).  A ``send_offsets_to_transaction`` that hangs past its
+timeout (librdkafka waiting forever for a dead group coordinator) aborts the batch too: the
+producer is abandoned and the next transaction starts on a fresh one (``bounded``).
 ``at_least_once``: results are flushed, and the offsets committed only once every delivery is
 confirmed.  Either way nothing is committed for a capture whose output was not written.
 """
@@ -13,6 +15,7 @@ confirmed.  Either way nothing is committed for a capture whose output was not w
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -26,6 +29,7 @@ from heimdall_stream.metrics import Metrics
 from heimdall_stream.processing.records import DeadLetter, InputRecord, ScoredBatch
 from heimdall_stream.retry import Backoff, retry_call
 from heimdall_stream.stream.aborts import AbortBudget
+from heimdall_stream.stream.bounded import CallHungError, bounded_call
 
 log = logging.getLogger(__name__)
 KAFKA_TIMEOUT_S = 30.0
@@ -33,6 +37,11 @@ KAFKA_TIMEOUT_S = 30.0
 TRANSACTIONAL_ATTEMPTS = 6
 # How long an abort first waits for the transaction's produce requests to complete.
 ABORT_FLUSH_S = 10.0
+# How much longer than its own timeout a transactional call may block before it counts as hung.
+HUNG_GRACE_S = 5.0
+# Abandoned producers still wedged at once, past which the instance stops: each holds a
+# librdkafka handle (threads, sockets) for as long as its call hangs, and a restart frees them.
+MAX_WEDGED_PRODUCERS = 3
 
 
 class Delivery:
@@ -53,6 +62,7 @@ class Delivery:
         self._on_error = on_error
         self._assigned = assigned
         self._renew_producer = False
+        self._wedged: list[threading.Thread] = []  # helpers still blocked in an abandoned producer
         # The offsets a transaction commits for its records (the join puts its own in).
         self.offsets_of: Callable[[Sequence[InputRecord]], list[TopicPartition]] = next_offsets
         self.producer = Producer({**producer_config(settings), "error_cb": on_error})
@@ -108,6 +118,9 @@ class Delivery:
                 self._abort(error)
             self.aborts.aborted(error, records)  # waits before the retry, or stops past the bound
             return False
+        except CallHungError as exc:
+            self._abandon_producer(exc, records)
+            return False
         self.metrics.transactions.labels("committed").inc()
         self.aborts.committed()
         return True
@@ -119,9 +132,16 @@ class Delivery:
         for batch in batches:
             self._produce_outcome(batch)
         metadata = self.consumer.consumer_group_metadata()
-        self._call(
-            lambda timeout: producer.send_offsets_to_transaction(offsets, metadata, timeout), KAFKA_TIMEOUT_S
-        )
+
+        def send_offsets(timeout: float) -> None:
+            # Bounded here: librdkafka can ignore this timeout (issues 5456 and 5511).
+            bounded_call(
+                lambda: producer.send_offsets_to_transaction(offsets, metadata, timeout),
+                timeout + HUNG_GRACE_S,
+                "send_offsets_to_transaction",
+            )
+
+        self._call(send_offsets, KAFKA_TIMEOUT_S)
         self._call(producer.commit_transaction, KAFKA_TIMEOUT_S)
 
     def _commit_at_least_once(self, batches: Sequence[ScoredBatch], offsets: list[TopicPartition]) -> None:
@@ -193,6 +213,28 @@ class Delivery:
                         f"cannot rewind {tp.topic}[{tp.partition}] to {tp.offset}: {exc.args[0].str()}"
                     ) from exc
 
+    def _abandon_producer(self, hung: CallHungError, records: Sequence[InputRecord]) -> None:
+        """A transactional call hung inside librdkafka: drop that producer, rewind the batch.
+
+        The open transaction can be neither committed nor aborted through the wedged producer.
+        It never reached ``commit_transaction``, so nothing of it is committed; the fresh
+        producer's ``init_transactions`` (before the next transaction) fences the old one and
+        has the coordinator abort what it left open.  The hung call keeps the old producer
+        alive on its helper thread until it returns, if ever.
+        """
+        self._wedged = [helper for helper in self._wedged if helper.is_alive()] + [hung.helper]
+        if len(self._wedged) > MAX_WEDGED_PRODUCERS:
+            self.metrics.transactions.labels("fatal").inc()
+            raise FatalKafkaError(
+                f"{len(self._wedged)} transactional producers are wedged in librdkafka ({hung}); "
+                "nothing of their transactions was committed, a restart resumes from the last commit"
+            )
+        self.metrics.transactions.labels("aborted").inc()
+        log.warning("batch not committed (%s); renewing the producer and rewinding to reprocess it", hung)
+        self._renew_producer = True
+        error = KafkaError(KafkaError._TIMED_OUT, str(hung), retriable=True)
+        self.aborts.aborted(error, records)  # waits before the retry, or stops past the bound
+
     def _abort(self, error: KafkaError) -> None:
         """Abort the open transaction; if that is refused too, its outcome is unknown: stop.
 
@@ -236,7 +278,7 @@ class Delivery:
         )
 
     def _renew_producer_if_needed(self) -> None:
-        """After every broker was down, start the next transaction on a fresh producer.
+        """After every broker was down, or a call hung, start the next transaction on a fresh producer.
 
         librdkafka can keep a stale group-coordinator entry across a cluster outage, and then
         ``send_offsets_to_transaction`` waits forever (librdkafka issue 5511).  A new producer with
@@ -246,7 +288,7 @@ class Delivery:
         if not (self._renew_producer and self.exactly_once):
             return
         self._renew_producer = False
-        log.warning("renewing the transactional producer after a broker outage")
+        log.warning("renewing the transactional producer (after a broker outage or a hung call)")
         self.producer = Producer({**producer_config(self.settings), "error_cb": self._on_error})
         self._call(self.producer.init_transactions, KAFKA_TIMEOUT_S)
         self.metrics.transactions.labels("producer_renewed").inc()

@@ -55,11 +55,6 @@ def test_input_partition_leader_killed(cluster_settings, start_consumer, healthy
     assert (outcome.lost, outcome.duplicated) == (0, 0), outcome
 
 
-@pytest.mark.xfail(
-    reason="known stall, two runs in four here: after its transaction coordinator dies the consumer "
-    "stops consuming without a warning (no loss, no duplicate, no progress)",
-    strict=False,
-)
 def test_transaction_coordinator_killed(cluster_settings, start_consumer, healthy_cluster):
     settings, run, consumer = _running(cluster_settings, start_consumer, healthy_cluster)
     transactional_id = f"{settings.kafka.transactional_id_prefix}-{settings.instance_id}"

@@ -150,10 +150,9 @@ def _recv(sock: socket.socket, size: int) -> bytes:
 def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
     """The three-node cluster and its proxy, started once per session (own state directory)."""
     stack = load_stack_module()
-    from stacklib.toxiproxy import Toxiproxy, go_binary  # on sys.path once the stack module is loaded
+    from stacklib.toxiproxy import Toxiproxy  # on sys.path once the stack module is loaded
 
-    if go_binary() is None and not _proxy_built(stack):
-        unavailable("the cluster tests need Go to build toxiproxy", "apt-get install golang-go")
+    require_toxiproxy(stack)
     base = stack.Paths.from_env()
     state = Path(os.environ.get("HEIMDALL_STACK_CLUSTER_DIR", f"{base.state}-cluster")).resolve()
     paths = stack.Paths(state=state, cache=base.cache)
@@ -197,11 +196,14 @@ def _restart_missing(cluster: Cluster) -> None:
             cluster.start(node)
 
 
-def _proxy_built(stack: Any) -> bool:
-    from stacklib.toxiproxy import OLD_GO_VERSION, VERSION
+def require_toxiproxy(stack: Any) -> None:
+    """Skip as unavailable unless toxiproxy is built already or Go is there to build it."""
+    from stacklib.toxiproxy import OLD_GO_VERSION, VERSION, go_binary
 
     cache = stack.Paths.from_env().cache / "toxiproxy"
-    return any((cache / version / "toxiproxy-server").exists() for version in (VERSION, OLD_GO_VERSION))
+    built = any((cache / version / "toxiproxy-server").exists() for version in (VERSION, OLD_GO_VERSION))
+    if go_binary() is None and not built:
+        unavailable("the three-broker stack needs Go to build toxiproxy", "apt-get install golang-go")
 
 
 @pytest.fixture

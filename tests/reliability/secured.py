@@ -1,8 +1,10 @@
 """The secured stack of the security tests: Kafka on SASL_SSL with ACLs, Redis on TLS.
 
-One stack per session (``secure_stack``), shared by test_security.py and test_acls.py: the
-stack script generates a test CA, a server certificate and random passwords in a fresh state
-directory, creates the principals and enforces ACLs.  Every ``heimdall-stream`` command runs as
+One stack per session and size (``secure_stack``), shared by test_security.py and test_acls.py,
+so every security test runs twice: on one broker, and on three brokers (replication factor 3,
+``min.insync.replicas=2``) whose consumer reaches them through the fault proxy.  The stack
+script generates a test CA, a server certificate and random passwords in a fresh state
+directory, creates the principals and enforces ACLs on every node.  Every ``heimdall-stream`` command runs as
 a child process configured only through ``HEIMDALL_*`` variables, as an operator would run it,
 under the principal of its role (``as_role``).
 """
@@ -18,33 +20,65 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from tests.conftest import load_stack_module, unavailable
 from tests.helpers import run_cli
 from tests.integration.conftest import CONTROL_KEY
+from tests.reliability.cluster_fixture import require_toxiproxy
 
 SECURE_SERVICES = ["kafka", "redis"]
 
 
-@pytest.fixture(scope="session")
-def secure_stack(tmp_path_factory):
-    """Kafka and Redis of the session's own, secured; yields the stack module, paths and env."""
+@pytest.fixture(scope="session", params=[1, 3], ids=["one-broker", "three-brokers"])
+def secure_stack(request, tmp_path_factory):
+    """Kafka (one or three brokers) and Redis of the session's own, secured.
+
+    Yields the stack module, its paths and the settings of its env file.
+    """
+    brokers = request.param
     if os.environ.get("HEIMDALL_TEST_KAFKA"):
         pytest.skip("the secured stack runs local processes; this session uses external services")
     stack = load_stack_module()
     missing = stack.missing_for_secure(SECURE_SERVICES)
     if missing:
         unavailable("; ".join(what for what, _ in missing), ", ".join(how for _, how in missing))
+    if brokers > 1:
+        require_toxiproxy(stack)
     shared = stack.Paths.from_env()
-    paths = stack.Paths(state=tmp_path_factory.mktemp("secure-stack"), cache=shared.cache)
+    paths = stack.Paths(state=tmp_path_factory.mktemp(f"secure-stack-{brokers}"), cache=shared.cache)
     started = time.monotonic()
-    stack.up(paths, SECURE_SERVICES, secure=True)
-    print(f"secured Kafka + Redis (certificates, users, ACLs) up in {time.monotonic() - started:.1f} s")
+    stack.up(paths, SECURE_SERVICES, secure=True, brokers=brokers if brokers > 1 else None)
+    print(
+        f"secured Kafka ({brokers} broker{'s' if brokers > 1 else ''}) + Redis "
+        f"(certificates, users, ACLs) up in {time.monotonic() - started:.1f} s"
+    )
     env = dict(line.split("=", 1) for line in paths.env_file.read_text().splitlines() if "=" in line)
     try:
         yield stack, paths, env
     finally:
+        print(f"secured Kafka at the end of its tests: {kafka_rss_mb(stack, paths)}")
         stack.down(paths, SECURE_SERVICES)
+
+
+def kafka_rss_mb(stack: Any, paths: Any) -> str:
+    """The resident memory of each Kafka process of the stack, e.g. ``kafka-1 402 MB, …``."""
+    names = (
+        [f"kafka-{node}" for node in stack.cluster.node_ids(paths)]
+        if stack.cluster.size(paths) > 1
+        else ["kafka"]
+    )
+    sizes = []
+    for name in names:
+        pid = stack.read_pid(paths, name)
+        status = Path(f"/proc/{pid}/status")
+        if pid is None or not status.exists():
+            continue
+        kb = next(
+            int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmRSS:")
+        )
+        sizes.append(f"{name} {kb // 1024} MB")
+    return ", ".join(sizes) or "no process"
 
 
 def free_port() -> int:
@@ -95,10 +129,30 @@ def as_role(env: dict[str, str], stack: Any, paths: Any, role: str) -> dict[str,
 
 
 def provision(env: dict[str, str], stack: Any, paths: Any) -> None:
-    """Create the topics of ``env`` (as the super user) and grant the ACLs for their names."""
+    """Create the topics of ``env`` (as the super user) and grant the ACLs for their names.
+
+    Checks that every partition of them has a replica on every broker of the stack, so the
+    three-broker run really exercises replicated topics.
+    """
     stack.authorize(paths, stack.acls.Names.from_env(env))
     topics = cli(as_role(env, stack, paths, "admin"), "topics", "--partitions", "3")
     assert topics.returncode == 0, topics.stderr
+    admin = AdminClient(
+        {
+            "bootstrap.servers": env["HEIMDALL_KAFKA__BOOTSTRAP_SERVERS"],
+            **stack.kafka_client_options(paths, admin=True),
+        }
+    )
+    metadata = admin.list_topics(timeout=30)
+    names = [
+        value for key, value in env.items() if key.startswith("HEIMDALL_KAFKA__") and key.endswith("_TOPIC")
+    ]
+    replicas = {
+        (name, partition.id): len(partition.replicas)
+        for name in names
+        for partition in metadata.topics[name].partitions.values()
+    }
+    assert set(replicas.values()) == {len(metadata.brokers)}, replicas
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

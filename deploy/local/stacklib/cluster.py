@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Callable
 
@@ -45,7 +44,16 @@ from stacklib.cluster_config import (
 )
 from stacklib.kafka import kafka_classpath
 from stacklib.paths import Paths, Waiting, log
-from stacklib.procs import READY_TIMEOUT_S, STOP_TIMEOUT_S, port_open, read_pid, spawn, stop, wait_until
+from stacklib.procs import (
+    READY_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    port_open,
+    read_pid,
+    run_or_raise,
+    spawn,
+    stop,
+    wait_until,
+)
 from stacklib.secure import kafka_client_options
 from stacklib.toxiproxy import ensure_server, start_toxiproxy, toxiproxy_ready
 
@@ -70,17 +78,10 @@ def start_node(paths: Paths, ports: dict[str, int], node: int, java: tuple[str, 
     props = ndir / "server.properties"
     if not (ndir / "data" / "meta.properties").exists():
         storage = [java_path, "-cp", classpath, "kafka.tools.StorageTool", "format"]
-        formatted = subprocess.run(
+        run_or_raise(
+            f"formatting node {node}'s storage in {ndir}",
             [*storage, "-t", info(paths)["cluster_id"], "-c", str(props), *scram_users(paths)],
-            capture_output=True,
-            text=True,
-            check=False,
         )
-        if formatted.returncode != 0:
-            raise RuntimeError(
-                f"formatting node {node}'s storage in {ndir} failed (exit {formatted.returncode}): "
-                + (formatted.stderr or formatted.stdout).strip()[-2000:]
-            )
     heap = os.environ.get("HEIMDALL_STACK_KAFKA_NODE_HEAP", "512m")
     jvm = [
         f"-Xmx{heap}",

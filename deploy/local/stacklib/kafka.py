@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import base64
 import os
-import subprocess
 import uuid
 from pathlib import Path
 
 from stacklib import install, jars
 from stacklib.acls import CONTROLLER_USER
 from stacklib.paths import Paths, log
-from stacklib.procs import port_open, spawn
+from stacklib.procs import port_open, run_or_raise, spawn
 from stacklib.secure import KAFKA_ADMIN_USER, KAFKA_CLIENT_USER, kafka_client_options, load_secrets
 
 
@@ -157,14 +156,7 @@ def start_kafka(paths: Paths, ports: dict[str, int]) -> int:
             ):
                 users += ["--add-scram", f"SCRAM-SHA-512=[name={user},password={values[key]}]"]
         storage = [java.path, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id]
-        formatted = subprocess.run(
-            [*storage, "-c", str(props), *users], capture_output=True, text=True, check=False
-        )
-        if formatted.returncode != 0:  # its own message, not a command line of 46 jar paths
-            raise RuntimeError(
-                f"formatting Kafka's storage in {kdir} failed (exit {formatted.returncode}): "
-                + (formatted.stderr or formatted.stdout).strip()[-2000:]
-            )
+        run_or_raise(f"formatting Kafka's storage in {kdir}", [*storage, "-c", str(props), *users])
     heap = os.environ.get("HEIMDALL_STACK_KAFKA_HEAP", "768m")
     return spawn(
         paths,

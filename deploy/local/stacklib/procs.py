@@ -19,6 +19,21 @@ READY_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 30.0
 
 
+def run_or_raise(
+    what: str, argv: list[str], *, env: dict[str, str] | None = None, timeout: float | None = None
+) -> None:
+    """Run a short command to completion; on failure raise naming ``what`` with its last output.
+
+    The message carries the command's own words (its last 2,000 characters), not the command
+    line, which for the Kafka tools is a classpath of dozens of jar paths.
+    """
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"{what} failed (exit {done.returncode}): " + (done.stderr or done.stdout).strip()[-2000:]
+        )
+
+
 def free_port() -> int:
     """Ask the kernel for a free loopback port."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from stacklib.paths import Paths, log
-from stacklib.procs import spawn
+from stacklib.procs import run_or_raise, spawn
 
 VERSION = "v2.12.0"  # needs Go >= 1.23
 OLD_GO_VERSION = "v2.5.0"  # for an older Go (Debian 12's golang-go is 1.19); same API for our use
@@ -72,19 +72,12 @@ def ensure_server(paths: Paths) -> Path:
     started = time.monotonic()
     log(f"toxiproxy: building {MODULE}@{version} with {go} (once, into the cache)")
     with tempfile.TemporaryDirectory(dir=binary.parent) as gobin:
-        built = subprocess.run(
+        run_or_raise(
+            f"building toxiproxy {version} with {go}",
             [go, "install", f"{MODULE}@{version}"],
             env={**os.environ, "GOBIN": gobin, "CGO_ENABLED": "0"},
-            capture_output=True,
-            text=True,
             timeout=BUILD_TIMEOUT_S,
-            check=False,
         )
-        if built.returncode != 0:
-            raise RuntimeError(
-                f"building toxiproxy {version} with {go} failed (exit {built.returncode}): "
-                + (built.stderr or built.stdout).strip()[-1500:]
-            )
         os.replace(Path(gobin) / "server", binary)  # atomic: a concurrent build never sees half a file
     log(f"toxiproxy: built in {time.monotonic() - started:.0f} s ({binary})")
     return binary

@@ -10,7 +10,8 @@ that took part, how well the best point fits them, and the posterior's negative 
 Expected arrival times use WGS84 geodesic distances (pyproj).
 
 The same nodes run inside the exported model and, at training time, as a small model of their
-own, so training and serving compute identical inputs.
+own, so training and serving compute identical inputs.  Its building blocks (``NodeMaker``,
+``raw_feature_nodes``, ``arrival_nodes``, ``posterior_nodes``) also build ``power_grid``.
 """
 
 from __future__ import annotations

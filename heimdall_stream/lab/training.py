@@ -149,8 +149,8 @@ def train_features_model(
         feature_names=MODEL_FEATURES,
         feature_mean=tuple(map(float, mean)),
         feature_std=tuple(map(float, std)),
-        description="reference features localizer: TDOA grid + MLP position, boosted log-variance, "
-        "calibrated ellipses",
+        description="reference features localizer: TDOA grid or power grid position, boosted "
+        "log-variance, calibrated ellipses",
         extra={"prior_region_enu_m": region.as_dict()},
     )
 

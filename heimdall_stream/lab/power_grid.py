@@ -17,7 +17,9 @@ transmitters were: the bounding box of the training truths, a uniform prior) by
   coarser grid (``TDOA_SIGMA_US``): two receivers give a hyperbola, which the power terms cut.
 
 The posterior is summarised as ``POWER_GRID_FEATURES`` numbers: mean east/north (100 km),
-log standard deviations, correlation, negative entropy, and the share of receivers measured
+log standard deviations, correlation, negative entropy, how well the best grid point explains
+the SNRs (log-likelihood per measured receiver: a propagation steeper or more scattered than
+assumed shows there, so the uncertainty models can widen), and the share of receivers measured
 above the floor.  The reference model uses the mean as its position where the TDOA grid does
 not pin the transmitter down, and all of it as inputs of its uncertainty models.  The same
 nodes run at training time as a small model of their own (``run_power_grid``).
@@ -47,12 +49,12 @@ from heimdall_stream.models.contract import ModelContract
 SPACING_M = 4_000.0
 PATH_LOSS_EXPONENT = 3.0  # the middle of what a network shows (2.4-3.7 in training)
 REFERENCE_DISTANCE_M = 100.0
-SHADOWING_DB = 6.0  # shadowing, key-up and noise-figure errors together
+SHADOWING_DB = 7.0  # shadowing, key-up and noise-figure errors together
 SNR_FLOOR_DB = -12.0  # under this the measured SNR is mostly its estimator's floor (-20 dB)
 # Transmit power 30-47 dBm, loss at 100 m 56-65 dB (2 m / 70 cm), noise floor -115..-124 dBm.
 LINK_BUDGETS_DB = np.arange(70.0, 125.1, 5.0)
 TDOA_SIGMA_US = 8.0  # 2 µs of clock and correlation, widened: grid points lie up to 2.8 km off
-POWER_GRID_FEATURES = 7
+POWER_GRID_FEATURES = 8
 MEAN_COLUMNS = slice(0, 2)  # posterior mean east/north, in 100 km
 
 
@@ -148,9 +150,14 @@ def power_grid_nodes(
         *posterior_nodes(n, grid, SPACING_M),
         n("ReduceSum", ["above", "axis1"], ["measured"], keepdims=1),
         n("Div", ["measured", "slots"], ["measured_share"]),
+        # How well the best grid point explains the SNRs, per measured receiver (large: a steeper
+        # or more scattered propagation than assumed, so trust the posterior less).
+        n("ReduceMax", ["ll_power"], ["best_ll"], axes=[1], keepdims=1),
+        n("Max", ["measured", "one"], ["measured_safe"]),
+        n("Div", ["best_ll", "measured_safe"], ["power_fit"]),
         n(
             "Concat",
-            ["me", "mn", "log_sde", "log_sdn", "corr", "neg_entropy", "measured_share"],
+            ["me", "mn", "log_sde", "log_sdn", "corr", "neg_entropy", "power_fit", "measured_share"],
             ["features"],
             axis=1,
         ),

@@ -5,8 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from heimdall_stream.lab.power_grid import (
     POWER_GRID_FEATURES,
@@ -56,12 +54,14 @@ def _error_m(out, lat, lon):
     return float(np.hypot(out[0] * UNIT_M - float(east), out[1] * UNIT_M - float(north)))
 
 
-@given(lat=st.floats(44.5, 45.4), lon=st.floats(7.4, 9.0))
-@settings(max_examples=4, deadline=None)
-def test_power_alone_finds_a_transmitter_heard_by_the_network(lat, lon):
-    out = _posterior([Transmitter(lat, lon, 40.0, 145.0e6)])
-    assert out.shape == (1, POWER_GRID_FEATURES) and np.isfinite(out).all()
-    assert _error_m(out[0], lat, lon) < 25_000, "the power posterior should land near the truth"
+def test_power_alone_finds_transmitters_heard_by_the_network():
+    # A 4 × 4 sweep inside the network, the transmit power unknown to the grid.
+    sites = [(lat, lon) for lat in np.linspace(44.6, 45.3, 4) for lon in np.linspace(7.5, 8.9, 4)]
+    out = _posterior([Transmitter(lat, lon, 40.0, 145.0e6) for lat, lon in sites])
+    assert out.shape == (len(sites), POWER_GRID_FEATURES) and np.isfinite(out).all()
+    errors = [_error_m(row, lat, lon) for row, (lat, lon) in zip(out, sites, strict=True)]
+    # Power alone: kilometres to tens of kilometres (always answering the centroid: ~64 km).
+    assert np.median(errors) < 18_000 and max(errors) < 30_000, f"errors {np.round(errors)}"
 
 
 def test_receivers_that_hear_nothing_narrow_the_posterior():

@@ -55,7 +55,6 @@ SNR_FLOOR_DB = -12.0  # under this the measured SNR is mostly its estimator's fl
 LINK_BUDGETS_DB = np.arange(70.0, 125.1, 5.0)
 TDOA_SIGMA_US = 8.0  # 2 µs of clock and correlation, widened: grid points lie up to 2.8 km off
 POWER_GRID_FEATURES = 8
-MEAN_COLUMNS = slice(0, 2)  # posterior mean east/north, in 100 km
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,15 @@ def run() -> None:
 @click.option("--seed", default=7, show_default=True, help="Simulator and training seed.")
 @click.option("--if-absent", is_flag=True, help="Do nothing when localization_model@champion exists.")
 @click.option("--no-iq", is_flag=True, help="Skip the IQ benchmark model.")
-def train_reference(n_train: int, seed: int, if_absent: bool, no_iq: bool) -> None:
+@click.option(
+    "--shift-per-variant",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Fresh captures per shift-suite variant (default: n-train / 40, at least 20; 0 skips it).",
+)
+def train_reference(
+    n_train: int, seed: int, if_absent: bool, no_iq: bool, shift_per_variant: int | None
+) -> None:
     """Train, evaluate and register the reference models in MLflow.
 
     Prints each phase on stderr as it begins (simulate, fit, calibrate, export, register) and
@@ -123,6 +131,7 @@ def train_reference(n_train: int, seed: int, if_absent: bool, no_iq: bool) -> No
             progress=steps.advance,
             step=steps.start,
             include_iq=not no_iq,
+            shift_per_variant=shift_per_variant,
         )
     click.echo(f"registered {registered.name}/{registered.version} @{registered.alias}")
     click.echo(report_json(report))

@@ -1,9 +1,11 @@
-"""The reference features model as one ONNX graph: TDOA grid, regressors, calibrated covariance.
+"""The reference features model as one ONNX graph: grid posteriors, regressors, calibrated covariance.
 
 ``export_features_model`` joins the fitted scikit-learn regressors (converted by skl2onnx, every
-name prefixed) with the TDOA grid nodes of ``tdoa_grid`` and the calibration of log σ per regime,
-and stores the contract in ``metadata_props``.  The scales below are shared with training: the
-regressors learn positions in units of ``POSITION_SCALE_M`` and errors in ``ERROR_SCALE_M``.
+name prefixed) with the grid nodes of ``tdoa_grid`` and ``power_grid`` and the calibration of
+log σ per regime, and stores the contract in ``metadata_props``.  The position is the TDOA
+grid's posterior mean where ``MIN_TDOA_RECEIVERS`` take part, the power grid's elsewhere.  The
+scales below are shared with training: positions in units of ``POSITION_SCALE_M``, errors in
+``ERROR_SCALE_M``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from heimdall_stream.lab.power_grid import PriorRegion, power_grid_nodes
 from heimdall_stream.lab.tdoa_grid import SHARE_COLUMN, grid_nodes
 from heimdall_stream.models.contract import CONTRACT_KEY, OUTPUTS, ModelContract
 
@@ -29,51 +32,55 @@ OPSET = 17
 
 
 def export_features_model(
-    position: Any,
     log_var: list[Any],
     correlation: Any,
     *,
     contract: ModelContract,
     width: int,
     calibration: Calibration,
+    region: PriorRegion,
 ) -> Any:
-    """One ONNX ModelProto: flatten → four regressors → position and covariance, contract inside."""
+    """One ONNX ModelProto: flatten → grids → position; three regressors → covariance; contract inside."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     slots, n_features = len(contract.network.receivers), len(contract.feature_names)
     parts = {
         name: _sklearn_graph(model, width, name)
-        for name, model in (("pos", position), ("lve", log_var[0]), ("lvn", log_var[1]), ("rho", correlation))
+        for name, model in (("lve", log_var[0]), ("lvn", log_var[1]), ("rho", correlation))
     }
     consts: dict[str, npt.NDArray[Any]] = {
         "flat_shape": np.array([-1, slots * n_features], np.int64),
         "pos_scale": np.array([POSITION_SCALE_M], np.float32),
-        "pos_shape": np.array([-1, 2], np.int64),
         # log σ = shift + slope · (½ (log_var − E[log χ²₁]) + log ERROR_SCALE_M)
         "lv_shift": np.array([-LOG_CHI2_1_MEAN + 2.0 * math.log(ERROR_SCALE_M)], np.float32),
         "half_slope_grid": np.array([0.5 * calibration[0][1]], np.float32),
         "cal_shift_grid": np.array([calibration[0][0]], np.float32),
-        "half_slope_mlp": np.array([0.5 * calibration[1][1]], np.float32),
-        "cal_shift_mlp": np.array([calibration[1][0]], np.float32),
+        "half_slope_power": np.array([0.5 * calibration[1][1]], np.float32),
+        "cal_shift_power": np.array([calibration[1][0]], np.float32),
         "rho_min": np.array(-RHO_LIMIT, np.float32),
         "rho_max": np.array(RHO_LIMIT, np.float32),
         "rho_shape": np.array([-1, 1], np.int64),
     }
     grid_nodes_list, grid_initializers, grid_output = grid_nodes(contract)
+    power_nodes, power_initializers, power_output = power_grid_nodes(contract, region)
     # The consumer normalises with the contract's statistics; the graph only flattens.
     nodes = [
         helper.make_node("Unsqueeze", ["receiver_mask", "axis_last"], ["mask3"]),
         helper.make_node("Mul", ["receiver_features", "mask3"], ["masked"]),
         helper.make_node("Reshape", ["masked", "flat_shape"], ["flat"]),
         helper.make_node("ReduceSum", ["masked", "axis_slots"], ["sums"], keepdims=0),
+        *power_nodes,
         *grid_nodes_list,
-        helper.make_node("Concat", ["flat", "receiver_mask", "sums", grid_output], ["x"], axis=1),
+        helper.make_node(
+            "Concat", ["flat", "receiver_mask", "sums", power_output, grid_output], ["x"], axis=1
+        ),
     ]
     initializers = [numpy_helper.from_array(v, k) for k, v in consts.items()]
     initializers.append(numpy_helper.from_array(np.array([-1], np.int64), "axis_last"))
     initializers.append(numpy_helper.from_array(np.array([1], np.int64), "axis_slots"))
     initializers.extend(grid_initializers)
+    initializers.extend(power_initializers)
     for name, value in (
         ("zero_i", 0),
         ("two_i", 2),
@@ -91,12 +98,11 @@ def export_features_model(
         for opset in part.opset_import:
             opsets[opset.domain] = max(opsets.get(opset.domain, 0), opset.version)
     nodes += [
-        # skl2onnx declares a multi-output MLP as (-1, 1): restore (B, 2) before scaling.
-        helper.make_node("Reshape", [_output(parts["pos"]), "pos_shape"], ["pos_mlp"]),
         helper.make_node("Slice", [grid_output, "zero_i", "two_i", "one_i"], ["grid_mean_unit"]),
         helper.make_node("Slice", [grid_output, "share_i", "share_end_i", "one_i"], ["grid_share"]),
         helper.make_node("Greater", ["grid_share", "min_share"], ["use_grid"]),
-        helper.make_node("Where", ["use_grid", "grid_mean_unit", "pos_mlp"], ["pos_unit"]),
+        helper.make_node("Slice", [power_output, "zero_i", "two_i", "one_i"], ["power_mean_unit"]),
+        helper.make_node("Where", ["use_grid", "grid_mean_unit", "power_mean_unit"], ["pos_unit"]),
         helper.make_node("Mul", ["pos_unit", "pos_scale"], ["position_enu_m"]),
         helper.make_node("Reshape", [_output(parts["lve"]), "rho_shape"], ["lve_col"]),
         helper.make_node("Reshape", [_output(parts["lvn"]), "rho_shape"], ["lvn_col"]),
@@ -104,9 +110,9 @@ def export_features_model(
         helper.make_node("Add", ["lv", "lv_shift"], ["log_var"]),
         helper.make_node("Mul", ["log_var", "half_slope_grid"], ["log_sigma_grid_raw"]),
         helper.make_node("Add", ["log_sigma_grid_raw", "cal_shift_grid"], ["log_sigma_grid"]),
-        helper.make_node("Mul", ["log_var", "half_slope_mlp"], ["log_sigma_mlp_raw"]),
-        helper.make_node("Add", ["log_sigma_mlp_raw", "cal_shift_mlp"], ["log_sigma_mlp"]),
-        helper.make_node("Where", ["use_grid", "log_sigma_grid", "log_sigma_mlp"], ["log_sigma"]),
+        helper.make_node("Mul", ["log_var", "half_slope_power"], ["log_sigma_power_raw"]),
+        helper.make_node("Add", ["log_sigma_power_raw", "cal_shift_power"], ["log_sigma_power"]),
+        helper.make_node("Where", ["use_grid", "log_sigma_grid", "log_sigma_power"], ["log_sigma"]),
         helper.make_node("Exp", ["log_sigma"], ["sigmas"]),
         helper.make_node("Reshape", [_output(parts["rho"]), "rho_shape"], ["rho_raw"]),
         helper.make_node("Clip", ["rho_raw", "rho_min", "rho_max"], ["rho"]),

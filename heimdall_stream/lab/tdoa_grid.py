@@ -10,7 +10,8 @@ that took part, how well the best point fits them, and the posterior's negative 
 Expected arrival times use WGS84 geodesic distances (pyproj).
 
 The same nodes run inside the exported model and, at training time, as a small model of their
-own, so training and serving compute identical inputs.
+own, so training and serving compute identical inputs.  Its building blocks (``NodeMaker``,
+``raw_feature_nodes``, ``arrival_nodes``, ``posterior_nodes``) also build ``power_grid``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,34 @@ GRID_FEATURES = 8
 SHARE_COLUMN = 5  # the share of receivers with a valid TDOA
 
 
+GRAPH_INPUTS = ("receiver_features", "receiver_mask")
+
+
+class NodeMaker:
+    """Builds ONNX nodes and initializers whose names carry a prefix (graph inputs excepted)."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.consts: dict[str, npt.NDArray[Any]] = {}
+
+    def __call__(self, op: str, inputs: list[str], outputs: list[str], **attrs: Any) -> Any:
+        """One node; names that are not graph inputs get the prefix."""
+        from onnx import helper
+
+        return helper.make_node(
+            op,
+            [i if i in GRAPH_INPUTS else self.prefix + i for i in inputs],
+            [self.prefix + o for o in outputs],
+            **attrs,
+        )
+
+    def initializers(self) -> list[Any]:
+        """The constants registered in ``consts``, as prefixed initializers."""
+        from onnx import numpy_helper
+
+        return [numpy_helper.from_array(value, self.prefix + key) for key, value in self.consts.items()]
+
+
 def grid_points(contract: ModelContract) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
     """Grid (G, 2) in east/north metres and expected arrival times (N, G) in µs."""
     frame = contract.frame
@@ -42,86 +71,65 @@ def grid_points(contract: ModelContract) -> tuple[npt.NDArray[np.float64], npt.N
     axis = np.arange(-extent, extent + GRID_SPACING_M, GRID_SPACING_M)
     east, north = np.meshgrid(axis, axis)
     grid = np.stack([east.ravel(), north.ravel()], axis=1)
-    lat, lon = frame.to_latlon(grid[:, 0], grid[:, 1])
+    return grid, distances(contract, grid) / SPEED_OF_LIGHT_M_PER_US
+
+
+def distances(contract: ModelContract, grid: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """WGS84 geodesic distance (N, G) in metres from each receiver to each east/north grid point."""
+    lat, lon = contract.frame.to_latlon(grid[:, 0], grid[:, 1])
     geod = Geod(ellps="WGS84")
-    arrival = np.stack(
+    return np.stack(
         [
             geod.inv(lon, lat, np.full(len(grid), r.longitude), np.full(len(grid), r.latitude))[2]
-            / SPEED_OF_LIGHT_M_PER_US
-            for r in receivers
+            for r in contract.network.receivers
         ]
     )
-    return grid, arrival
 
 
-def grid_nodes(contract: ModelContract, prefix: str = "tg_") -> tuple[list[Any], list[Any], str]:
-    """ONNX nodes and initializers computing (B, GRID_FEATURES) grid features from the model inputs.
-
-    Inputs are the model's own: ``receiver_features`` (normalised) and ``receiver_mask``.
-    """
-    from onnx import helper, numpy_helper
-
-    grid, arrival = grid_points(contract)
+def raw_feature_nodes(n: NodeMaker, contract: ModelContract, name: str) -> list[Any]:
+    """Nodes of one feature back in its own units, (B, N) named ``name``, zero in absent slots."""
     names = list(contract.feature_names)
-    if "tdoa_us" not in names or "tdoa_valid" not in names:
-        raise ValueError("the TDOA grid needs the tdoa_us and tdoa_valid features")
-    i_t, i_v = names.index("tdoa_us"), names.index("tdoa_valid")
-    mean, std = contract.feature_mean, contract.feature_std
-    unit = grid / UNIT_M
-    second = np.stack([unit[:, 0] ** 2, unit[:, 1] ** 2, unit[:, 0] * unit[:, 1]], axis=1)
-    quantisation = (GRID_SPACING_M / UNIT_M) ** 2 / 12.0
-    slots = len(contract.network.receivers)
-    consts: dict[str, npt.NDArray[Any]] = {
-        "idx_t": np.array([i_t], np.int64),
-        "idx_v": np.array([i_v], np.int64),
-        "shape_bn": np.array([-1, slots], np.int64),
-        "std_t": np.array([std[i_t]], np.float32),
-        "mean_t": np.array([mean[i_t]], np.float32),
-        "std_v": np.array([std[i_v]], np.float32),
-        "mean_v": np.array([mean[i_v]], np.float32),
+    if name not in names:
+        raise ValueError(f"the grid needs the {name} feature")
+    i = names.index(name)
+    n.consts |= {
+        f"idx_{name}": np.array([i], np.int64),
+        f"std_{name}": np.array([contract.feature_std[i]], np.float32),
+        f"mean_{name}": np.array([contract.feature_mean[i]], np.float32),
+        "shape_bn": np.array([-1, len(contract.network.receivers)], np.int64),
+    }
+    return [
+        n("Gather", ["receiver_features", f"idx_{name}"], [f"{name}_3"], axis=2),
+        n("Reshape", [f"{name}_3", "shape_bn"], [f"{name}_norm"]),
+        n("Mul", [f"{name}_norm", f"std_{name}"], [f"{name}_scaled"]),
+        n("Add", [f"{name}_scaled", f"mean_{name}"], [f"{name}_unmasked"]),
+        n("Mul", [f"{name}_unmasked", "receiver_mask"], [name]),
+    ]
+
+
+def arrival_nodes(
+    n: NodeMaker, contract: ModelContract, arrival: npt.NDArray[np.float64], sigma_us: float
+) -> list[Any]:
+    """Nodes of ``nll`` (B, G): the Student-t misfit of the measured TDOAs at every grid point.
+
+    Also leaves ``v`` (B, N, 1 where the TDOA is valid), ``k`` and ``k_safe`` (their count).
+    """
+    n.consts |= {
         "half": np.array([0.5], np.float32),
         "one": np.array([1.0], np.float32),
-        "tiny": np.array([1e-12], np.float32),
         "axis1": np.array([1], np.int64),
+        "axis2": np.array([2], np.int64),
         "tau": arrival.astype(np.float32),
         "tau_t": arrival.T.astype(np.float32)[None, :, :],  # (1, G, N)
-        "inv_nu_s2": np.array([1.0 / (STUDENT_NU * TDOA_SIGMA_US**2)], np.float32),
-        "neg_half_nu1": np.array([-(STUDENT_NU + 1.0) / 2.0], np.float32),
-        "axis2": np.array([2], np.int64),
-        "grid": unit.astype(np.float32),
-        "grid_second": second.astype(np.float32),
-        "quant": np.array([quantisation], np.float32),
-        "slots": np.array([float(slots)], np.float32),
-        "rho_lo": np.array(-0.99, np.float32),
-        "rho_hi": np.array(0.99, np.float32),
-        "split_2_1": np.array([1, 1], np.int64),
-        "split_3": np.array([1, 1, 1], np.int64),
+        "inv_nu_s2": np.array([1.0 / (STUDENT_NU * sigma_us**2)], np.float32),
     }
-    p = prefix
-    node = helper.make_node
-
-    def n(op: str, inputs: list[str], outputs: list[str], **attrs: Any) -> Any:
-        return node(
-            op,
-            [i if i in ("receiver_features", "receiver_mask") else p + i for i in inputs],
-            [p + o for o in outputs],
-            **attrs,
-        )
-
-    nodes = [
+    return [
         # raw TDOA (µs) and validity per slot, zero where absent
-        n("Gather", ["receiver_features", "idx_t"], ["t3"], axis=2),
-        n("Reshape", ["t3", "shape_bn"], ["t_norm"]),
-        n("Mul", ["t_norm", "std_t"], ["t_scaled"]),
-        n("Add", ["t_scaled", "mean_t"], ["t_raw"]),
-        n("Gather", ["receiver_features", "idx_v"], ["v3"], axis=2),
-        n("Reshape", ["v3", "shape_bn"], ["v_norm"]),
-        n("Mul", ["v_norm", "std_v"], ["v_scaled"]),
-        n("Add", ["v_scaled", "mean_v"], ["v_raw"]),
-        n("Mul", ["v_raw", "receiver_mask"], ["v_masked"]),
-        n("Greater", ["v_masked", "half"], ["v_bool"]),
+        *raw_feature_nodes(n, contract, "tdoa_us"),
+        *raw_feature_nodes(n, contract, "tdoa_valid"),
+        n("Greater", ["tdoa_valid", "half"], ["v_bool"]),
         n("Cast", ["v_bool"], ["v"], to=1),
-        n("Mul", ["t_raw", "v"], ["t"]),
+        n("Mul", ["tdoa_us", "v"], ["t"]),
         # Residual of receiver n at grid point g, both sides referenced to the mean arrival:
         # r = v (t − τ + τ̄),  τ̄ = (v·τ) / k.  A Student-t likelihood (ν = 4) keeps a single
         # bad correlation peak from pinning the posterior to the wrong place.
@@ -140,7 +148,29 @@ def grid_nodes(contract: ModelContract, prefix: str = "tg_") -> tuple[list[Any],
         n("Add", ["z", "one"], ["z1"]),
         n("Log", ["z1"], ["log_z1"]),
         n("ReduceSum", ["log_z1", "axis2"], ["nll"], keepdims=0),
-        n("Mul", ["nll", "neg_half_nu1"], ["logits"]),
+    ]
+
+
+def posterior_nodes(n: NodeMaker, grid: npt.NDArray[np.float64], spacing_m: float) -> list[Any]:
+    """Nodes summarising the posterior of ``logits`` (B, G) over ``grid`` (G, 2) metres.
+
+    Leaves ``me``, ``mn`` (mean, 100 km units), ``log_sde``, ``log_sdn``, ``corr`` and
+    ``neg_entropy``, each (B, 1), and the weights ``w`` (B, G).
+    """
+    unit = grid / UNIT_M
+    second = np.stack([unit[:, 0] ** 2, unit[:, 1] ** 2, unit[:, 0] * unit[:, 1]], axis=1)
+    n.consts |= {
+        "tiny": np.array([1e-12], np.float32),
+        "grid": unit.astype(np.float32),
+        "grid_second": second.astype(np.float32),
+        "quant": np.array([(spacing_m / UNIT_M) ** 2 / 12.0], np.float32),
+        "rho_lo": np.array(-0.99, np.float32),
+        "rho_hi": np.array(0.99, np.float32),
+        "split_2_1": np.array([1, 1], np.int64),
+        "split_3": np.array([1, 1, 1], np.int64),
+        "axis1": np.array([1], np.int64),
+    }
+    return [
         n("Softmax", ["logits"], ["w"], axis=1),
         # posterior moments (100 km units)
         n("MatMul", ["w", "grid"], ["m"]),
@@ -164,15 +194,34 @@ def grid_nodes(contract: ModelContract, prefix: str = "tg_") -> tuple[list[Any],
         n("Mul", ["sde", "sdn"], ["sd_prod"]),
         n("Div", ["cen", "sd_prod"], ["corr_raw"]),
         n("Clip", ["corr_raw", "rho_lo", "rho_hi"], ["corr"]),
-        n("Div", ["k", "slots"], ["share"]),
-        # How well the best grid point explains the arrivals (large: an inconsistent TDOA, so
-        # trust the posterior less), and how spread the posterior is.
-        n("ReduceMin", ["nll"], ["best_nll"], axes=[1], keepdims=1),
-        n("Div", ["best_nll", "k_safe"], ["fit"]),
+        # how spread the posterior is
         n("Add", ["w", "tiny"], ["w_safe"]),
         n("Log", ["w_safe"], ["log_w"]),
         n("Mul", ["w", "log_w"], ["w_log_w"]),
         n("ReduceSum", ["w_log_w", "axis1"], ["neg_entropy"], keepdims=1),
+    ]
+
+
+def grid_nodes(contract: ModelContract, prefix: str = "tg_") -> tuple[list[Any], list[Any], str]:
+    """ONNX nodes and initializers computing (B, GRID_FEATURES) grid features from the model inputs.
+
+    Inputs are the model's own: ``receiver_features`` (normalised) and ``receiver_mask``.
+    """
+    grid, arrival = grid_points(contract)
+    n = NodeMaker(prefix)
+    n.consts |= {
+        "neg_half_nu1": np.array([-(STUDENT_NU + 1.0) / 2.0], np.float32),
+        "slots": np.array([float(len(contract.network.receivers))], np.float32),
+    }
+    nodes = [
+        *arrival_nodes(n, contract, arrival, TDOA_SIGMA_US),
+        n("Mul", ["nll", "neg_half_nu1"], ["logits"]),
+        *posterior_nodes(n, grid, GRID_SPACING_M),
+        n("Div", ["k", "slots"], ["share"]),
+        # How well the best grid point explains the arrivals (large: an inconsistent TDOA, so
+        # trust the posterior less).
+        n("ReduceMin", ["nll"], ["best_nll"], axes=[1], keepdims=1),
+        n("Div", ["best_nll", "k_safe"], ["fit"]),
         n(
             "Concat",
             ["me", "mn", "log_sde", "log_sdn", "corr", "share", "fit", "neg_entropy"],
@@ -180,8 +229,7 @@ def grid_nodes(contract: ModelContract, prefix: str = "tg_") -> tuple[list[Any],
             axis=1,
         ),
     ]
-    initializers = [numpy_helper.from_array(value, p + key) for key, value in consts.items()]
-    return nodes, initializers, p + "features"
+    return nodes, n.initializers(), prefix + "features"
 
 
 def grid_model(contract: ModelContract) -> bytes:

@@ -1,13 +1,15 @@
 """Training, calibration and evaluation of the reference ``features`` localizer.
 
 The features model (graph built by ``localizer_graph``, data by ``training_data``) is one ONNX
-graph made of a TDOA grid posterior (ONNX nodes, see ``tdoa_grid``) and three scikit-learn
-regressors:
+graph made of two grid posteriors (ONNX nodes) and three scikit-learn regressors:
 
-* position: an MLP on normalised features + mask + grid summary → east/north (scaled to
-  100 km); where four or more receivers have a usable TDOA the grid's posterior mean is used;
-* log-variance: boosted trees → log of the squared east and north errors, trained on honest
-  out-of-fold residuals (so they learn where the position is unsure, not its training fit);
+* position: where four or more receivers have a usable TDOA, the mean of the TDOA grid
+  posterior (``tdoa_grid``); elsewhere the mean of the power + TDOA grid posterior over the
+  region the training transmitters fill (``power_grid``), which gets the most out of one or two
+  receivers and out of the ones that hear nothing.  Neither is fitted to the training
+  captures, so their errors there are honest residuals;
+* log-variance: boosted trees on normalised features + mask + both grid summaries → log of
+  the squared east and north errors (so they learn where the position is unsure);
 * correlation: a small MLP → the east/north error correlation.
 
 Training is domain-randomised over the shift axes of ``lab.shift`` (propagation, noise and
@@ -16,7 +18,7 @@ uncertainty models learn where the inputs are less trustworthy; the features the
 waveform-robust (``models.features``).
 
 The predicted log-sigmas then go through an affine map (shift, slope) per regime (TDOA grid,
-power MLP), chosen on a separate calibration split; the remaining heavy tail is measured on the
+power grid), chosen on a separate calibration split; the remaining heavy tail is measured on the
 same split and declared in the contract's ``coverage`` (the Mahalanobis radius that holds each
 share of the truths), which the consumer uses to draw the ellipse.  A held-out test split
 reports coverage of the emitted ellipses (and of plain Gaussian ones), median and p95 error,
@@ -46,6 +48,7 @@ from heimdall_stream.lab.localizer_graph import (
     Calibration,
     export_features_model,
 )
+from heimdall_stream.lab.power_grid import POWER_GRID_FEATURES, PriorRegion
 from heimdall_stream.lab.shift import NOMINAL, RandomisedLinks
 from heimdall_stream.lab.simulator import IqSimulator
 from heimdall_stream.lab.tdoa_grid import GRID_FEATURES, SHARE_COLUMN, UNIT_M
@@ -76,7 +79,7 @@ class EvaluationReport:
     n_train: int
     n_calibration: int
     n_test: int
-    # log σ ← shift + slope · log σ_predicted, for the TDOA-grid and the power-MLP regime
+    # log σ ← shift + slope · log σ_predicted, for the TDOA-grid and the power-grid regime
     sigma_calibration: Calibration
     # share of test truths inside the emitted 68.27 % / 95 % ellipses (the contract's radii) ...
     coverage_68: float
@@ -119,7 +122,6 @@ def train_features_model(
     the counted one), ``progress(n)`` as captures are simulated: hooks for a progress display.
     """
     from sklearn.ensemble import GradientBoostingRegressor
-    from sklearn.model_selection import cross_val_predict
     from sklearn.neural_network import MLPRegressor
 
     step = step or _no_step
@@ -134,6 +136,8 @@ def train_features_model(
         dataclasses.replace(data, features=data.features[..., columns]) for data in (train, calib, full_test)
     )
     mean, std = normalisation(train)
+    # The prior on where transmitters are: the box the training truths fill.
+    region = PriorRegion.of(train.target_enu)
     lat0, lon0 = network.centroid()
     contract = ModelContract(
         input_kind="features",
@@ -145,12 +149,13 @@ def train_features_model(
         feature_names=MODEL_FEATURES,
         feature_mean=tuple(map(float, mean)),
         feature_std=tuple(map(float, std)),
-        description="reference features localizer: TDOA grid + MLP position, boosted log-variance, "
-        "calibrated ellipses",
+        description="reference features localizer: TDOA grid or power grid position, boosted "
+        "log-variance, calibrated ellipses",
+        extra={"prior_region_enu_m": region.as_dict()},
     )
 
     def inputs(data: Dataset) -> F32:
-        return model_input(data.features, data.mask, mean, std, contract)
+        return model_input(data.features, data.mask, mean, std, contract, region=region)
 
     x_train = inputs(train)
 
@@ -175,39 +180,32 @@ def train_features_model(
         )
 
     # Where enough receivers are synchronised the TDOA grid's posterior mean is the position;
-    # elsewhere an MLP estimates it (mostly from power).
-    y_pos = train.target_enu / POSITION_SCALE_M
-    step("fitting the position network", None)
-    position = mlp((256, 256), 1e-4).fit(x_train, y_pos)
-    # Out-of-fold residuals: errors the position model makes on captures it did not see.
-    step("out-of-fold residuals (4-fold cross-validation)", None)
-    oof_mlp = cross_val_predict(mlp((256, 256), 1e-4), x_train, y_pos, cv=4)
-    oof = combine(x_train, oof_mlp, len(network.receivers)) * POSITION_SCALE_M
-    residual = (train.target_enu - oof) / ERROR_SCALE_M
+    # elsewhere the power grid's.  Neither is fitted to the training captures (the power grid's
+    # prior region aside), so their residuals there are honest errors to learn the spread from.
+    slots = len(network.receivers)
+    residual = (train.target_enu - combine(x_train, slots) * POSITION_SCALE_M) / ERROR_SCALE_M
     log_r2 = np.log(residual**2 + 1e-4)
     step("fitting the uncertainty models (boosted trees, correlation)", None)
     log_var = [boosted().fit(x_train, log_r2[:, axis]) for axis in (0, 1)]
-    sigma_oof = np.exp(0.5 * (_predict_log_var(log_var, x_train) - LOG_CHI2_1_MEAN))
-    t = np.clip(residual[:, 0] * residual[:, 1] / (sigma_oof[:, 0] * sigma_oof[:, 1]), -3, 3)
+    sigma_fit = np.exp(0.5 * (_predict_log_var(log_var, x_train) - LOG_CHI2_1_MEAN))
+    t = np.clip(residual[:, 0] * residual[:, 1] / (sigma_fit[:, 0] * sigma_fit[:, 1]), -3, 3)
     correlation = mlp((32,), 1e-2).fit(x_train, t)
-
-    slots = len(network.receivers)
 
     def predict(data: Dataset, calibration: Calibration) -> tuple[F64, F64, npt.NDArray[np.bool_]]:
         x = inputs(data)
         grid_rows = uses_grid(x, slots)
-        pos = combine(x, position.predict(x), slots) * POSITION_SCALE_M
+        pos = combine(x, slots) * POSITION_SCALE_M
         log_sigma = 0.5 * (_predict_log_var(log_var, x) - LOG_CHI2_1_MEAN) + math.log(ERROR_SCALE_M)
-        (grid_shift, grid_slope), (mlp_shift, mlp_slope) = calibration
+        (grid_shift, grid_slope), (power_shift, power_slope) = calibration
         sig = np.exp(
             np.where(
-                grid_rows[:, None], grid_shift + grid_slope * log_sigma, mlp_shift + mlp_slope * log_sigma
+                grid_rows[:, None], grid_shift + grid_slope * log_sigma, power_shift + power_slope * log_sigma
             )
         )
         rho = np.clip(correlation.predict(x), -RHO_LIMIT, RHO_LIMIT)
         return pos, np.column_stack([sig, rho]), grid_rows
 
-    # The two regimes (TDOA grid, power MLP) err differently: each gets its own calibration.
+    # The two regimes (TDOA grid, power grid) err differently: each gets its own calibration.
     step("calibrating the ellipses", None)
     pos_c, cov_c, grid_c = predict(calib, ((0.0, 1.0), (0.0, 1.0)))
     residual_c = calib.target_enu - pos_c
@@ -231,7 +229,12 @@ def train_features_model(
 
     step("exporting to ONNX and evaluating on held-out captures", None)
     model = export_features_model(
-        position, log_var, correlation, contract=contract, width=x_train.shape[1], calibration=calibration
+        log_var,
+        correlation,
+        contract=contract,
+        width=x_train.shape[1],
+        calibration=calibration,
+        region=region,
     )
     # The report describes the exported file itself, run by onnxruntime as the consumer runs it.
     pos_t, cov_t = run_features_onnx(model.SerializeToString(), test, mean, std)
@@ -257,7 +260,7 @@ def train_features_model(
         baseline_p95_error_m=float(np.percentile(baseline, 95)),
         randomised=randomise,
     )
-    evaluated = dataclasses.replace(contract, extra={"evaluation": report.as_dict()})
+    evaluated = dataclasses.replace(contract, extra={**contract.extra, "evaluation": report.as_dict()})
     _set_contract(model, evaluated)
     return bytes(model.SerializeToString()), report
 
@@ -288,10 +291,15 @@ def uses_grid(x: F32, slots: int) -> npt.NDArray[np.bool_]:
     return np.asarray(share * slots > MIN_TDOA_RECEIVERS - 0.5)
 
 
-def combine(x: F32, mlp_position: F64, slots: int) -> F64:
-    """Grid posterior mean where enough receivers take part, else the MLP's estimate."""
+def combine(x: F32, slots: int) -> F64:
+    """TDOA grid posterior mean where enough receivers take part, else the power grid's.
+
+    In units of ``POSITION_SCALE_M``.
+    """
     grid_mean = np.asarray(x[:, -GRID_FEATURES : -GRID_FEATURES + 2], dtype=np.float64)
-    chosen = np.where(uses_grid(x, slots)[:, None], grid_mean * (UNIT_M / POSITION_SCALE_M), mlp_position)
+    start = -GRID_FEATURES - POWER_GRID_FEATURES
+    power_mean = np.asarray(x[:, start : start + 2], dtype=np.float64)
+    chosen = np.where(uses_grid(x, slots)[:, None], grid_mean, power_mean) * (UNIT_M / POSITION_SCALE_M)
     return np.asarray(chosen)
 
 

@@ -2,7 +2,8 @@
 
 ``simulate_dataset`` runs the IQ simulator and the consumer's own feature extraction, so the
 models learn from exactly what they will be served; ``model_input`` builds the regressors'
-input, including the TDOA grid summary computed by the same ONNX nodes the exported model holds.
+input, including the power and TDOA grid summaries computed by the same ONNX nodes the exported
+model holds.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from heimdall_stream.geo import LocalFrame
+from heimdall_stream.lab.power_grid import PriorRegion, run_power_grid
 from heimdall_stream.lab.simulator import IqSimulator
 from heimdall_stream.lab.tdoa_grid import run_grid
 from heimdall_stream.models.contract import ModelContract
@@ -81,14 +83,18 @@ def normalisation(data: Dataset) -> tuple[F64, F64]:
     return mean, np.where(std > 1e-6, std, 1.0)
 
 
-def model_input(features: F32, mask: F32, mean: F64, std: F64, contract: ModelContract) -> F32:
-    """The regressors' input: normalised features, mask, per-receiver sums, TDOA grid summary.
+def model_input(
+    features: F32, mask: F32, mean: F64, std: F64, contract: ModelContract, *, region: PriorRegion
+) -> F32:
+    """The regressors' input: normalised features, mask, per-receiver sums, power and TDOA grids.
 
-    The grid summary is computed by the same ONNX nodes the exported model contains.  The sums
+    The grid summaries (``power_grid`` over ``region``, then ``tdoa_grid``, last) are computed by
+    the same ONNX nodes the exported model contains.  The sums
     over receivers (how many heard the signal, how many have a valid TDOA, total SNR) are what
     the uncertainty depends on most; trees cannot easily add up 7 columns themselves.
     """
     normalised = normalise_features(features, mask, mean, std)
     flat = normalised.reshape(len(features), -1)
+    power = run_power_grid(contract, region, normalised, mask)
     grid = run_grid(contract, normalised, mask)
-    return np.concatenate([flat, mask, normalised.sum(axis=1), grid], axis=1).astype(np.float32)
+    return np.concatenate([flat, mask, normalised.sum(axis=1), power, grid], axis=1).astype(np.float32)

@@ -46,6 +46,7 @@ def model_uri(mlflow_uri: str, tmp_path_factory) -> str:
         "lab/training_data.py",
         "lab/localizer_graph.py",
         "lab/tdoa_grid.py",
+        "lab/power_grid.py",
         "models/contract.py",
     )
     digest = hashlib.sha256(

@@ -66,8 +66,11 @@ def test_fetched_models_load_and_describe_themselves(mlflow_uri, registered, tmp
         fetched.path, name=fetched.name, version=fetched.version, uri=fetched.uri, sha256=fetched.sha256
     )
     assert model.contract.input_kind == "features" and not model.contract.benchmark_only
-    evaluation = json.loads(model.session.get_modelmeta().custom_metadata_map[CONTRACT_KEY])["evaluation"]
-    assert 0 < evaluation["coverage_68"] < 1
+    stored = json.loads(model.session.get_modelmeta().custom_metadata_map[CONTRACT_KEY])
+    assert 0 < stored["evaluation"]["coverage_68"] < 1
+    # the power grid's prior: the box of the training truths, in metres of the network frame
+    region = stored["prior_region_enu_m"]
+    assert region["east_m"][0] < 0 < region["east_m"][1] and region["north_m"][0] < 0 < region["north_m"][1]
     iq = registry.fetch(f"models:/{iq_name}/1")
     iq_model = load_model(iq.path, name=iq.name, version=iq.version, uri=iq.uri, sha256=iq.sha256)
     assert iq_model.contract.input_kind == "iq" and iq_model.contract.benchmark_only

@@ -118,6 +118,8 @@ def test_one_capture_gets_its_localization_as_json_or_avro(models, captures) -> 
             shapely.geometry.Point(body["longitude"], body["latitude"])
         )
         assert body["ellipse"]["confidence"] == 0.95 and body["geojson"]["type"] == "FeatureCollection"
+        # the consistency check's score travels with the answer, as in the Localization record
+        assert 0.0 <= body["quality"] <= 1.0
 
         as_json = client.post("/predict", json=capture_json(captures[0]))
         assert as_json.status_code == 200
@@ -129,7 +131,8 @@ def test_one_capture_gets_its_localization_as_json_or_avro(models, captures) -> 
 
         avro = client.post("/predict", json=capture_json(captures[1]), headers={"accept": AVRO_LOCALIZATION})
         assert avro.headers["content-type"] == AVRO_LOCALIZATION
-        assert localization_codec().decode(avro.content).capture_id == captures[1].capture_id
+        decoded = localization_codec().decode(avro.content)
+        assert decoded.capture_id == captures[1].capture_id and 0.0 <= decoded.quality <= 1.0
     assert api.metric("heimdall_api_requests_total", route="/predict", status="200") == 3
     assert api.metric("heimdall_api_captures_total", outcome="ok") == 3
     assert api.store.filter_done([c.capture_id for c in captures]) == set()  # never marked done

@@ -73,6 +73,7 @@ print(json.dumps(["(mlflow imported by then)", 'mlflow' in sys.modules]), flush=
 
 VARIANTS: dict[str, dict[str, str]] = {
     "defaults": {},
+    "jemalloc, its own defaults": {"HEIMDALL_MEMORY__ALLOCATOR": "jemalloc", "MALLOC_CONF": ""},
     "glibc malloc": {"HEIMDALL_MEMORY__ALLOCATOR": "glibc"},
     "glibc, mmap threshold 1 MB": {
         "HEIMDALL_MEMORY__ALLOCATOR": "glibc",

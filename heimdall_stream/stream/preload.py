@@ -39,6 +39,10 @@ SEARCH_PATTERNS = (
     "/usr/local/lib/libjemalloc.so.2",
 )
 MAPS = Path("/proc/self/maps")
+# jemalloc's tuning unless the environment has its own MALLOC_CONF: purge freed pages on a
+# background thread after 1 s rather than 10 (peak RSS 305-317 MB against 320-343 with
+# jemalloc's defaults, W1 in paired runs), and no lazily freed ("muzzy") stage in between.
+MALLOC_CONF = "background_thread:true,dirty_decay_ms:1000,muzzy_decay_ms:0"
 
 
 @dataclass(frozen=True)
@@ -92,9 +96,8 @@ def plan(
         # round again would loop.
         reason = f"{library} is in LD_PRELOAD but the loader did not map it"
     elif library:
-        return Plan(
-            "exec", library=library, env={**env, "LD_PRELOAD": ":".join(filter(None, [library, preloaded]))}
-        )
+        preload = ":".join(filter(None, [library, preloaded]))
+        return Plan("exec", library=library, env={"MALLOC_CONF": MALLOC_CONF, **env, "LD_PRELOAD": preload})
     elif configured:
         reason = f"HEIMDALL_MEMORY__JEMALLOC_LIBRARY={configured} is not a file"
     else:

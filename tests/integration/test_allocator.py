@@ -1,4 +1,4 @@
-"""``heimdall-stream run`` re-executes itself on jemalloc where the library is installed."""
+"""``heimdall-stream run`` re-executes itself on jemalloc when the library is installed and asked for."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def test_the_consumer_runs_on_jemalloc_in_the_same_process_and_serves(make_setti
             "libjemalloc.so.2, the consumer's default allocator where installed",
             "apt-get install libjemalloc2",
         )
-    settings = make_settings()
+    settings = make_settings(memory={"allocator": "jemalloc"})
     log = tmp_path / "consumer.log"
     consumer = ConsumerProcess(settings, log).start()
     assert consumer.proc is not None

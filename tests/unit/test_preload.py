@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from heimdall_stream.errors import ConfigurationError
-from heimdall_stream.stream.preload import find_library, mapped_jemalloc, plan
+from heimdall_stream.stream.preload import MALLOC_CONF, find_library, mapped_jemalloc, plan
 
 LIB = "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2"
 
@@ -18,6 +18,12 @@ def test_auto_with_the_library_found_re_executes_with_it_preloaded_before_any_ot
     assert decided.env is not None
     assert decided.env["LD_PRELOAD"] == f"{LIB}:/opt/other.so"
     assert decided.env["PATH"] == "/bin"
+    assert decided.env["MALLOC_CONF"] == MALLOC_CONF
+
+
+def test_an_operator_s_own_jemalloc_tuning_is_kept() -> None:
+    decided = plan("auto", "", {"MALLOC_CONF": "narenas:1"}, None, LIB)
+    assert decided.env is not None and decided.env["MALLOC_CONF"] == "narenas:1"
 
 
 def test_once_mapped_it_is_active_and_nothing_is_re_executed() -> None:

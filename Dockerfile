@@ -38,6 +38,11 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PATH=/opt/heimdall-stream/bin:$PATH \
     HEIMDALL_MLFLOW__CACHE_DIR=/var/cache/heimdall/models \
     HEIMDALL_METRICS__PORT=9108
+# jemalloc: the consumer preloads it (HEIMDALL_MEMORY__ALLOCATOR=auto) and holds about 40 % less
+# memory than on glibc's malloc at the same throughput (README "Memory").
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libjemalloc2=5.3.0-1 \
+    && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 heimdall \
     && useradd --system --uid 10001 --gid heimdall --home-dir /home/heimdall --create-home heimdall \
     && mkdir -p /var/cache/heimdall/models && chown -R heimdall:heimdall /var/cache/heimdall

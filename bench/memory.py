@@ -10,8 +10,9 @@ Two parts, both on the local stack (started if needed):
   import and the model (onnxruntime session, warm-up at the serving batch size) cost before a
   single capture arrives;
 * **under load**: ``heimdall-stream run`` consumes the same pre-filled backlog once per variant
-  (the defaults, then one setting changed at a time: malloc trimming, glibc's own arena count,
-  onnxruntime's arena, one onnxruntime run per batch, one worker), recording the RSS once
+  (the defaults, jemalloc where installed, then one setting changed at a time: glibc's malloc,
+  as it is and with a fixed mmap threshold, trimming or its own arena count, onnxruntime's
+  arena, one onnxruntime run per batch, one worker), recording the RSS once
   ready (model loaded, before the first capture), the peak (the kernel's high-water mark) and
   the throughput.  The difference between ready and peak is what the flow of captures costs
   (prefetch, batches in flight, allocator fragmentation).
@@ -72,9 +73,20 @@ print(json.dumps(["(mlflow imported by then)", 'mlflow' in sys.modules]), flush=
 
 VARIANTS: dict[str, dict[str, str]] = {
     "defaults": {},
-    "trim every 100 ms": {"HEIMDALL_MEMORY__TRIM_INTERVAL_MS": "100"},
-    "glibc arenas": {"HEIMDALL_MEMORY__MALLOC_ARENA_MAX": "0"},
-    "mmap threshold 1 MB": {"HEIMDALL_MEMORY__MALLOC_MMAP_THRESHOLD_KBYTES": "1024"},
+    "jemalloc, its own defaults": {"HEIMDALL_MEMORY__ALLOCATOR": "jemalloc", "MALLOC_CONF": ""},
+    "glibc malloc": {"HEIMDALL_MEMORY__ALLOCATOR": "glibc"},
+    "glibc, mmap threshold 1 MB": {
+        "HEIMDALL_MEMORY__ALLOCATOR": "glibc",
+        "HEIMDALL_MEMORY__MALLOC_MMAP_THRESHOLD_KBYTES": "1024",
+    },
+    "glibc, trim every 100 ms": {
+        "HEIMDALL_MEMORY__ALLOCATOR": "glibc",
+        "HEIMDALL_MEMORY__TRIM_INTERVAL_MS": "100",
+    },
+    "glibc, its own arena count": {
+        "HEIMDALL_MEMORY__ALLOCATOR": "glibc",
+        "HEIMDALL_MEMORY__MALLOC_ARENA_MAX": "0",
+    },
     "ORT arena on": {"HEIMDALL_MODEL__CPU_MEM_ARENA": "true"},
     "whole batch per run": {"HEIMDALL_MODEL__MAX_RUN_INPUT_KBYTES": "0"},
     "1 worker": {"HEIMDALL_BATCHING__WORKERS": "1"},

@@ -80,6 +80,10 @@ def main() -> None:
 def run() -> None:
     """Consume captures and produce localizations until SIGTERM/SIGINT."""
     settings = _settings()
+    from heimdall_stream.stream.preload import ensure_allocator
+
+    # Before anything else allocates much: it may re-execute this process on jemalloc.
+    ensure_allocator(settings.memory.allocator, settings.memory.jemalloc_library)
     # Imported after the settings so a bad variable is reported before the heavy imports.
     from heimdall_stream.stream.service import run_service
 

@@ -254,7 +254,20 @@ class BatchingSettings(_Section):
 
 
 class MemorySettings(_Section):
-    """How the process allocates memory (glibc only; applied at start-up, see stream.allocator)."""
+    """How the process allocates memory (applied at start-up, see stream.preload and stream.allocator)."""
+
+    allocator: Literal["auto", "jemalloc", "glibc"] = Field(
+        "auto",
+        description="`heimdall-stream run`'s malloc: jemalloc (preloaded, the process re-executes "
+        "itself once) gives freed batch memory back without glibc's page-fault cost; auto = jemalloc "
+        "when its library is found, else glibc; jemalloc = refuse to start without it. The glibc "
+        "settings below apply only on glibc.",
+    )
+    jemalloc_library: str = Field(
+        "",
+        description="Path of libjemalloc.so.2; empty = look in the usual places "
+        "(/usr/lib/<arch>/, /usr/lib64/, /usr/lib/, /usr/local/lib/).",
+    )
 
     malloc_arena_max: int = Field(
         2,

@@ -11,7 +11,8 @@ own mappings, returned to the system when freed, at the price of fresh (zeroed) 
 next one.
 
 ``mallopt`` changes only how later allocations are made, so this runs before any client,
-model or worker thread exists.  On a C library other than glibc nothing is changed (logged).
+model or worker thread exists.  On a C library other than glibc, or with jemalloc preloaded
+(``stream.preload``, the default where it is installed), nothing is changed (logged).
 
 Even so, the arenas keep the free space between the blocks still in use.  ``Trimmer`` gives it
 back (``malloc_trim``, which releases the free pages inside every arena) every
@@ -29,6 +30,8 @@ import platform
 import threading
 from collections.abc import Callable
 
+from heimdall_stream.stream.preload import mapped_jemalloc
+
 log = logging.getLogger(__name__)
 
 # mallopt parameters, from glibc's malloc.h.
@@ -44,7 +47,7 @@ def tune_malloc(arena_max: int, mmap_threshold_kbytes: int) -> bool:
         return True
     libc = _glibc()
     if libc is None:
-        log.info("not glibc: malloc settings (memory.*) left alone")
+        log.info("malloc is not glibc's: its settings (memory.malloc_*, trim) left alone")
         return False
     applied = all(libc.mallopt(option, value) == 1 for option, value in wanted)
     if not applied:
@@ -53,7 +56,10 @@ def tune_malloc(arena_max: int, mmap_threshold_kbytes: int) -> bool:
 
 
 def _glibc() -> ctypes.CDLL | None:
-    return ctypes.CDLL(None) if platform.libc_ver()[0] == "glibc" else None
+    """glibc, when it is the C library and its malloc is the one in use (not a preloaded jemalloc)."""
+    if platform.libc_ver()[0] != "glibc" or mapped_jemalloc() is not None:
+        return None
+    return ctypes.CDLL(None)
 
 
 class Trimmer:

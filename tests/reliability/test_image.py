@@ -69,9 +69,15 @@ def test_image_runs_the_cli_as_a_non_root_user_with_its_schemas(built_image: str
     assert set(report["schemas"]) == shipped
     assert len(report["captures"]) == 2 and report["unknown"] == []
 
+    # The allocator `run` preloads by default is in the image.
+    found = "from heimdall_stream.stream.preload import find_library; print(find_library(''))"
+    jemalloc = _in_image("python", "-c", found).strip()
+    assert jemalloc.endswith("/libjemalloc.so.2"), jemalloc
+
     config = json.loads(_tool("config").stdout)
     assert config["User"] == "10001:10001"
     assert config["Entrypoint"] == ["heimdall-stream"]
     # Only the Docker image format keeps the health check (OCI drops it).
     assert "/healthz" in " ".join(config["Healthcheck"]["Test"])
-    print(f"{built_image}\nuid {uid}; schemas {sorted(report['schemas'])}; captures {report['captures']}")
+    print(f"{built_image}\nuid {uid}; jemalloc {jemalloc}")
+    print(f"schemas {sorted(report['schemas'])}; captures {report['captures']}")

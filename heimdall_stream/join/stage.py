@@ -60,20 +60,27 @@ class JoinStage:
         """A consumed part; the records it made ready for the batch path."""
         self.metrics.join_parts.inc()
         out = self.joiner.accept(record, self._clock())
-        self._after_change()
+        if self.joiner.evictions:
+            self._log_evictions()
         return out
 
     def tick(self) -> list[InputRecord]:
-        """Close the sets of idle partitions."""
+        """Close the sets of idle partitions; refresh the state gauges.
+
+        The loop calls it once per iteration, after the parts it consumed: the gauges follow
+        the state per iteration, not per part.
+        """
         out = self.joiner.tick(self._clock())
-        if out:
-            self._after_change()
+        self._after_change()
         return out
 
-    def _after_change(self) -> None:
+    def _log_evictions(self) -> None:
         for eviction in self.joiner.evictions:
             log.warning("join state at its bound: %s", eviction)
         self.joiner.evictions.clear()
+
+    def _after_change(self) -> None:
+        self._log_evictions()
         self.metrics.join_open_sets.set(self.joiner.open_sets)
         self.metrics.join_pending_bytes.set(self.joiner.pending_bytes)
 

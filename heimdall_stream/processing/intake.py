@@ -25,7 +25,7 @@ def decode(record: InputRecord, limits: LimitsSettings) -> IqCapture | DeadLette
 
     A record that arrives decoded (a set the join assembled from parts it decoded and
     size-checked one by one) is taken as it is: encoding it only to decode it here again would
-    double the cost of every set.
+    add an encode and a decode to every set.
     """
     if record.capture is not None:
         return record.capture

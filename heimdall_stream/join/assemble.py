@@ -1,10 +1,15 @@
 """The adapter: a closed set of parts → the whole-capture input the batch path already takes.
 
 The set becomes one ``IqCapture`` (capture_id = the transmission key, captured_at and centre
-frequency from the anchor, receivers sorted by id so arrival order never shows) encoded like
-any capture on the input topic, in an ``InputRecord`` that stands for the set: its partition
-and lowest part offset (the lineage of the result), its earliest consumption time (so queue
-and processing latencies include the wait in the join).
+frequency from the anchor, receivers sorted by id so arrival order never shows) in an
+``InputRecord`` that stands for the set: its partition and lowest part offset (the lineage of
+the result), its earliest consumption time (so queue and processing latencies include the wait
+in the join).  The record carries the capture decoded and no bytes of its own: the parts were
+decoded once on arrival, and their sample bytes are shared, not copied, so a set is never
+encoded to be decoded again.  It also carries the parts' own records, so that a set refused
+after assembly is dead-lettered as its parts (original bytes, their own offsets).  A set has
+no message size to bound: each part was size-checked, the join's bounds cap what it holds, and
+validation caps the receivers and samples of a capture.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ from __future__ import annotations
 from heimdall_stream.join.parts import Part
 from heimdall_stream.join.window import OpenSet
 from heimdall_stream.processing.records import InputRecord
-from heimdall_stream.wire.codec import capture_codec
 from heimdall_stream.wire.messages import IqCapture, ReceiverIq
 
 
@@ -24,18 +28,20 @@ def capture_of(closed: OpenSet) -> IqCapture:
 
 
 def record_of(closed: OpenSet) -> InputRecord:
-    """The input record of a set, as if it had arrived whole."""
-    parts = closed.parts.values()
+    """The input record of a set, as if it had arrived whole (but already decoded)."""
+    records = sorted((p.record for p in closed.parts.values()), key=lambda r: r.offset)
     first = closed.anchor.record
-    delays = [p.record.broker_delay_s for p in parts if p.record.broker_delay_s is not None]
+    delays = [r.broker_delay_s for r in records if r.broker_delay_s is not None]
     return InputRecord(
         topic=first.topic,
         partition=first.partition,
-        offset=min(p.record.offset for p in parts),
+        offset=records[0].offset,
         key=closed.key.encode(),
-        value=capture_codec().encode(capture_of(closed)),
-        consumed_at=min(p.record.consumed_at for p in parts),
+        value=None,
+        consumed_at=min(r.consumed_at for r in records),
         broker_delay_s=max(delays) if delays else None,
+        capture=capture_of(closed),
+        parts=tuple(records),
     )
 
 

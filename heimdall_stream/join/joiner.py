@@ -18,6 +18,7 @@ dead-lettered part by part (``too_few``, counted as ``expired``).
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,10 @@ class _Partition:
     arrival_watermark: int = UNSET  # the watermark when the last part arrived (idle time runs on from it)
     open: dict[str, OpenSet] = field(default_factory=dict)
     emitted: dict[str, tuple[int, frozenset[str]]] = field(default_factory=dict)
+    # The same sets by event time, so that each part finds what its watermark closes without
+    # scanning every set of the window (entries of sets gone meanwhile are skipped when popped).
+    open_by_event: list[tuple[int, int, str]] = field(default_factory=list)  # (event, first offset, key)
+    emitted_by_event: list[tuple[int, str]] = field(default_factory=list)  # (event, key)
 
 
 class Joiner:
@@ -197,8 +202,11 @@ class Joiner:
             if not state.watermark.closes(decoded.event_ms) and decoded.key not in state.open:
                 # Its set was emitted before the restart and its window is still open: a repeat
                 # of it is a duplicate, as it would have been without the restart.
-                event, receivers = state.emitted.get(decoded.key, (decoded.event_ms, frozenset()))
+                known = state.emitted.get(decoded.key)
+                event, receivers = known or (decoded.event_ms, frozenset())
                 state.emitted[decoded.key] = (event, receivers | {decoded.capture.receiver_id})
+                if known is None:
+                    heapq.heappush(state.emitted_by_event, (event, decoded.key))
 
     def _place(self, state: _Partition, part: Part, now: float, out: list[InputRecord]) -> None:
         key, receiver = part.key, part.capture.receiver_id
@@ -226,18 +234,29 @@ class Joiner:
         expected = part.capture.expected_receivers or self.settings.expected_receivers
         opened = OpenSet.start(part, expected)
         state.open[key] = opened
+        heapq.heappush(state.open_by_event, (opened.event_ms, opened.first_offset, key))
         self.pending_bytes += part.size
         state.watermark.observe(part.event_ms)
         if opened.complete:
             self._emit(state, opened, "complete", now, out)
 
     def _close_due(self, state: _Partition, now: float, out: list[InputRecord]) -> None:
-        watermark = state.watermark
-        due = [s for s in state.open.values() if watermark.closes(s.event_ms)]
-        for closed in sorted(due, key=lambda s: (s.event_ms, s.first_offset)):
+        """Emit the open sets the watermark closes (by event time, first offset); forget passed ones."""
+        watermark, waiting = state.watermark, state.open_by_event
+        due: list[OpenSet] = []
+        while waiting and watermark.closes(waiting[0][0]):
+            _, first_offset, key = heapq.heappop(waiting)
+            opened = state.open.get(key)
+            if opened is not None and opened.first_offset == first_offset:  # else: emitted already
+                due.append(opened)
+        for closed in due:
             self._emit(state, closed, "partial", now, out)
-        for key in [k for k, (event, _) in state.emitted.items() if watermark.closes(event)]:
-            del state.emitted[key]
+        passed = state.emitted_by_event
+        while passed and watermark.closes(passed[0][0]):
+            _, key = heapq.heappop(passed)
+            entry = state.emitted.get(key)
+            if entry is not None and watermark.closes(entry[0]):
+                del state.emitted[key]
 
     def _enforce_bounds(self, state: _Partition, now: float, out: list[InputRecord]) -> None:
         """Close sets early until the state is within its bounds again.
@@ -284,6 +303,7 @@ class Joiner:
         del state.open[closed.key]
         self.pending_bytes -= closed.size
         state.emitted[closed.key] = (closed.event_ms, frozenset(closed.parts))
+        heapq.heappush(state.emitted_by_event, (closed.event_ms, closed.key))
         seq, watermark = next(self._seq), state.step_watermark
         parts = sorted(closed.parts.values(), key=lambda p: p.record.offset)
         state.tracker.done([p.record.offset for p in parts], seq)

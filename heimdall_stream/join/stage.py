@@ -7,7 +7,8 @@ offset metadata), the committed checkpoints read back on assignment (``on_assign
 everything uncommitted thrown away and re-read after an abort or a lost assignment
 (``reset``).  ``JoiningProcessor`` is the batch path with one addition: a record the join
 dead-lettered is a dead letter without being decoded, and a commit tells the join what it
-committed.  Sets themselves are ordinary captures to it.
+committed.  Sets themselves are ordinary captures to it (that arrive decoded); a set it
+refuses is dead-lettered as its parts.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from heimdall_stream.join.checkpoint import Checkpoint
 from heimdall_stream.join.joiner import Emission, Joiner
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.processing.processor import BatchProcessor
-from heimdall_stream.processing.records import InputRecord, ScoredBatch
+from heimdall_stream.processing.records import DeadLetter, InputRecord, ScoredBatch
 
 log = logging.getLogger(__name__)
 COMMITTED_TIMEOUT_S = 30.0
@@ -59,20 +60,27 @@ class JoinStage:
         """A consumed part; the records it made ready for the batch path."""
         self.metrics.join_parts.inc()
         out = self.joiner.accept(record, self._clock())
-        self._after_change()
+        if self.joiner.evictions:
+            self._log_evictions()
         return out
 
     def tick(self) -> list[InputRecord]:
-        """Close the sets of idle partitions."""
+        """Close the sets of idle partitions; refresh the state gauges.
+
+        The loop calls it once per iteration, after the parts it consumed: the gauges follow
+        the state per iteration, not per part.
+        """
         out = self.joiner.tick(self._clock())
-        if out:
-            self._after_change()
+        self._after_change()
         return out
 
-    def _after_change(self) -> None:
+    def _log_evictions(self) -> None:
         for eviction in self.joiner.evictions:
             log.warning("join state at its bound: %s", eviction)
         self.joiner.evictions.clear()
+
+    def _after_change(self) -> None:
+        self._log_evictions()
         self.metrics.join_open_sets.set(self.joiner.open_sets)
         self.metrics.join_pending_bytes.set(self.joiner.pending_bytes)
 
@@ -160,19 +168,35 @@ class JoiningProcessor(BatchProcessor):
         self.stage = stage
 
     def process(self, records: Sequence[InputRecord]) -> ScoredBatch:
-        """Score the captures and sets; the join's dead letters ride along unchanged."""
+        """Score the captures and sets; the join's dead letters ride along unchanged.
+
+        A set the batch path refuses (invalid, or its inference failed) is dead-lettered as
+        the parts it was made of, each with its original bytes and offset and the set's reason:
+        the set itself has no bytes that were ever on a topic.
+        """
         joiner, stage = self.stage.joiner, self.stage
         letters = [letter for r in records if stage.owns(r) and (letter := joiner.letter(r)) is not None]
         if not letters:
-            return super().process(records)
-        dead = {(letter.record.partition, letter.record.offset) for letter in letters}
-        rest = [r for r in records if not (stage.owns(r) and (r.partition, r.offset) in dead)]
-        scored = super().process(rest)
-        scored.records = list(records)
-        scored.dead_letters = letters + scored.dead_letters
+            scored = super().process(records)
+        else:
+            dead = {(letter.record.partition, letter.record.offset) for letter in letters}
+            rest = [r for r in records if not (stage.owns(r) and (r.partition, r.offset) in dead)]
+            scored = super().process(rest)
+            scored.records = list(records)
+            scored.dead_letters = letters + scored.dead_letters
+        if any(letter.record.parts for letter in scored.dead_letters):
+            scored.dead_letters = [part for letter in scored.dead_letters for part in as_parts(letter)]
         return scored
 
     def after_commit(self, scored: ScoredBatch) -> None:
         """The batch path's bookkeeping, then the join's."""
         super().after_commit(scored)
         self.stage.committed(scored.records)
+
+
+def as_parts(letter: DeadLetter) -> list[DeadLetter]:
+    """A set's dead letter as its parts' (same error), or the letter itself when it is no set."""
+    parts = letter.record.parts
+    if not parts:
+        return [letter]
+    return [DeadLetter(part, letter.error_class, letter.reason, letter.message) for part in parts]

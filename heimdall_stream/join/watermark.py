@@ -6,8 +6,13 @@ closed by then is late.  Only the parts' timestamps move it, never the time they
 replay of the same partition closes the same sets at the same parts.  One exception, because
 event time stands still without traffic: after ``idle_ms`` of wall time without a part, the
 watermark runs on with the wall clock from where the last part left it (``idle_target``), so
-the last sets of a quiet partition close about ``window + idle_ms`` after their last part; the
-move is part of the committed state, so what it closed stays closed after a restart.
+the last sets of a quiet partition close about ``window + idle_ms`` after their last part.
+The move is not committed with what it closed: every emission commits the watermark from
+*before* the part or idle tick that triggered it, so the sets an idle move closes commit the
+watermark it started from (only the emissions of a later part carry the move along).  What it
+closed stays closed after a restart because their parts are committed as done (skipped when
+read again); event time resumes from the committed watermark and the parts read again, and a
+partition still quiet runs on with the wall clock anew.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Intake: bytes → captures the model can localise, or dead letters that say why not.
 
-``decode`` checks the size bound before any parsing; ``validate`` checks a capture against the
-model contract it was routed to and the input limits.
+``decode`` checks the size bound before any parsing (a capture the process assembled itself
+comes decoded); ``validate`` checks a capture against the model contract it was routed to and
+the input limits.
 """
 
 from __future__ import annotations
@@ -20,7 +21,14 @@ from heimdall_stream.wire.messages import IqCapture, SampleFormat
 
 
 def decode(record: InputRecord, limits: LimitsSettings) -> IqCapture | DeadLetter:
-    """Bytes → capture; the size bound is checked before any parsing."""
+    """Bytes → capture; the size bound is checked before any parsing.
+
+    A record that arrives decoded (a set the join assembled from parts it decoded and
+    size-checked one by one) is taken as it is: encoding it only to decode it here again would
+    add an encode and a decode to every set.
+    """
+    if record.capture is not None:
+        return record.capture
     value = record.value
     if value is None:
         return DeadLetter(record, "DecodeError", "empty", "message has no value (tombstone?)")

@@ -24,6 +24,10 @@ class InputRecord:
     value: bytes | None
     consumed_at: float  # monotonic seconds
     broker_delay_s: float | None = None  # from the message's timestamp to its consumption
+    # A capture assembled in the process (a joined set) arrives decoded, with no bytes of its
+    # own: ``parts`` are the consumed records it was made of (their original bytes, for the DLQ).
+    capture: IqCapture | None = None
+    parts: tuple[InputRecord, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,6 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from heimdall_stream.config import Settings
 from heimdall_stream.join.joiner import Joiner
 from heimdall_stream.processing.records import InputRecord
-from heimdall_stream.wire.codec import capture_codec
 
 SENTINEL_MS = 3_600_000  # an hour after everything else: moves every partition's watermark past it
 
@@ -92,7 +91,7 @@ def reference_sets(settings: Settings, by_partition: dict[int, list[Any]]) -> di
     sets: dict[str, tuple[str, ...]] = {}
     for record in emitted:
         if joiner.letter(record) is None:
-            capture = capture_codec().decode(record.value)
+            capture = record.capture
             assert capture.capture_id not in sets
             sets[capture.capture_id] = tuple(r.receiver_id for r in capture.receivers)
     return sets

@@ -7,7 +7,6 @@ import pytest
 from heimdall_stream.join.checkpoint import Checkpoint
 from heimdall_stream.join.joiner import Joiner
 from heimdall_stream.join.keys import scheduled_key, slot_key
-from heimdall_stream.wire.codec import capture_codec
 from tests.unit.join_parts import EPOCH, join_settings, part_record
 
 MAX = 1 << 20
@@ -21,7 +20,7 @@ def _outcomes(joiner: Joiner, records) -> list[tuple[str, object]]:
         if letter is not None:
             out.append(("dlq", record.offset, letter.reason))
         else:
-            capture = capture_codec().decode(record.value)
+            capture = record.capture
             out.append(("set", capture.capture_id, tuple(r.receiver_id for r in capture.receivers)))
     return out
 
@@ -37,7 +36,7 @@ def test_a_set_is_emitted_once_every_expected_receiver_arrived():
     assert joiner.accept(part_record(0, "k1", "b", 1000, expected=2), 0.0) == []
     out = joiner.accept(part_record(1, "k1", "a", 1000, expected=2), 0.0)
     assert _outcomes(joiner, out) == [("set", "k1", ("a", "b"))]
-    capture = capture_codec().decode(out[0].value)
+    capture = out[0].capture
     assert capture.captured_at == EPOCH.replace(second=1)
     assert out[0].offset == 0 and joiner.open_sets == 0
 
@@ -49,6 +48,30 @@ def test_a_window_closes_on_event_time_with_the_receivers_that_made_it():
     assert joiner.accept(part_record(2, "k2", "a", 2999), 0.0) == []  # 2999 < 1000 + 2000
     out = joiner.accept(part_record(3, "k2", "b", 3000), 0.0)
     assert _outcomes(joiner, out) == [("set", "k1", ("a", "b"))]
+
+
+def test_sets_one_watermark_move_closes_come_out_by_event_time_then_first_offset():
+    joiner = _joiner()
+    out = []
+    for offset, (key, receiver, event) in enumerate(
+        [("k2", "a", 1200), ("k1", "a", 1000), ("k3", "a", 1000), ("k2", "b", 1200), ("k1", "b", 1000)]
+    ):
+        out += joiner.accept(part_record(offset, key, receiver, event), 0.0)
+    out += joiner.accept(part_record(5, "k4", "a", 1100, expected=2), 0.0)
+    out += joiner.accept(part_record(6, "k4", "b", 1100, expected=2), 0.0)  # complete: emitted at once
+    out += joiner.accept(part_record(7, "k3", "b", 1000), 0.0)
+    out += joiner.accept(part_record(8, "k4", "a", 1100), 0.0)  # its window is open: a repeat
+    out += joiner.accept(part_record(9, "k5", "a", 5000), 0.0)  # closes k1, k3 and k2 at once
+    out += joiner.accept(part_record(10, "k4", "c", 1100), 0.0)  # its window is closed now
+    assert _outcomes(joiner, out) == [
+        ("set", "k4", ("a", "b")),
+        ("dlq", 8, "duplicate"),
+        ("set", "k1", ("a", "b")),
+        ("set", "k3", ("a", "b")),
+        ("set", "k2", ("a", "b")),
+        ("dlq", 10, "late"),
+    ]
+    assert joiner.open_sets == 1
 
 
 def test_late_duplicate_mismatch_and_too_few_are_dead_lettered():

@@ -91,7 +91,7 @@ def _outcome(joiner: Joiner, record) -> tuple:
     letter = joiner.letter(record)
     if letter is not None:
         return ("dlq", record.offset, letter.reason)
-    return ("set", record.key, record.value)
+    return ("set", record.key, record.capture)
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -19,7 +19,7 @@ from heimdall_stream.processing.cache import ResultCache
 from heimdall_stream.processing.dedup import Deduplicator
 from heimdall_stream.processing.records import InputRecord
 from heimdall_stream.processing.store import InMemoryStore
-from heimdall_stream.stream.delivery import next_offsets
+from heimdall_stream.stream.delivery import dead_letter_message, next_offsets
 from tests.helpers import NETWORK, tiny_features_model
 
 TOPIC = "rx"
@@ -95,3 +95,31 @@ def test_whole_captures_keep_their_own_offsets_beside_the_join(tmp_path):
     assert [(tp.topic, tp.partition, tp.offset) for tp in stage.commit_offsets([whole])] == [
         ("captures", 2, 42)
     ]
+
+
+def test_a_set_refused_after_assembly_is_dead_lettered_as_its_parts(tmp_path):
+    stage, processor, metrics = _stage_and_processor(tmp_path)
+    capture = IqSimulator(NETWORK, seed=4).generate(0).capture
+    receivers = list(capture.receivers)
+    receivers[2] = dataclasses.replace(receivers[2], sample_rate_hz=receivers[2].sample_rate_hz / 2)
+    capture = dataclasses.replace(capture, capture_id="tx-2", receivers=tuple(receivers))
+    records = _records(capture, receivers, 10, len(receivers))
+    (emitted,) = [out for record in records for out in stage.accept(record)]
+    # The set travels decoded, made of the parts' own records; it has no bytes of its own.
+    assert emitted.value is None and emitted.capture is not None and emitted.capture.capture_id == "tx-2"
+    assert [part.offset for part in emitted.parts] == [r.offset for r in records]
+    scored = processor.process([emitted])
+    assert not scored.results
+    assert [(d.record.offset, d.record.value, d.reason) for d in scored.dead_letters] == [
+        (r.offset, r.value, "sample_rate_mismatch") for r in records
+    ]
+    value, headers = dead_letter_message(scored.dead_letters[1], Settings())
+    assert value == records[1].value and ("heimdall.source.offset", b"11") in headers
+    (tp,) = stage.commit_offsets(scored.records)
+    assert (tp.topic, tp.partition, tp.offset) == (TOPIC, 0, 10 + len(records))
+    processor.after_commit(scored)
+    assert metrics.registry.get_sample_value("heimdall_join_sets_total", {"outcome": "complete"}) == 1
+    dead = metrics.registry.get_sample_value(
+        "heimdall_dead_letters_total", {"reason": "sample_rate_mismatch"}
+    )
+    assert dead == len(records)

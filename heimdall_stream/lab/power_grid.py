@@ -50,7 +50,7 @@ SPACING_M = 4_000.0
 PATH_LOSS_EXPONENT = 3.0  # the middle of what a network shows (2.4-3.7 in training)
 REFERENCE_DISTANCE_M = 100.0
 SHADOWING_DB = 7.0  # shadowing, key-up and noise-figure errors together
-SNR_FLOOR_DB = -12.0  # under this the measured SNR is mostly its estimator's floor (-20 dB)
+SNR_FLOOR_DB = -12.0  # below this the SNR estimate is biased and noisy: treated as censored
 # Transmit power 30-47 dBm, loss at 100 m 56-65 dB (2 m / 70 cm), noise floor -115..-124 dBm.
 LINK_BUDGETS_DB = np.arange(70.0, 125.1, 5.0)
 TDOA_SIGMA_US = 8.0  # 2 µs of clock and correlation, widened: grid points lie up to 2.8 km off
@@ -149,8 +149,9 @@ def power_grid_nodes(
         *posterior_nodes(n, grid, SPACING_M),
         n("ReduceSum", ["above", "axis1"], ["measured"], keepdims=1),
         n("Div", ["measured", "slots"], ["measured_share"]),
-        # How well the best grid point explains the SNRs, per measured receiver (large: a steeper
-        # or more scattered propagation than assumed, so trust the posterior less).
+        # How well the best grid point explains the SNRs (censored terms included), divided by
+        # the receivers measured or by 1 when none is (large: a steeper or more scattered
+        # propagation than assumed, so trust the posterior less).
         n("ReduceMax", ["ll_power"], ["best_ll"], axes=[1], keepdims=1),
         n("Max", ["measured", "one"], ["measured_safe"]),
         n("Div", ["best_ll", "measured_safe"], ["power_fit"]),

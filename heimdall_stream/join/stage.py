@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -186,12 +187,23 @@ class JoiningProcessor(BatchProcessor):
             scored.dead_letters = letters + scored.dead_letters
         if any(letter.record.parts for letter in scored.dead_letters):
             scored.dead_letters = [part for letter in scored.dead_letters for part in as_parts(letter)]
+        # Until its transaction commits a set needs its offsets and parts, not its samples:
+        # dropping them halves what a set holds meanwhile (the parts keep their own bytes).
+        scored.records = [without_capture(r) for r in scored.records]
+        scored.results = [
+            replace(r, record=without_capture(r.record)) if r.record.parts else r for r in scored.results
+        ]
         return scored
 
     def after_commit(self, scored: ScoredBatch) -> None:
         """The batch path's bookkeeping, then the join's."""
         super().after_commit(scored)
         self.stage.committed(scored.records)
+
+
+def without_capture(record: InputRecord) -> InputRecord:
+    """A set's record without its decoded samples (any other record as it is)."""
+    return replace(record, capture=None) if record.parts and record.capture is not None else record
 
 
 def as_parts(letter: DeadLetter) -> list[DeadLetter]:

@@ -68,7 +68,10 @@ def test_a_set_is_scored_like_a_capture_and_refused_parts_ride_along(tmp_path):
     capture = dataclasses.replace(capture, capture_id="tx-1")
     receivers = list(capture.receivers)
     records = _records(capture, receivers[:1] + receivers[:1] + receivers[1:], 0, len(receivers))
-    emitted = [out for record in records for out in stage.accept(record)]
+    emitted = list(stage.accept(records[0]))
+    assert not emitted and not stage.tick()
+    assert metrics.registry.get_sample_value("heimdall_join_open_sets") == 1  # refreshed by tick
+    emitted += [out for record in records[1:] for out in stage.accept(record)]
     assert len(emitted) == 2  # the repeat (dead letter) and the set
     letters_only = processor.process(emitted[:1])
     assert [letter.reason for letter in letters_only.dead_letters] == [
@@ -77,6 +80,10 @@ def test_a_set_is_scored_like_a_capture_and_refused_parts_ride_along(tmp_path):
     scored = processor.process(emitted)
     assert [r.localization.capture_id for r in scored.results] == ["tx-1"]
     assert sorted(scored.results[0].localization.receivers_used) == sorted(r.receiver_id for r in receivers)
+    # Waiting for its commit, the set keeps its parts and offsets but not its decoded samples.
+    (set_record,) = [r for r in scored.records if r.parts]
+    assert set_record.capture is None and scored.results[0].record.capture is None
+    assert len(set_record.parts) == len(receivers)
     offsets = stage.commit_offsets(scored.records)
     (tp,) = offsets
     assert (tp.topic, tp.partition, tp.offset) == (TOPIC, 0, len(records))
@@ -86,6 +93,7 @@ def test_a_set_is_scored_like_a_capture_and_refused_parts_ride_along(tmp_path):
     assert (
         metrics.registry.get_sample_value("heimdall_join_parts_rejected_total", {"reason": "duplicate"}) == 1
     )
+    stage.tick()
     assert metrics.registry.get_sample_value("heimdall_join_open_sets") == 0
 
 

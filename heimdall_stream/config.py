@@ -251,6 +251,14 @@ class BatchingSettings(_Section):
         "use). The FFTs and onnxruntime release the GIL, so workers run on every core; batches are "
         "still committed in the order they were consumed.",
     )
+    overlap_commit: bool = Field(
+        False,
+        description="Commit each transaction on a thread of its own while the loop goes on consuming "
+        "and scoring (still one transaction at a time, in consumption order; exactly_once only). "
+        "false = the loop commits and consumes nothing meanwhile, so a slow commit holds up every "
+        "capture behind it. Off by default: at half load it did not lower latency here (the commit "
+        "thread waits for the GIL behind the workers).",
+    )
 
 
 class MemorySettings(_Section):

@@ -1,24 +1,28 @@
 """The consume → process → commit loop: the Kafka side only.
 
-One iteration: commit the batches the workers have scored (oldest first, several in one
-transaction when several are ready), hand the waiting captures to an idle worker, and consume
-what fits in the next batch.  A batch goes to a worker as soon as one is idle (optionally after
+One iteration: settle the transaction in flight, hand the batches the workers have scored to
+the committer (oldest first, several in one transaction when several are ready), hand the
+waiting captures to an idle worker, and consume what fits in the next batch.  The transaction
+commits on a thread of its own (``stream.committer``) while the loop goes on consuming and
+scoring; the next one starts only once its outcome is collected: one transaction at a time, in
+consumption order.  A batch goes to a worker as soon as one is idle (optionally after
 ``max_wait_ms`` to fill): an idle pipeline answers at once, a busy one batches what arrives
-meanwhile, so batches grow with the load, like a dynamic batcher.  In-flight work is bounded by
-the pipeline (``2 × workers`` batches) plus one batch being filled, and librdkafka's prefetch by
-``queued.max.messages.kbytes``.  ``delivery`` writes each outcome and commits its offsets exactly
-once (or at least once); before it the processor writes pending dedup marks, after it does its
-bookkeeping (done marks, cache, metrics), and the trimmer (``stream.allocator``) is told that
-the batches' memory is free to give back.  Nothing calls back up this corridor.
+meanwhile, so batches grow with the load, like a dynamic batcher.  In-flight work is bounded
+by the pipeline (``2 × workers`` batches), the transaction in flight (at most as many) and one
+batch being filled, and librdkafka's prefetch by ``queued.max.messages.kbytes``.  ``delivery``
+writes each outcome and commits its offsets exactly once (or at least once); before it the
+processor writes pending dedup marks, after it does its bookkeeping (done marks, cache,
+metrics), and the trimmer (``stream.allocator``) is told that the batches' memory is free to
+give back.  Nothing calls back up this corridor.
 
-A transaction that aborts throws away every batch after it too (scored or not) and seeks back
-to the oldest offset of all of them, so they run again in order.
+A transaction that aborts throws away every batch after it too (scored, being scored or being
+filled) and seeks back to the oldest offset of all of them, so they run again in order.
 
 Rebalances: everything consumed is scored and committed in ``on_revoke`` (while the generation
 is still ours); on ``on_lost`` it is all thrown away uncommitted and the partitions still owned
 are sought back to it (the lost ones are their new owner's).  After a failure nothing more is
-committed: a restart resumes from the last commit.  A
-new model set offered by the control plane is swapped in between two batches.
+committed (a transaction already in flight ends first): a restart resumes from the last
+commit.  A new model set offered by the control plane is swapped in between two batches.
 """
 
 from __future__ import annotations
@@ -49,16 +53,22 @@ from heimdall_stream.processing.records import InputRecord, ScoredBatch
 from heimdall_stream.stream.aborts import waiting_alive
 from heimdall_stream.stream.allocator import Trimmer
 from heimdall_stream.stream.batching import MicroBatcher
+from heimdall_stream.stream.committer import Committer
 from heimdall_stream.stream.delivery import Delivery
+from heimdall_stream.stream.gauges import publish_model_metrics, update_lag
 from heimdall_stream.stream.pipeline import BatchPipeline
 from heimdall_stream.stream.swap import ModelSwap
 
 log = logging.getLogger(__name__)
 LAG_INTERVAL_S = 10.0
-# How long consume() may block: briefly while workers hold batches (their results are committed
-# as soon as the loop comes round), longer when there is nothing to do but wait for input.
+# How long a poll may block: briefly while workers or the committer hold batches (what they
+# finish is handed on as soon as the loop comes round), longer when there is nothing to do but
+# wait for input.  A poll returns with the first message either way.
 BUSY_POLL_S = 0.005
 IDLE_POLL_S = 0.2
+# A transaction in flight for longer than this stops the loop's heartbeat, as a commit on the
+# loop thread did: /healthz then says stuck (a wait before a retried batch beats on its own).
+COMMIT_BEAT_S = 10.0
 
 
 class StreamApp:
@@ -96,6 +106,9 @@ class StreamApp:
         self.delivery = Delivery(
             settings, self.consumer, metrics, self._on_kafka_error, lambda: self._assigned
         )
+        self.committer = Committer(
+            self.delivery, processor, metrics, overlap=batching.overlap_commit, clock=clock
+        )
         # Per-receiver parts, joined into sets that enter the batcher like whole captures.
         self.join = join
         if join is not None:
@@ -120,7 +133,7 @@ class StreamApp:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        self._publish_model_metrics()
+        publish_model_metrics(self.models.current(), self.metrics, self.health)
         log.info(
             "consuming %s as %s (group %s, %s, model %s)",
             self.settings.kafka.input_topic,
@@ -139,8 +152,12 @@ class StreamApp:
             if not finished:
                 # Something failed: nothing consumed after the last commit may be committed now
                 # (closing the consumer revokes its partitions); a restart resumes from there.
+                # A transaction already in flight ends first, either way (its batches are the
+                # oldest, all scored), so the consumer and producer close after it.
                 self._failed = True
+                self._settle_after_failure()
             self.close()
+            self.committer.close()
             self.pipeline.close()
             self.trimmer.stop()
 
@@ -148,11 +165,13 @@ class StreamApp:
         """One loop iteration: commit scored batches, dispatch, consume, refresh gauges."""
         if self._fatal:
             raise FatalKafkaError(self._fatal)
-        self.health.beat()
+        if self.committer.running_for() < COMMIT_BEAT_S:
+            self.health.beat()
         self._swap_if_offered()
+        self._settle()
         # Dispatch before delivering: a worker starts its next batch while this one commits.
         self._dispatch()
-        self._deliver(self.pipeline.ready())
+        self._deliver()
         messages = self._consume()
         now = self.clock()
         wall = self.wall() if messages else 0.0
@@ -161,13 +180,14 @@ class StreamApp:
         if self.join is not None:
             for record in self.join.tick():
                 self.batcher.add(record)
+        self._settle()
         self._dispatch()
-        self._deliver(self.pipeline.ready())
-        self.metrics.in_flight.set(len(self.batcher) + self.pipeline.captures())
+        self._deliver()
+        self.metrics.in_flight.set(len(self.batcher) + self.pipeline.captures() + self.committer.captures())
         self.health.update(redis_healthy=self._store_healthy())
         if now >= self._next_lag_at:
             self._next_lag_at = now + LAG_INTERVAL_S
-            self._update_lag()
+            update_lag(self.consumer, self._assigned, self.metrics)
 
     def close(self) -> None:
         """Leave the group (revoking commits what is finished, unless the loop failed), flush."""
@@ -184,22 +204,25 @@ class StreamApp:
     def _consume(self) -> list[Message]:
         """Messages that fit in the batch being filled, without making the first one wait.
 
-        ``consume`` only returns early once it has ``num_messages``: with nothing in flight it
-        first takes what is already fetched, then blocks for just one message; while workers
-        hold batches it blocks only briefly, so their results are committed promptly; with the
-        next batch full and every worker busy it waits for the oldest batch instead.
+        ``consume(n, timeout)`` only returns early once it has n messages, so the first message
+        is polled (returning as soon as it is there), then whatever else is already fetched
+        taken without waiting.  While workers or the committer hold batches the poll blocks only
+        briefly, so what they finish is handed on promptly; with the next batch full and every
+        worker busy the loop waits for the oldest batch or the transaction instead.
         """
         room = self.batcher.room
         if room == 0:
-            self.pipeline.wait_head(IDLE_POLL_S)
+            self.pipeline.wait_head(IDLE_POLL_S, also=self.committer.pending())
             return []
-        if len(self.pipeline) or len(self.batcher):
+        timeout = IDLE_POLL_S
+        if len(self.pipeline) or len(self.batcher) or self.committer.busy:
             # A batch that is due only waits for a worker: keep filling it until one is idle.
             due = self.batcher.ready() or not len(self.batcher)
             timeout = BUSY_POLL_S if due else min(self.batcher.time_left(), BUSY_POLL_S)
-            return self.consumer.consume(num_messages=room, timeout=timeout)
-        ready = self.consumer.consume(num_messages=room, timeout=0)
-        return ready or self.consumer.consume(num_messages=1, timeout=IDLE_POLL_S)
+        first = self.consumer.poll(timeout)
+        if first is None:
+            return []
+        return [first, *self.consumer.consume(num_messages=room - 1, timeout=0)] if room > 1 else [first]
 
     def _accept(self, message: Message, now: float, wall: float) -> None:
         error = message.error()
@@ -244,7 +267,7 @@ class StreamApp:
         for model in previous.models:
             with contextlib.suppress(KeyError):
                 self.metrics.model_weight.remove(model.name, model.version)
-        self._publish_model_metrics()
+        publish_model_metrics(self.models.current(), self.metrics, self.health)
         swapped.set()
 
     def _dispatch(self) -> None:
@@ -252,22 +275,33 @@ class StreamApp:
         if self.batcher.ready() and self.pipeline.has_idle_worker():
             self.pipeline.submit(self.batcher.take())
 
-    def _deliver(self, batches: list[ScoredBatch]) -> None:
-        """Commit scored batches in one transaction; on abort, rewind them and all behind them."""
-        if not batches:
+    def _deliver(self) -> None:
+        """Hand the scored batches at the head of the pipeline to the committer, once it is free."""
+        if self.committer.busy:
             return
-        started = self.clock()
-        for batch in batches:
-            batch.stages["commit_wait"] = max(started - batch.finished_at, 0.0)
-            self.processor.before_commit(batch)
-        if not self.delivery.commit(batches):
-            self._rewind(batches)
+        batches = self.pipeline.ready()
+        if batches:
+            self.committer.submit(batches)
+            self._settle()  # at once when the transaction ran on this thread
+
+    def _settle(self, timeout: float | None = 0.0) -> None:
+        """Once the transaction in flight is over: its bookkeeping, or on abort the rewind."""
+        outcome = self.committer.collect(timeout)
+        if outcome is None:
             return
-        # One transaction, one observation, however many batches it carried.
-        self.metrics.stage_duration.labels("commit").observe(self.clock() - started)
-        for batch in batches:
+        if not outcome.committed:
+            self._rewind(outcome.batches)
+            return
+        for batch in outcome.batches:
             self.processor.after_commit(batch)
         self.trimmer.worked()
+
+    def _settle_after_failure(self) -> None:
+        """The loop failed: let the transaction in flight end; what follows it is not committed."""
+        try:
+            self._settle(timeout=None)
+        except Exception as exc:  # the loop's own failure is the one raised
+            log.warning("the transaction in flight when the loop failed did not settle: %s", exc)
 
     def _rewind(self, batches: list[ScoredBatch]) -> None:
         records = [record for batch in batches for record in batch.records]
@@ -286,10 +320,14 @@ class StreamApp:
 
     def _finish_everything(self) -> None:
         """Score and commit every consumed capture (before a revoke, or when stopping)."""
+        self._settle(timeout=None)  # an abort rewinds everything behind it: nothing is left
         pending = self.batcher.take(force=True)
         if pending:
             self.pipeline.submit(pending)
-        self._deliver(self.pipeline.drain())
+        batches = self.pipeline.drain()
+        if batches:
+            self.committer.submit(batches)
+            self._settle(timeout=None)
 
     # ------------------------------------------------------------------ rebalances, errors
 
@@ -310,8 +348,11 @@ class StreamApp:
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Nothing consumed may be committed now: throw it all away, seek the partitions still
-        # owned back to it, and leave the lost ones to their new owner.
+        # owned back to it, and leave the lost ones to their new owner.  A transaction already
+        # in flight ends first (the coordinator refuses its offsets now, so it aborts and is
+        # rewound with everything behind it).
         self._forget(partitions, "lost")
+        self._settle(timeout=None)
         discarded = self.pipeline.discard() + self.batcher.take(force=True)
         self._rewind_records(discarded)
         log.warning(
@@ -344,40 +385,6 @@ class StreamApp:
             if error.code() == KafkaError._ALL_BROKERS_DOWN:
                 self.delivery.outage()
             log.warning("Kafka: %s", error.str())
-
-    def _update_lag(self) -> None:
-        assigned = [TopicPartition(t, p) for t, p in sorted(self._assigned)]
-        if not assigned:
-            return
-        try:
-            positions = self.consumer.position(assigned)
-        except KafkaException:
-            return
-        for tp in positions:
-            try:
-                # The high watermark of the last fetch response: no broker round trip in the loop.
-                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
-            except KafkaException:
-                continue
-            if tp.offset >= 0:
-                self.metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(high - tp.offset, 0))
-
-    def _publish_model_metrics(self) -> None:
-        models = self.models.current()
-        self.metrics.model_loaded.set(1)
-        self.metrics.ready.set(1)
-        for model, weight in models.primaries:
-            self.metrics.model_weight.labels(model.name, model.version).set(weight)
-        for model in models.shadows:
-            self.metrics.model_weight.labels(model.name, model.version).set(0.0)
-        # Generation 0 is the model named in configuration, before any deployment applies.
-        self.metrics.model_generation.labels(models.model_name).set(models.generation)
-        self.health.update(
-            model_loaded=True,
-            generation=models.generation,
-            models={m.label: w for m, w in models.primaries},
-            shadows=[m.label for m in models.shadows],
-        )
 
 
 def _since_timestamp(message: Message, wall: float) -> float | None:

@@ -67,6 +67,9 @@ class Delivery:
         self.offsets_of: Callable[[Sequence[InputRecord]], list[TopicPartition]] = next_offsets
         self.producer = Producer({**producer_config(settings), "error_cb": on_error})
         self.aborts = AbortBudget(settings.kafka, metrics)
+        # Pause the input while the producer's queue is full.  Off when commits run on a thread
+        # of their own: the consumer is the loop's, whose in-flight bound stops it meanwhile.
+        self.pause_input_when_full = True
 
     def start(self) -> None:
         """Register the transactional id (fencing any previous holder of it).
@@ -94,17 +97,31 @@ class Delivery:
         """Deliver whatever is still queued."""
         self.producer.flush(10)
 
-    def commit(self, batches: Sequence[ScoredBatch]) -> bool:
+    def group_metadata(self) -> Any:
+        """The consumer's group metadata for ``commit`` (its generation fences a zombie's offsets)."""
+        return self.consumer.consumer_group_metadata()
+
+    def commit(
+        self,
+        batches: Sequence[ScoredBatch],
+        offsets: list[TopicPartition] | None = None,
+        metadata: Any = None,
+    ) -> bool:
         """Write and commit batches (in one transaction); False when aborted.
 
-        An aborted commit leaves the consumer where it is: the caller rewinds it (``rewind``)
-        over these batches and whatever it consumed after them.
+        ``offsets`` and ``metadata`` (``group_metadata``): taken by the caller beforehand when
+        this runs on a thread other than the consumer's (``stream.committer``: confluent-kafka
+        serialises calls on one consumer, so a call from here would wait for the loop's poll);
+        else ``offsets_of`` their records and the consumer's metadata now.  An aborted commit
+        leaves the consumer where it is: the caller rewinds it (``rewind``) over these batches
+        and whatever it consumed after them.
         """
         records = [record for batch in batches for record in batch.records]
-        offsets = self.offsets_of(records)
+        if offsets is None:
+            offsets = self.offsets_of(records)
         try:
             if self.exactly_once:
-                self._commit_transaction(batches, offsets)
+                self._commit_transaction(batches, offsets, metadata or self.group_metadata())
             else:
                 self._commit_at_least_once(batches, offsets)
         except KafkaException as exc:
@@ -125,13 +142,14 @@ class Delivery:
         self.aborts.committed()
         return True
 
-    def _commit_transaction(self, batches: Sequence[ScoredBatch], offsets: list[TopicPartition]) -> None:
+    def _commit_transaction(
+        self, batches: Sequence[ScoredBatch], offsets: list[TopicPartition], metadata: Any
+    ) -> None:
         self._renew_producer_if_needed()
         producer = self.producer
         producer.begin_transaction()
         for batch in batches:
             self._produce_outcome(batch)
-        metadata = self.consumer.consumer_group_metadata()
 
         def send_offsets(timeout: float) -> None:
             # Bounded here: librdkafka can ignore this timeout (issues 5456 and 5511).
@@ -187,7 +205,7 @@ class Delivery:
                     return
                 except BufferError:
                     # Producer queue full: stop fetching input until delivery reports make room.
-                    if not paused:
+                    if not paused and self.pause_input_when_full:
                         paused = [TopicPartition(t, p) for t, p in sorted(self._assigned())]
                         self.consumer.pause(paused)
                         self.metrics.paused.set(1)

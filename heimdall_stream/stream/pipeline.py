@@ -13,9 +13,10 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
+from typing import Any
 
 from heimdall_stream.processing.processor import BatchProcessor
 from heimdall_stream.processing.records import InputRecord, ScoredBatch
@@ -63,10 +64,17 @@ class BatchPipeline:
             done.append(scored)
         return done
 
-    def wait_head(self, timeout: float) -> None:
-        """Block until the oldest batch is scored, or ``timeout`` passes."""
-        if self._queue:
-            wait_futures([self._queue[0].future], timeout=timeout)
+    def wait_head(self, timeout: float, also: Future[Any] | None = None) -> None:
+        """Block until the oldest batch is scored (or ``also`` is done), or ``timeout`` passes.
+
+        A scored head waits for nothing here: then only ``also`` (the transaction in flight,
+        which must end before the head can be committed) is waited on.
+        """
+        futures: list[Future[Any]] = [] if also is None else [also]
+        if self._queue and not self._queue[0].future.done():
+            futures.append(self._queue[0].future)
+        if futures:
+            wait_futures(futures, timeout=timeout, return_when=FIRST_COMPLETED)
 
     def drain(self) -> list[ScoredBatch]:
         """Every batch still held, once scored, in order."""

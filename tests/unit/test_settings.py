@@ -101,9 +101,20 @@ def test_every_producer_is_idempotent_with_acks_all(monkeypatch):
     assert results["transactional.id"].endswith(settings.instance_id)
 
 
+def test_transactional_producer_retries_a_refused_transaction_soon():
+    from heimdall_stream.clients import TRANSACTION_RETRY_BACKOFF_MS, producer_config
+
+    # CONCURRENT_TRANSACTIONS after a commit is retried after this, not librdkafka's 100 ms.
+    assert producer_config(Settings())["retry.backoff.ms"] == TRANSACTION_RETRY_BACKOFF_MS <= 20
+    passthrough = Settings(kafka={"client_options": {"retry.backoff.ms": "50"}})
+    assert producer_config(passthrough)["retry.backoff.ms"] == "50"
+    assert "retry.backoff.ms" not in producer_config(Settings(kafka={"delivery": "at_least_once"}))
+
+
 def test_batching_knobs_and_the_worker_default():
     # max_in_flight was never read: the bound is the pipeline (2 x workers batches) plus the prefetch.
     batching = Settings().batching
-    assert set(batching.model_dump()) == {"max_batch_size", "max_wait_ms", "workers"}
+    assert set(batching.model_dump()) == {"max_batch_size", "max_wait_ms", "workers", "overlap_commit"}
+    assert batching.overlap_commit is False
     assert batching.workers == len(os.sched_getaffinity(0))
     assert Settings(batching={"workers": 3}).batching.workers == 3

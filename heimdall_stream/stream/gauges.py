@@ -1,0 +1,52 @@
+"""Gauges the stream loop refreshes: consumer lag per partition, and the model set in force.
+
+Kept apart from the loop (``stream.app``) because they only read its state: the consumer's
+positions and cached watermarks (no broker round trip), and the model set being served.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from heimdall_stream.health import Health
+from heimdall_stream.metrics import Metrics
+from heimdall_stream.models.routing import ModelSet
+
+
+def update_lag(consumer: Consumer, assigned: Iterable[tuple[str, int]], metrics: Metrics) -> None:
+    """Set ``consumer_lag`` of every assigned partition from its position and high watermark."""
+    partitions = [TopicPartition(t, p) for t, p in sorted(assigned)]
+    if not partitions:
+        return
+    try:
+        positions = consumer.position(partitions)
+    except KafkaException:
+        return
+    for tp in positions:
+        try:
+            # The high watermark of the last fetch response: no broker round trip in the loop.
+            _low, high = consumer.get_watermark_offsets(tp, cached=True)
+        except KafkaException:
+            continue
+        if tp.offset >= 0:
+            metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(high - tp.offset, 0))
+
+
+def publish_model_metrics(models: ModelSet, metrics: Metrics, health: Health) -> None:
+    """Model gauges (weights, generation) and /readyz detail for the model set now served."""
+    metrics.model_loaded.set(1)
+    metrics.ready.set(1)
+    for model, weight in models.primaries:
+        metrics.model_weight.labels(model.name, model.version).set(weight)
+    for model in models.shadows:
+        metrics.model_weight.labels(model.name, model.version).set(0.0)
+    # Generation 0 is the model named in configuration, before any deployment applies.
+    metrics.model_generation.labels(models.model_name).set(models.generation)
+    health.update(
+        model_loaded=True,
+        generation=models.generation,
+        models={m.label: w for m, w in models.primaries},
+        shadows=[m.label for m in models.shadows],
+    )

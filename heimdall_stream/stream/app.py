@@ -2,12 +2,13 @@
 
 One iteration: settle the transaction in flight, hand the batches the workers have scored to
 the committer (oldest first, several in one transaction when several are ready), hand the
-waiting captures to an idle worker, and consume what fits in the next batch.  The transaction
-commits on a thread of its own (``stream.committer``) while the loop goes on consuming and
-scoring; the next one starts only once its outcome is collected: one transaction at a time, in
-consumption order.  A batch goes to a worker as soon as one is idle (optionally after
-``max_wait_ms`` to fill): an idle pipeline answers at once, a busy one batches what arrives
-meanwhile, so batches grow with the load, like a dynamic batcher.  In-flight work is bounded
+waiting captures to an idle worker, and consume what fits in the next batch.  The committer
+runs the transaction on the loop thread, or with ``batching.overlap_commit`` on a thread of its
+own (``stream.committer``) while the loop goes on consuming and scoring; the next one starts
+only once its outcome is collected: one transaction at a time, in consumption order.  A batch
+goes to a worker as soon as one is idle (optionally after ``max_wait_ms`` to fill): an idle
+pipeline answers at once, a busy one batches what arrives meanwhile, so batches grow with the
+load, like a dynamic batcher.  In-flight work is bounded
 by the pipeline (``2 × workers`` batches), the transaction in flight (at most as many) and one
 batch being filled, and librdkafka's prefetch by ``queued.max.messages.kbytes``.  ``delivery``
 writes each outcome and commits its offsets exactly once (or at least once); before it the
@@ -204,9 +205,12 @@ class StreamApp:
     def _consume(self) -> list[Message]:
         """Messages that fit in the batch being filled, without making the first one wait.
 
-        ``consume(n, timeout)`` only returns early once it has n messages, so the first message
-        is polled (returning as soon as it is there), then whatever else is already fetched
-        taken without waiting.  While workers or the committer hold batches the poll blocks only
+        ``consume(n, timeout)`` only returns early once it has n messages, so what is already
+        fetched is taken without waiting, and only when nothing is there does the loop block in
+        ``poll``, which returns as soon as one message arrives.  Never a message held across a
+        second call: a rebalance served in it may seek the partition back (``_on_lost``, an
+        aborted commit in ``_on_revoke``), and librdkafka drops what a seek made stale only from
+        the call that served it.  While workers or the committer hold batches the poll blocks
         briefly, so what they finish is handed on promptly; with the next batch full and every
         worker busy the loop waits for the oldest batch or the transaction instead.
         """
@@ -219,10 +223,11 @@ class StreamApp:
             # A batch that is due only waits for a worker: keep filling it until one is idle.
             due = self.batcher.ready() or not len(self.batcher)
             timeout = BUSY_POLL_S if due else min(self.batcher.time_left(), BUSY_POLL_S)
+        ready = self.consumer.consume(num_messages=room, timeout=0)
+        if ready:
+            return ready
         first = self.consumer.poll(timeout)
-        if first is None:
-            return []
-        return [first, *self.consumer.consume(num_messages=room - 1, timeout=0)] if room > 1 else [first]
+        return [] if first is None else [first]
 
     def _accept(self, message: Message, now: float, wall: float) -> None:
         error = message.error()

@@ -38,8 +38,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 \
     PATH=/opt/heimdall-stream/bin:$PATH \
     HEIMDALL_MLFLOW__CACHE_DIR=/var/cache/heimdall/models \
     HEIMDALL_METRICS__PORT=9108
-# jemalloc: the consumer preloads it (HEIMDALL_MEMORY__ALLOCATOR=auto) and holds about 40 % less
-# memory than on glibc's malloc at the same throughput (README "Memory").
+# jemalloc, for HEIMDALL_MEMORY__ALLOCATOR=auto or jemalloc: less memory than glibc's malloc,
+# for some throughput (README "Memory").
 RUN apt-get update \
     && apt-get install -y --no-install-recommends libjemalloc2=5.3.0-1 \
     && rm -rf /var/lib/apt/lists/*

@@ -4,16 +4,16 @@ glibc's malloc keeps what the batch path freed in its arenas (a batch allocates 
 short-lived arrays), so the consumer's resident memory sits near twice a per-message loop's;
 fixing glibc's mmap threshold gives that memory back but faults in fresh pages for every batch,
 which halved the compute throughput on a 2-core VM.  jemalloc returns freed pages on its own
-(its decay) and reuses them without faulting: in one paired run of the compute-only batch path,
-peak RSS 318-326 MB against 466-573 MB on glibc, and no throughput lost (median 163 against
-134 captures/s).  See README "Memory".
+(its decay) and reuses them without faulting.  In a quiet comparison of the whole consumer it
+held 313 against 550 MB (W1) and 392 against 507 MB (W2) at the peak, for the same throughput on
+W1 and 0.90x on W2 and a longer p99; glibc stays the default.  See README "Memory".
 
 An allocator is chosen before the first allocation, so it can only be preloaded
 (``LD_PRELOAD``) into a new process: ``heimdall-stream run`` re-executes itself, same pid and
-arguments, once.  ``memory.allocator``: ``auto`` uses jemalloc when its library is found (Debian
-and Ubuntu: ``apt-get install libjemalloc2``) and glibc otherwise, ``jemalloc`` refuses to start
-without it, ``glibc`` never preloads.  Whether it took is read from the process's own mappings,
-not assumed, and logged at start.
+arguments, once.  ``memory.allocator``: ``glibc`` (the default) never preloads, ``auto`` uses
+jemalloc when its library is found (Debian and Ubuntu: ``apt-get install libjemalloc2``) and
+glibc otherwise, ``jemalloc`` refuses to start without it.  Whether it took is read from the
+process's own mappings, not assumed, and logged at start.
 """
 
 from __future__ import annotations

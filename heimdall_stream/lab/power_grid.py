@@ -43,6 +43,8 @@ from heimdall_stream.lab.tdoa_grid import (
     distances,
     posterior_nodes,
     raw_feature_nodes,
+    run_standalone,
+    standalone_model,
 )
 from heimdall_stream.models.contract import ModelContract
 
@@ -165,28 +167,6 @@ def power_grid_nodes(
     return nodes, n.initializers(), prefix + "features"
 
 
-def power_grid_model(contract: ModelContract, region: PriorRegion) -> bytes:
-    """The power grid features as a standalone ONNX model (used at training time)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    nodes, initializers, output = power_grid_nodes(contract, region)
-    slots, width = len(contract.network.receivers), len(contract.feature_names)
-    graph = helper.make_graph(
-        nodes,
-        "power_grid",
-        [
-            helper.make_tensor_value_info("receiver_features", TensorProto.FLOAT, ["b", slots, width]),
-            helper.make_tensor_value_info("receiver_mask", TensorProto.FLOAT, ["b", slots]),
-        ],
-        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["b", POWER_GRID_FEATURES])],
-        initializers,
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    onnx.checker.check_model(model)
-    return bytes(model.SerializeToString())
-
-
 def run_power_grid(
     contract: ModelContract,
     region: PriorRegion,
@@ -195,16 +175,5 @@ def run_power_grid(
     batch: int = 64,
 ) -> npt.NDArray[np.float32]:
     """Power grid features (B, POWER_GRID_FEATURES) of normalised features, by onnxruntime."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(power_grid_model(contract, region), providers=["CPUExecutionProvider"])
-    parts = [
-        session.run(
-            None, {"receiver_features": normalised[i : i + batch], "receiver_mask": mask[i : i + batch]}
-        )[0]
-        for i in range(0, len(normalised), batch)
-    ]
-    out = np.concatenate(parts).astype(np.float32)
-    if not np.isfinite(out).all():
-        raise ValueError("power grid produced non-finite features")
-    return out
+    model = standalone_model("power_grid", contract, power_grid_nodes(contract, region), POWER_GRID_FEATURES)
+    return run_standalone(model, normalised, mask, "power grid", batch)

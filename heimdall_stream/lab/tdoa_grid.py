@@ -232,26 +232,56 @@ def grid_nodes(contract: ModelContract, prefix: str = "tg_") -> tuple[list[Any],
     return nodes, n.initializers(), prefix + "features"
 
 
-def grid_model(contract: ModelContract) -> bytes:
-    """The grid features as a standalone ONNX model (used at training time)."""
+def standalone_model(
+    name: str, contract: ModelContract, built: tuple[list[Any], list[Any], str], width: int
+) -> bytes:
+    """Grid nodes as an ONNX model of their own, on the features input (used at training time).
+
+    ``built``: what ``grid_nodes`` (or the power grid's) returns: nodes, initializers and the
+    output's name.  Inputs ``receiver_features`` (b, slots, features) and ``receiver_mask``
+    (b, slots), output (b, ``width``), as the nodes run inside the localizer graph.
+    """
     import onnx
     from onnx import TensorProto, helper
 
-    nodes, initializers, output = grid_nodes(contract)
-    slots, width = len(contract.network.receivers), len(contract.feature_names)
+    nodes, initializers, output = built
+    slots, features = len(contract.network.receivers), len(contract.feature_names)
     graph = helper.make_graph(
         nodes,
-        "tdoa_grid",
+        name,
         [
-            helper.make_tensor_value_info("receiver_features", TensorProto.FLOAT, ["b", slots, width]),
+            helper.make_tensor_value_info("receiver_features", TensorProto.FLOAT, ["b", slots, features]),
             helper.make_tensor_value_info("receiver_mask", TensorProto.FLOAT, ["b", slots]),
         ],
-        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["b", GRID_FEATURES])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, ["b", width])],
         initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(model)
     return bytes(model.SerializeToString())
+
+
+def run_standalone(
+    model: bytes,
+    normalised: npt.NDArray[np.float32],
+    mask: npt.NDArray[np.float32],
+    what: str,
+    batch: int = 64,
+) -> npt.NDArray[np.float32]:
+    """Run a ``standalone_model`` over normalised features by onnxruntime, as when serving."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    parts = [
+        session.run(
+            None, {"receiver_features": normalised[i : i + batch], "receiver_mask": mask[i : i + batch]}
+        )[0]
+        for i in range(0, len(normalised), batch)
+    ]
+    out = np.concatenate(parts).astype(np.float32)
+    if not np.isfinite(out).all():
+        raise ValueError(f"{what} produced non-finite features")
+    return out
 
 
 def run_grid(
@@ -261,16 +291,5 @@ def run_grid(
     batch: int = 64,
 ) -> npt.NDArray[np.float32]:
     """Grid features (B, GRID_FEATURES) of normalised features, by onnxruntime as when serving."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(grid_model(contract), providers=["CPUExecutionProvider"])
-    parts = [
-        session.run(
-            None, {"receiver_features": normalised[i : i + batch], "receiver_mask": mask[i : i + batch]}
-        )[0]
-        for i in range(0, len(normalised), batch)
-    ]
-    out = np.concatenate(parts).astype(np.float32)
-    if not np.isfinite(out).all():
-        raise ValueError("TDOA grid produced non-finite features")
-    return out
+    model = standalone_model("tdoa_grid", contract, grid_nodes(contract), GRID_FEATURES)
+    return run_standalone(model, normalised, mask, "TDOA grid", batch)

@@ -268,7 +268,7 @@ class MemorySettings(_Section):
         "glibc",
         description="`heimdall-stream run`'s malloc. glibc (default) is the faster; jemalloc "
         "(preloaded, the process re-executes itself once) holds 20-45 % less memory for up to 10 % "
-        "less throughput and a longer p99 (README Memory); auto = jemalloc when its library is "
+        "less throughput and a longer p50 (README Memory); auto = jemalloc when its library is "
         "found, else glibc; jemalloc = refuse to start without it. The glibc settings below apply "
         "only on glibc.",
     )

@@ -12,7 +12,7 @@ next one.
 
 ``mallopt`` changes only how later allocations are made, so this runs before any client,
 model or worker thread exists.  On a C library other than glibc, or with jemalloc preloaded
-(``stream.preload``, the default where it is installed), nothing is changed (logged).
+(``stream.preload``, ``memory.allocator`` auto or jemalloc), nothing is changed (logged).
 
 Even so, the arenas keep the free space between the blocks still in use.  ``Trimmer`` gives it
 back (``malloc_trim``, which releases the free pages inside every arena) every

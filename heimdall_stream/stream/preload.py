@@ -6,7 +6,7 @@ fixing glibc's mmap threshold gives that memory back but faults in fresh pages f
 which halved the compute throughput on a 2-core VM.  jemalloc returns freed pages on its own
 (its decay) and reuses them without faulting.  In a quiet comparison of the whole consumer it
 held 313 against 550 MB (W1) and 392 against 507 MB (W2) at the peak, for the same throughput on
-W1 and 0.90x on W2 and a longer p99; glibc stays the default.  See README "Memory".
+W1 and 0.90x on W2 and a longer p50 (W1); glibc stays the default.  See README "Memory".
 
 An allocator is chosen before the first allocation, so it can only be preloaded
 (``LD_PRELOAD``) into a new process: ``heimdall-stream run`` re-executes itself, same pid and
@@ -86,10 +86,10 @@ def plan(
 
     Raises ``ConfigurationError`` when ``jemalloc`` is demanded and cannot be had.
     """
+    if mapped:  # whoever preloaded it (this setting, or an operator's own LD_PRELOAD)
+        return Plan("active", library=mapped)
     if allocator == "glibc":
         return Plan("glibc", reason="memory.allocator is glibc")
-    if mapped:
-        return Plan("active", library=mapped)
     preloaded = env.get("LD_PRELOAD", "")
     if library and library in preloaded.split(":"):
         # This process was started with it preloaded and the loader did not map it: going
@@ -126,6 +126,11 @@ def ensure_allocator(allocator: str, configured: str) -> str:
     decided = plan(allocator, configured, os.environ, mapped_jemalloc(), library)
     if decided.action == "exec" and not _is_the_command_process():
         # Called in-process by another program (a test runner): replacing it is not ours to do.
+        if allocator == "jemalloc":
+            raise ConfigurationError(
+                "HEIMDALL_MEMORY__ALLOCATOR=jemalloc needs `heimdall-stream run` as a process of its "
+                "own (it re-executes itself with jemalloc preloaded)"
+            )
         decided = Plan("glibc", reason="not started as its own process")
     if decided.action == "exec":
         assert decided.env is not None

@@ -12,6 +12,7 @@ import gc
 import logging
 import signal
 import threading
+from collections.abc import Callable
 from functools import partial
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -59,8 +60,11 @@ class ConsumerService:
         self.api: ApiServer | None = None
         log.info("metrics, /healthz and /readyz on port %d", self.port)
 
-    def run(self, stop: threading.Event) -> None:
-        """Connect, load the model, and consume until ``stop`` is set."""
+    def run(self, stop: threading.Event, on_started: Callable[[], object] | None = None) -> None:
+        """Connect, load the model, and consume until ``stop`` is set.
+
+        ``on_started`` runs once everything is built, just before the loop starts.
+        """
         control: ControlPlane | None = None
         api: ApiServer | None = None
         try:
@@ -88,10 +92,8 @@ class ConsumerService:
                 self.control = control
             if self.settings.api.enabled:
                 api = self.api = self._start_api(models, store)
-            # What start-up built (modules, the model, clients) lives as long as the process:
-            # out of the collector's sight, a full collection walks only what batches allocate.
-            gc.collect()
-            gc.freeze()
+            if on_started is not None:
+                on_started()
             app.run(stop)
         finally:
             if api is not None:
@@ -172,4 +174,16 @@ def run_service(settings: Settings) -> None:
     tune_malloc(settings.memory.malloc_arena_max, settings.memory.malloc_mmap_threshold_kbytes)
     service = ConsumerService(settings)
     signal.signal(signal.SIGHUP, lambda _signum, _frame: service.request_reapply())
-    service.run(stop)
+    service.run(stop, on_started=_freeze_start_up)
+
+
+def _freeze_start_up() -> None:
+    """Keep what start-up built (modules, the model, clients) out of the collector's walks.
+
+    It lives as long as the process, so a full collection need walk only what batches
+    allocate.  Only here, where the process is the consumer: frozen objects are never
+    collected, so a consumer started inside another program (a test runner) would leave its
+    reference cycles (clients and their callbacks) behind when it stops.
+    """
+    gc.collect()
+    gc.freeze()

@@ -14,7 +14,7 @@ def test_the_consumer_runs_on_jemalloc_in_the_same_process_and_serves(make_setti
     library = find_library("")
     if library is None:
         unavailable(
-            "libjemalloc.so.2, the consumer's default allocator where installed",
+            "libjemalloc.so.2, the allocator `run` preloads with HEIMDALL_MEMORY__ALLOCATOR=jemalloc",
             "apt-get install libjemalloc2",
         )
     settings = make_settings(memory={"allocator": "jemalloc"})

@@ -24,7 +24,7 @@ from confluent_kafka.admin import AdminClient
 
 from tests.conftest import load_stack_module, unavailable
 from tests.helpers import run_cli
-from tests.integration.conftest import CONTROL_KEY
+from tests.integration.conftest import CONTROL_KEY, wait_for
 from tests.reliability.cluster_fixture import require_toxiproxy
 
 SECURE_SERVICES = ["kafka", "redis"]
@@ -57,8 +57,10 @@ def secure_stack(request, tmp_path_factory):
     try:
         yield stack, paths, env
     finally:
-        print(f"secured Kafka at the end of its tests: {kafka_rss_mb(stack, paths)}")
-        stack.down(paths, SECURE_SERVICES)
+        try:
+            print(f"secured Kafka at the end of its tests: {kafka_rss_mb(stack, paths)}")
+        finally:
+            stack.down(paths, SECURE_SERVICES)
 
 
 def kafka_rss_mb(stack: Any, paths: Any) -> str:
@@ -143,16 +145,24 @@ def provision(env: dict[str, str], stack: Any, paths: Any) -> None:
             **stack.kafka_client_options(paths, admin=True),
         }
     )
-    metadata = admin.list_topics(timeout=30)
     names = [
         value for key, value in env.items() if key.startswith("HEIMDALL_KAFKA__") and key.endswith("_TOPIC")
     ]
-    replicas = {
-        (name, partition.id): len(partition.replicas)
-        for name in names
-        for partition in metadata.topics[name].partitions.values()
-    }
-    assert set(replicas.values()) == {len(metadata.brokers)}, replicas
+
+    def replicas() -> tuple[dict[tuple[str, int], int], int]:
+        metadata = admin.list_topics(timeout=30)
+        counts = {
+            (name, partition.id): len(partition.replicas)
+            for name in names
+            if name in metadata.topics
+            for partition in metadata.topics[name].partitions.values()
+        }
+        return counts, len(metadata.brokers)
+
+    # The broker that answers may not have every new topic in its metadata yet.
+    wait_for(lambda: {name for name, _ in replicas()[0]} == set(names), 60, "the new topics in the metadata")
+    counts, brokers = replicas()
+    assert set(counts.values()) == {brokers}, counts
 
 
 def cli(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

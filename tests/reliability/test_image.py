@@ -69,7 +69,7 @@ def test_image_runs_the_cli_as_a_non_root_user_with_its_schemas(built_image: str
     assert set(report["schemas"]) == shipped
     assert len(report["captures"]) == 2 and report["unknown"] == []
 
-    # The allocator `run` preloads by default is in the image.
+    # The allocator `run` can preload (HEIMDALL_MEMORY__ALLOCATOR=auto or jemalloc) is in the image.
     found = "from heimdall_stream.stream.preload import find_library; print(find_library(''))"
     jemalloc = _in_image("python", "-c", found).strip()
     assert jemalloc.endswith("/libjemalloc.so.2"), jemalloc

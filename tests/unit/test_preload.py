@@ -56,6 +56,11 @@ def test_glibc_never_preloads_even_when_the_library_is_there() -> None:
     assert plan("glibc", "", {}, None, LIB).action == "glibc"
 
 
+def test_an_operator_s_own_preload_is_reported_as_it_is() -> None:
+    decided = plan("glibc", "", {"LD_PRELOAD": LIB}, LIB, LIB)
+    assert (decided.action, decided.library) == ("active", LIB)
+
+
 def test_the_library_is_the_configured_file_or_the_first_one_found(tmp_path: Path) -> None:
     lib = tmp_path / "lib" / "x86_64-linux-gnu" / "libjemalloc.so.2"
     lib.parent.mkdir(parents=True)

@@ -212,11 +212,11 @@ class StreamApp:
         aborted commit in ``_on_revoke``), and librdkafka drops what a seek made stale only from
         the call that served it.  While workers or the committer hold batches the poll blocks
         briefly, so what they finish is handed on promptly; with the next batch full and every
-        worker busy the loop waits for the oldest batch or the transaction instead.
+        worker busy the loop waits for any batch to be scored or the transaction instead.
         """
         room = self.batcher.room
         if room == 0:
-            self.pipeline.wait_head(IDLE_POLL_S, also=self.committer.pending())
+            self.pipeline.wait_for_progress(IDLE_POLL_S, also=self.committer.pending())
             return []
         timeout = IDLE_POLL_S
         if len(self.pipeline) or len(self.batcher) or self.committer.busy:

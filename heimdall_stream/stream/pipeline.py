@@ -64,15 +64,18 @@ class BatchPipeline:
             done.append(scored)
         return done
 
-    def wait_head(self, timeout: float, also: Future[Any] | None = None) -> None:
-        """Block until the oldest batch is scored (or ``also`` is done), or ``timeout`` passes.
+    def wait_for_progress(self, timeout: float, also: Future[Any] | None = None) -> None:
+        """Block until any batch being scored is done (or ``also`` is done), or ``timeout`` passes.
 
-        A scored head waits for nothing here: then only ``also`` (the transaction in flight,
-        which must end before the head can be committed) is waited on.
+        Any batch, not only the oldest: a worker that finishes a younger batch is idle, and the
+        loop must wake to hand it the next one (waiting for the oldest left it idle for as long
+        as the oldest took longer).  With every batch scored only ``also`` (the transaction in
+        flight, which must end before the head can be committed) is waited on.
         """
+        if self.has_idle_worker():
+            return  # one finished already: the caller hands it the next batch
         futures: list[Future[Any]] = [] if also is None else [also]
-        if self._queue and not self._queue[0].future.done():
-            futures.append(self._queue[0].future)
+        futures.extend(held.future for held in self._queue if not held.future.done())
         if futures:
             wait_futures(futures, timeout=timeout, return_when=FIRST_COMPLETED)
 

@@ -50,13 +50,43 @@ def test_batches_come_back_in_the_order_they_were_handed_out():
     seen: list[str] = []
     for n in range(20):
         while not pipeline.has_idle_worker():
-            pipeline.wait_head(1.0)
+            pipeline.wait_for_progress(1.0)
             seen += [b.batch_id for b in pipeline.ready()]
         pipeline.submit(_batch(n))
         assert len(pipeline) <= 6  # bounded: 2 x workers
     seen += [b.batch_id for b in pipeline.drain()]
     pipeline.close()
     assert seen == [f"b{n}" for n in range(20)]
+
+
+class Gated:
+    """Stands in for the processor: each batch is scored when the test opens its gate."""
+
+    def __init__(self) -> None:
+        self.gates = {n: threading.Event() for n in range(2)}
+
+    def process(self, records: list[InputRecord]) -> ScoredBatch:
+        self.gates[records[0].offset].wait(timeout=60)
+        return ScoredBatch(list(records), f"b{records[0].offset}")
+
+
+def test_a_younger_batch_done_first_wakes_the_waiter_while_the_oldest_is_still_scored():
+    scorer = Gated()
+    pipeline = BatchPipeline(scorer, workers=2)  # type: ignore[arg-type]
+    pipeline.submit(_batch(0))
+    pipeline.submit(_batch(1))
+    assert not pipeline.has_idle_worker()
+    scorer.gates[1].set()  # the younger one finishes; the oldest is still being scored
+    woke = threading.Event()
+    waiter = threading.Thread(target=lambda: (pipeline.wait_for_progress(60.0), woke.set()))
+    waiter.start()
+    assert woke.wait(timeout=30), "the loop slept on the oldest batch while a worker was idle"
+    assert pipeline.has_idle_worker()
+    assert pipeline.ready() == []  # still handed back in order: the oldest first
+    scorer.gates[0].set()
+    assert [b.batch_id for b in pipeline.drain()] == ["b0", "b1"]
+    waiter.join()
+    pipeline.close()
 
 
 def test_a_failed_batch_stays_held_and_discard_returns_every_record():

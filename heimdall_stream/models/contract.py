@@ -210,6 +210,13 @@ def _check_tensor(spec: TensorSpec, expected: tuple[int | None, ...]) -> None:
         raise ModelContractError(f"'{spec.name}' must be float32, is {spec.type}")
     if len(spec.shape) != len(expected):
         raise ModelContractError(f"'{spec.name}' must have rank {len(expected)}, has shape {spec.shape}")
+    if spec.shape and isinstance(spec.shape[0], int):
+        # Batches hold however many captures were waiting: a model exported for a fixed count
+        # would fail on every other batch, so it is refused here, not one batch at a time later.
+        raise ModelContractError(
+            f"'{spec.name}' has a fixed batch dimension of {spec.shape[0]}; batches vary in size, "
+            "so export the model with a dynamic first axis"
+        )
     for axis, (actual, want) in enumerate(zip(spec.shape, expected, strict=True)):
         if want is not None and isinstance(actual, int) and actual != want:
             raise ModelContractError(f"'{spec.name}' dimension {axis} is {actual}, the contract needs {want}")

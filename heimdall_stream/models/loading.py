@@ -2,8 +2,9 @@
 
 The consumer at start-up, the control plane on a deployment and ``heimdall-stream check-model``
 all load through ``load_version``, so they open a model with the same onnxruntime thread,
-arena and run-size settings and warm it up with the same batch shape as the one it will serve
-(``batching.max_batch_size``): a model that only fails at the real batch size fails here.
+arena and run-size settings and warm it up with one small batch (``model.warm_up_batch_size``,
+2 by default): the contract refuses a fixed batch dimension, and two rows a graph that
+hard-codes one, so a model that cannot take the stream's batches fails here.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ class ModelSource(Protocol):
 def load_version(
     source: ModelSource, uri: str, settings: Settings, *, stale_alias_ok: bool = True
 ) -> tuple[LoadedModel, FetchedModel]:
-    """Fetch ``uri`` and load it with the configured threads, warmed up at the serving batch size.
+    """Fetch ``uri`` and load it with the configured threads, warmed up (``MODEL__WARM_UP_BATCH_SIZE``).
 
     Returns the model and what the fetch found (whether it came from the on-disk cache, for
     instance).  ``stale_alias_ok`` is passed to the fetch: False where an alias answered from
@@ -42,7 +43,7 @@ def load_version(
         sha256=fetched.sha256,
         intra_op_threads=settings.model.intra_op_threads,
         inter_op_threads=settings.model.inter_op_threads,
-        warm_up_batch=settings.batching.max_batch_size,
+        warm_up_batch=settings.model.warm_up_batch_size,
         cpu_mem_arena=settings.model.cpu_mem_arena,
         max_run_input_bytes=settings.model.max_run_input_kbytes * 1024,
     )

@@ -1,15 +1,16 @@
-"""The one model-loading path: fetch from a source, load with the settings, warm up at batch size."""
+"""The one model-loading path: fetch from a source, load with the settings, warm up (two rows by default)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from heimdall_stream.config import Settings
-from heimdall_stream.errors import ModelContractError, RegistryUnavailableError
+from heimdall_stream.errors import InferenceError, ModelContractError, RegistryUnavailableError
 from heimdall_stream.models import inference
 from heimdall_stream.models.loading import load_version
 from heimdall_stream.models.registry import FetchedModel, file_sha256
-from tests.helpers import features_contract, tiny_features_model
+from tests.helpers import features_contract, tiny_features_model, tiny_model
 
 
 class StandInRegistry:
@@ -36,11 +37,14 @@ def model_file(tmp_path):
 def _settings():
     """Settings that differ from the defaults where the loading path reads them."""
     return Settings.model_validate(
-        {"model": {"intra_op_threads": 2, "inter_op_threads": 1}, "batching": {"max_batch_size": 5}}
+        {
+            "model": {"intra_op_threads": 2, "inter_op_threads": 1, "warm_up_batch_size": 3},
+            "batching": {"max_batch_size": 5},
+        }
     )
 
 
-def test_loads_with_the_configured_threads_and_warms_up_at_the_serving_batch_size(model_file, monkeypatch):
+def test_loads_with_the_configured_threads_and_warm_up_batch(model_file, monkeypatch):
     warmed = []
     monkeypatch.setattr(inference.LoadedModel, "warm_up", lambda self, size=1: warmed.append(size))
     registry = StandInRegistry(model_file, from_cache=True)
@@ -51,7 +55,7 @@ def test_loads_with_the_configured_threads_and_warms_up_at_the_serving_batch_siz
     assert model.contract.input_kind == "features"
     options = model.session.get_session_options()
     assert (options.intra_op_num_threads, options.inter_op_num_threads) == (2, 1)
-    assert warmed == [5]
+    assert warmed == [3]  # its own setting, not the serving batch size (5)
 
 
 def test_a_stale_alias_refusal_is_passed_to_the_source(model_file):
@@ -74,3 +78,29 @@ def test_fetch_and_contract_errors_reach_the_caller(model_file, tmp_path):
     path.write_bytes(broken.SerializeToString())
     with pytest.raises(ModelContractError, match="the contract needs 1"):
         load_version(StandInRegistry(path), "models:/tiny/8", _settings())
+
+
+def test_a_model_with_a_fixed_batch_dimension_is_refused(tmp_path):
+    import onnx
+
+    fixed = onnx.load_from_string(tiny_features_model())
+    fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    path = tmp_path / "fixed.onnx"
+    path.write_bytes(fixed.SerializeToString())
+    with pytest.raises(ModelContractError, match="fixed batch dimension of 1"):
+        load_version(StandInRegistry(path), "models:/tiny/7", Settings())
+
+
+def test_a_graph_that_only_takes_one_capture_is_refused_at_load(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    one_row = onnx.load_from_string(tiny_model(features_contract()))
+    flat = next(i for i in one_row.graph.initializer if i.name == "flat")
+    flat.CopyFrom(numpy_helper.from_array(np.array([1, -1], np.int64), "flat"))  # every row into one
+    path = tmp_path / "one_row.onnx"
+    path.write_bytes(one_row.SerializeToString())
+    # onnxruntime's shape inference already tells (the outputs have one row); where it cannot,
+    # the two-row warm-up does.
+    with pytest.raises((ModelContractError, InferenceError), match="position_enu_m"):
+        load_version(StandInRegistry(path), "models:/tiny/7", Settings())

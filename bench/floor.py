@@ -114,5 +114,5 @@ def floor_line(floor: dict[str, Any]) -> str:
     acked = floor["offer_to_acked_ms"]
     return (
         f"| broker alone: offer → readable, no consumer (→ acked {acked['p50']:.0f} / {acked['p99']:.0f}) "
-        f"| | | | | | | {latency['p50']:.0f} / {latency['p99']:.0f} | | |"
+        f"| | | | | | | {latency['p50']:.0f} / {latency['p99']:.0f} | | | |"
     )

@@ -7,7 +7,7 @@ Two parts, both on the local stack (started if needed):
 
 * **start-up steps**: a child process imports what ``heimdall-stream run`` imports, one
   module group at a time, then loads the model, printing its RSS after each step: what each
-  import and the model (onnxruntime session, warm-up at the serving batch size) cost before a
+  import and the model (onnxruntime session, its warm-up run) cost before a
   single capture arrives;
 * **under load**: ``heimdall-stream run`` consumes the same pre-filled backlog once per variant
   (the defaults, then one setting changed at a time: jemalloc, tuned and with its own

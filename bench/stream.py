@@ -165,8 +165,12 @@ class Bench:
         *,
         group: str | None = None,
         model_uri: str | None = None,
+        settings: dict[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
-        """``heimdall-stream run`` (exactly-once) on ``topics``; returns once /readyz answers."""
+        """``heimdall-stream run`` on ``topics`` (exactly-once unless ``settings`` say otherwise).
+
+        Returns once /readyz answers.
+        """
         group = group or f"bench-{topics['input']}"
         env = self.child_env()
         env.update(
@@ -183,6 +187,7 @@ class Bench:
                 "HEIMDALL_INSTANCE_ID": f"bench-{batch_size}",
                 # No control topic on these fresh topics: the benchmark serves one fixed model.
                 "HEIMDALL_MODEL__CONTROL_ENABLED": "false",
+                **(settings or {}),
             }
         )
         proc = self.spawn([sys.executable, "-m", "heimdall_stream.cli", "run"], env, group)

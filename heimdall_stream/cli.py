@@ -218,7 +218,7 @@ def status() -> None:
             click.echo(f"    {label}: {report.error}")
 
 
-@main.command("check-model", reads=(GENERAL, "mlflow", "model", "batching"))
+@main.command("check-model", reads=(GENERAL, "mlflow", "model"))
 @click.argument("uri")
 def check_model(uri: str) -> None:
     """Fetch, verify and describe a model (URI models:/name@alias or models:/name/<version>).

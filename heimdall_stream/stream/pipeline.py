@@ -69,13 +69,15 @@ class BatchPipeline:
 
         Any batch, not only the oldest: a worker that finishes a younger batch is idle, and the
         loop must wake to hand it the next one (waiting for the oldest left it idle for as long
-        as the oldest took longer).  With every batch scored only ``also`` (the transaction in
+        as the oldest took longer).  With the FIFO full nothing new can be handed out, so only
+        the oldest is waited on then.  With every batch scored only ``also`` (the transaction in
         flight, which must end before the head can be committed) is waited on.
         """
         if self.has_idle_worker():
             return  # one finished already: the caller hands it the next batch
         futures: list[Future[Any]] = [] if also is None else [also]
-        futures.extend(held.future for held in self._queue if not held.future.done())
+        held = list(self._queue)[:1] if len(self._queue) >= 2 * self.workers else self._queue
+        futures.extend(h.future for h in held if not h.future.done())
         if futures:
             wait_futures(futures, timeout=timeout, return_when=FIRST_COMPLETED)
 

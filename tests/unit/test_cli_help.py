@@ -23,7 +23,7 @@ READS = {
     "train-reference": ("general", "mlflow"),
     "deploy": ("general", "kafka", "model"),
     "status": ("general", "kafka"),
-    "check-model": ("general", "mlflow", "model", "batching"),
+    "check-model": ("general", "mlflow", "model"),
     "topics": ("general", "kafka"),
     "demo": ("general", "kafka", "redis", "mlflow", "model", "batching", "limits", "join"),
     "replay": ("general", "kafka", "mlflow", "model", "batching", "limits"),

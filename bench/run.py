@@ -175,7 +175,8 @@ def main() -> None:
         )
         for w, model in zip(workloads, models, strict=True)
     }
-    figures.setdefault("compute_captures_per_s", figures["comparison"]["W1"]["compute_captures_per_s"])
+    first = figures["comparison"][workloads[0].key]
+    figures.setdefault("compute_captures_per_s", first["compute_captures_per_s"])
     # A smoke run is no result: it is written beside the consumers' logs, not into bench/results.
     # A comparison alone goes to <date>-compare.json, so it never replaces a whole run's figures.
     suffix = "-compare" if args.compare_only else ""

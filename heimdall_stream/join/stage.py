@@ -189,10 +189,11 @@ class JoiningProcessor(BatchProcessor):
             scored.dead_letters = [part for letter in scored.dead_letters for part in as_parts(letter)]
         # Until its transaction commits a set needs its offsets and parts, not its samples:
         # dropping them halves what a set holds meanwhile (the parts keep their own bytes).
-        scored.records = [without_capture(r) for r in scored.records]
-        scored.results = [
-            replace(r, record=without_capture(r.record)) if r.record.parts else r for r in scored.results
-        ]
+        if any(r.parts for r in scored.records):
+            scored.records = [without_capture(r) for r in scored.records]
+            scored.results = [
+                replace(r, record=without_capture(r.record)) if r.record.parts else r for r in scored.results
+            ]
         return scored
 
     def after_commit(self, scored: ScoredBatch) -> None:
@@ -211,4 +212,4 @@ def as_parts(letter: DeadLetter) -> list[DeadLetter]:
     parts = letter.record.parts
     if not parts:
         return [letter]
-    return [DeadLetter(part, letter.error_class, letter.reason, letter.message) for part in parts]
+    return [replace(letter, record=part) for part in parts]

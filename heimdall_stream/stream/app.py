@@ -8,9 +8,9 @@ own (``stream.committer``) while the loop goes on consuming and scoring; the nex
 only once its outcome is collected: one transaction at a time, in consumption order.  A batch
 goes to a worker as soon as one is idle (optionally after ``max_wait_ms`` to fill): an idle
 pipeline answers at once, a busy one batches what arrives meanwhile, so batches grow with the
-load, like a dynamic batcher.  In-flight work is bounded
-by the pipeline (``2 × workers`` batches), the transaction in flight (at most as many) and one
-batch being filled, and librdkafka's prefetch by ``queued.max.messages.kbytes``.  ``delivery``
+load, like a dynamic batcher.  In-flight work is bounded by the pipeline (``2 × workers``
+batches), the transaction in flight and one batch being filled (librdkafka's prefetch by
+``queued.max.messages.kbytes``).  ``delivery``
 writes each outcome and commits its offsets exactly once (or at least once); before it the
 processor writes pending dedup marks, after it does its bookkeeping (done marks, cache,
 metrics), and the trimmer (``stream.allocator``) is told that the batches' memory is free to
@@ -55,7 +55,7 @@ from heimdall_stream.stream.aborts import waiting_alive
 from heimdall_stream.stream.allocator import Trimmer
 from heimdall_stream.stream.batching import MicroBatcher
 from heimdall_stream.stream.committer import Committer
-from heimdall_stream.stream.delivery import Delivery
+from heimdall_stream.stream.delivery import Delivery, commits_off_the_loop
 from heimdall_stream.stream.gauges import publish_model_metrics, update_lag
 from heimdall_stream.stream.pipeline import BatchPipeline
 from heimdall_stream.stream.swap import ModelSwap
@@ -107,9 +107,8 @@ class StreamApp:
         self.delivery = Delivery(
             settings, self.consumer, metrics, self._on_kafka_error, lambda: self._assigned
         )
-        self.committer = Committer(
-            self.delivery, processor, metrics, overlap=batching.overlap_commit, clock=clock
-        )
+        overlap = commits_off_the_loop(settings)
+        self.committer = Committer(self.delivery, processor, metrics, overlap=overlap, clock=clock)
         # Per-receiver parts, joined into sets that enter the batcher like whole captures.
         self.join = join
         if join is not None:
@@ -284,10 +283,13 @@ class StreamApp:
         """Hand the scored batches at the head of the pipeline to the committer, once it is free."""
         if self.committer.busy:
             return
-        batches = self.pipeline.ready()
+        self._hand_over(self.pipeline.ready(), timeout=0.0)
+
+    def _hand_over(self, batches: list[ScoredBatch], timeout: float | None) -> None:
+        """Start the transaction of ``batches``; settle it within ``timeout`` (at once when it ran here)."""
         if batches:
             self.committer.submit(batches)
-            self._settle()  # at once when the transaction ran on this thread
+            self._settle(timeout)
 
     def _settle(self, timeout: float | None = 0.0) -> None:
         """Once the transaction in flight is over: its bookkeeping, or on abort the rewind."""
@@ -329,10 +331,7 @@ class StreamApp:
         pending = self.batcher.take(force=True)
         if pending:
             self.pipeline.submit(pending)
-        batches = self.pipeline.drain()
-        if batches:
-            self.committer.submit(batches)
-            self._settle(timeout=None)
+        self._hand_over(self.pipeline.drain(), timeout=None)
 
     # ------------------------------------------------------------------ rebalances, errors
 

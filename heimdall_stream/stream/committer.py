@@ -70,8 +70,6 @@ class Committer:
         # At least once commits offsets through the consumer, which only the loop thread may use.
         overlap = overlap and delivery.exactly_once
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="heimdall-commit") if overlap else None
-        if overlap:
-            delivery.pause_input_when_full = False
         self._flight: _Flight | None = None
 
     @property

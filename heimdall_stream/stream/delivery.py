@@ -44,6 +44,14 @@ HUNG_GRACE_S = 5.0
 MAX_WEDGED_PRODUCERS = 3
 
 
+def commits_off_the_loop(settings: Settings) -> bool:
+    """Whether transactions run on the commit thread (``batching.overlap_commit``, exactly-once only).
+
+    At least once commits offsets through the consumer, which only the loop thread may use.
+    """
+    return settings.batching.overlap_commit and settings.kafka.delivery == "exactly_once"
+
+
 class Delivery:
     """Writes results and dead letters and commits the input offsets of each batch."""
 
@@ -69,7 +77,8 @@ class Delivery:
         self.aborts = AbortBudget(settings.kafka, metrics)
         # Pause the input while the producer's queue is full.  Off when commits run on a thread
         # of their own: the consumer is the loop's, whose in-flight bound stops it meanwhile.
-        self.pause_input_when_full = True
+        self.pause_input_when_full = not commits_off_the_loop(settings)
+        self._next_full_log = 0.0
 
     def start(self) -> None:
         """Register the transactional id (fencing any previous holder of it).
@@ -101,27 +110,20 @@ class Delivery:
         """The consumer's group metadata for ``commit`` (its generation fences a zombie's offsets)."""
         return self.consumer.consumer_group_metadata()
 
-    def commit(
-        self,
-        batches: Sequence[ScoredBatch],
-        offsets: list[TopicPartition] | None = None,
-        metadata: Any = None,
-    ) -> bool:
+    def commit(self, batches: Sequence[ScoredBatch], offsets: list[TopicPartition], metadata: Any) -> bool:
         """Write and commit batches (in one transaction); False when aborted.
 
-        ``offsets`` and ``metadata`` (``group_metadata``): taken by the caller beforehand when
-        this runs on a thread other than the consumer's (``stream.committer``: confluent-kafka
-        serialises calls on one consumer, so a call from here would wait for the loop's poll);
-        else ``offsets_of`` their records and the consumer's metadata now.  An aborted commit
-        leaves the consumer where it is: the caller rewinds it (``rewind``) over these batches
-        and whatever it consumed after them.
+        ``offsets`` (``offsets_of`` their records) and ``metadata`` (``group_metadata``, exactly
+        once only) are taken by the caller on the consumer's thread beforehand: this may run on
+        another (``stream.committer``), and confluent-kafka serialises calls on one consumer, so
+        a call from here would wait for the loop's poll.  An aborted commit leaves the consumer
+        where it is: the caller rewinds it (``rewind``) over these batches and whatever it
+        consumed after them.
         """
         records = [record for batch in batches for record in batch.records]
-        if offsets is None:
-            offsets = self.offsets_of(records)
         try:
             if self.exactly_once:
-                self._commit_transaction(batches, offsets, metadata or self.group_metadata())
+                self._commit_transaction(batches, offsets, metadata)
             else:
                 self._commit_at_least_once(batches, offsets)
         except KafkaException as exc:
@@ -204,7 +206,12 @@ class Delivery:
                     )
                     return
                 except BufferError:
-                    # Producer queue full: stop fetching input until delivery reports make room.
+                    # Producer queue full: wait for delivery reports to make room, and (on the
+                    # loop's thread) stop fetching input meanwhile.
+                    if time.monotonic() >= self._next_full_log:
+                        # Once a minute at most: under back-pressure every produce may wait.
+                        self._next_full_log = time.monotonic() + 60.0
+                        log.warning("producer queue full: waiting for delivery reports (%s)", topic)
                     if not paused and self.pause_input_when_full:
                         paused = [TopicPartition(t, p) for t, p in sorted(self._assigned())]
                         self.consumer.pause(paused)

@@ -73,13 +73,16 @@ def kafka_rss_mb(stack: Any, paths: Any) -> str:
     sizes = []
     for name in names:
         pid = stack.read_pid(paths, name)
-        status = Path(f"/proc/{pid}/status")
-        if pid is None or not status.exists():
+        if pid is None:
             continue
-        kb = next(
-            int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmRSS:")
-        )
-        sizes.append(f"{name} {kb // 1024} MB")
+        try:
+            lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        except OSError:  # gone already
+            continue
+        # A zombie has no VmRSS line.
+        kb = next((int(line.split()[1]) for line in lines if line.startswith("VmRSS:")), None)
+        if kb is not None:
+            sizes.append(f"{name} {kb // 1024} MB")
     return ", ".join(sizes) or "no process"
 
 

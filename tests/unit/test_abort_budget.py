@@ -121,12 +121,12 @@ def test_a_refused_commit_flushes_then_aborts_then_waits_and_finally_stops():
     delivery.aborts = AbortBudget(settings.kafka, metrics, sleep=waits.append)
     batch = ScoredBatch(_records(10, 11), "b-1")
 
-    assert delivery.commit([batch]) is False
+    assert delivery.commit([batch], next_offsets(batch.records), delivery.group_metadata()) is False
     # librdkafka issue 4849: flush the in-flight produce requests before aborting.
     assert producer.calls == ["begin", "send_offsets", "commit", "flush", "abort"]
     assert len(waits) == 1 and _value(metrics, "heimdall_transactions_total", outcome="aborted") == 1
     with pytest.raises(PoisonBatchError, match=r"in\[0\]@10 after 2 aborted attempts"):
-        delivery.commit([batch])
+        delivery.commit([batch], next_offsets(batch.records), delivery.group_metadata())
     assert producer.calls.count("abort") == 2  # aborted before giving up: nothing left open
     assert _value(metrics, "heimdall_transactions_total", outcome="committed") == 0
 

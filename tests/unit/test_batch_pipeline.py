@@ -85,7 +85,8 @@ def test_a_younger_batch_done_first_wakes_the_waiter_while_the_oldest_is_still_s
     assert pipeline.ready() == []  # still handed back in order: the oldest first
     scorer.gates[0].set()
     assert [b.batch_id for b in pipeline.drain()] == ["b0", "b1"]
-    waiter.join()
+    waiter.join(timeout=30)
+    assert not waiter.is_alive()
     pipeline.close()
 
 

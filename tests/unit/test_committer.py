@@ -12,11 +12,12 @@ import pytest
 from confluent_kafka import TopicPartition
 from prometheus_client import CollectorRegistry
 
+from heimdall_stream.config import Settings
 from heimdall_stream.errors import FatalKafkaError, InternalError
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.processing.records import InputRecord, ScoredBatch
 from heimdall_stream.stream.committer import Committer
-from heimdall_stream.stream.delivery import next_offsets
+from heimdall_stream.stream.delivery import commits_off_the_loop, next_offsets
 
 WAIT_S = 30.0  # a generous bound: these waits end as soon as the condition holds
 
@@ -28,7 +29,6 @@ class Delivery:
 
     def __init__(self, answer: bool | Exception = True) -> None:
         self.answer = answer
-        self.pause_input_when_full = True
         self.release = threading.Event()
         self.entered = threading.Event()
         self.offsets_thread: int | None = None
@@ -89,11 +89,10 @@ def test_the_loop_is_free_while_its_transaction_commits_and_the_next_waits_for_t
         assert outcome is not None and outcome.committed
         assert [b.batch_id for b in outcome.batches] == ["b4", "b5"]
         assert not committer.busy and committer.collect(0.0) is None
-        # Offsets and group metadata were taken on the caller's (the consumer's) thread, the
-        # transaction ran on another, and the input is not paused from there.
+        # Offsets and group metadata were taken on the caller's (the consumer's) thread, and
+        # the transaction ran on another.
         assert delivery.offsets_thread == delivery.metadata_thread == threading.get_ident()
         assert delivery.commit_thread not in (None, threading.get_ident())
-        assert not delivery.pause_input_when_full
         assert delivery.committed == [
             (["b4", "b5"], [TopicPartition("in", 0, 5), TopicPartition("in", 1, 6)])
         ]
@@ -135,8 +134,22 @@ def test_without_overlap_the_transaction_runs_inside_submit():
     delivery = Delivery()
     delivery.release.set()
     committer = _committer(delivery, Processor(), overlap=False)
-    committer.submit([_batch(3)])
-    assert delivery.commit_thread == threading.get_ident()
-    outcome = committer.collect(0.0)
-    assert outcome is not None and outcome.committed
-    committer.close()
+    try:
+        committer.submit([_batch(3)])
+        assert delivery.commit_thread == threading.get_ident()
+        outcome = committer.collect(0.0)
+        assert outcome is not None and outcome.committed
+    finally:
+        committer.close()
+
+
+@pytest.mark.parametrize(
+    ("overlap", "delivery", "off_the_loop"),
+    [(True, "exactly_once", True), (True, "at_least_once", False), (False, "exactly_once", False)],
+)
+def test_only_exactly_once_with_overlap_commits_off_the_loop(overlap, delivery, off_the_loop):
+    # Off the loop the input is not paused when the producer's queue is full.
+    settings = Settings.model_validate(
+        {"batching": {"overlap_commit": overlap}, "kafka": {"delivery": delivery}}
+    )
+    assert commits_off_the_loop(settings) is off_the_loop

@@ -83,13 +83,13 @@ def test_a_hung_send_offsets_abandons_the_producer_and_the_next_transaction_uses
     delivery.aborts = AbortBudget(settings.kafka, metrics, sleep=waits.append)
     batch = ScoredBatch([InputRecord("in", 0, o, b"k", b"v", consumed_at=0.0) for o in (5, 6)], "b-1")
     try:
-        assert delivery.commit([batch]) is False
+        assert delivery.commit([batch], next_offsets(batch.records), delivery.group_metadata()) is False
         # Neither committed nor aborted through the wedged producer: the fresh one's init fences it.
         assert wedged.calls == ["begin", "send_offsets"]
         assert len(waits) == 1
         assert metrics.registry.get_sample_value("heimdall_transactions_total", {"outcome": "aborted"}) == 1
 
-        assert delivery.commit([batch]) is True
+        assert delivery.commit([batch], next_offsets(batch.records), delivery.group_metadata()) is True
         assert [p.calls for p in fresh] == [["init", "begin", "send_offsets", "commit"]]
         assert delivery.producer is fresh[0]
         renewed = {"outcome": "producer_renewed"}

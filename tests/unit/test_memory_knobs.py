@@ -18,7 +18,7 @@ from tests.helpers import iq_contract, tiny_features_model, tiny_model
 
 def test_memory_and_model_knobs_have_defaults_and_parse_from_the_environment(monkeypatch):
     settings = Settings()
-    assert settings.model.cpu_mem_arena is False and settings.model.max_run_input_kbytes == 4096
+    assert settings.model.cpu_mem_arena is False and settings.model.max_run_input_kbytes == 1024
     memory = settings.memory
     assert (memory.malloc_arena_max, memory.malloc_mmap_threshold_kbytes, memory.trim_interval_ms) == (
         2,

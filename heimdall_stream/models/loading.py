@@ -4,7 +4,8 @@ The consumer at start-up, the control plane on a deployment and ``heimdall-strea
 all load through ``load_version``, so they open a model with the same onnxruntime thread,
 arena and run-size settings and warm it up with one small batch (``model.warm_up_batch_size``,
 2 by default): the contract refuses a fixed batch dimension, and two rows a graph that
-hard-codes one, so a model that cannot take the stream's batches fails here.
+hard-codes one (when two rows fit in one run, ``model.max_run_input_kbytes``; an IQ model's
+rows run one at a time), so a model that cannot take the stream's batches fails here.
 """
 
 from __future__ import annotations

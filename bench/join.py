@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 
 from bench.compute import encoded_pool
-from bench.run import REPO, _features_model, _free_port, _stack_env
+from bench.recorded import result_path
+from bench.run import _features_model, _free_port, _stack_env
 from bench.stream import (
     PARTITIONS,
     Bench,
@@ -199,11 +200,7 @@ def main() -> None:
         f"paced {args.rate:g}/s: the join adds p50 {added[0]:.0f} ms, p99 {added[1]:.0f} ms beyond the "
         f"{WINDOW_MS} ms window (whole captures at the same rate: p99 {paced_whole['p99_ms']:.0f} ms)"
     )
-    out = (
-        work / "quick.json"
-        if args.quick
-        else REPO / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d}-join.json"
-    )
+    out = work / "quick.json" if args.quick else result_path("-join")
     out.write_text(json.dumps(figures, indent=2, default=float))
     print(f"recorded {out}")
 

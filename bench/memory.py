@@ -81,6 +81,7 @@ VARIANTS: dict[str, dict[str, str]] = {
     "glibc's own arena count": {"HEIMDALL_MEMORY__MALLOC_ARENA_MAX": "0"},
     "ORT arena on": {"HEIMDALL_MODEL__CPU_MEM_ARENA": "true"},
     "whole batch per run": {"HEIMDALL_MODEL__MAX_RUN_INPUT_KBYTES": "0"},
+    "runs of 4 MiB (7 IQ captures)": {"HEIMDALL_MODEL__MAX_RUN_INPUT_KBYTES": "4096"},
     "1 worker": {"HEIMDALL_BATCHING__WORKERS": "1"},
 }
 
@@ -97,7 +98,7 @@ def startup_steps(bench: Bench, model_uri: str) -> list[tuple[str, float]]:
         check=True,
         cwd=Path(__file__).parents[1],
     )
-    return [tuple(json.loads(line)) for line in out.stdout.splitlines() if line.startswith("[")]  # type: ignore[misc]
+    return [tuple(json.loads(line)) for line in out.stdout.splitlines() if line.startswith("[")]
 
 
 def under_load(

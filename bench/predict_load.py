@@ -45,7 +45,8 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bench.run import REPO, _features_model, _free_port, _stack_env
+from bench.recorded import result_path
+from bench.run import _features_model, _free_port, _stack_env
 from bench.stream import Bench, distinct_capture
 from heimdall_stream.api.bodies import AVRO_CAPTURE
 from heimdall_stream.lab.simulator import IqSimulator
@@ -274,7 +275,7 @@ def main() -> None:
     if args.quick:
         print(json.dumps(figures, indent=2))
         return
-    out = REPO / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d}-predict.json"
+    out = result_path("-predict")
     out.write_text(json.dumps(figures, indent=2) + "\n")
     print(f"recorded {out}")
 

@@ -28,6 +28,7 @@ from typing import Any
 
 from bench import compare
 from bench.compute import decode_cost, encoded_pool, features_throughput, model_from_file, pipeline_throughput
+from bench.recorded import result_path
 from bench.stream import Bench, run_load
 from heimdall_stream.config import Settings
 from heimdall_stream.models.inference import LoadedModel
@@ -178,13 +179,9 @@ def main() -> None:
     first = figures["comparison"][workloads[0].key]
     figures.setdefault("compute_captures_per_s", first["compute_captures_per_s"])
     # A smoke run is no result: it is written beside the consumers' logs, not into bench/results.
-    # A comparison alone goes to <date>-compare.json, so it never replaces a whole run's figures.
-    suffix = "-compare" if args.compare_only else ""
-    out = (
-        work / "quick.json"
-        if args.quick
-        else REPO / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d}{suffix}.json"
-    )
+    # A comparison alone goes to <date>-compare.json, so it never replaces a whole run's figures
+    # (nor, on the same day, an earlier run's: see bench.recorded).
+    out = work / "quick.json" if args.quick else result_path("-compare" if args.compare_only else "")
     out.write_text(json.dumps(figures, indent=2, default=float))
     print(table(figures))
     print(f"recorded {out}")

@@ -1,6 +1,6 @@
 """Where a benchmark records its figures: ``bench/results/<date><suffix>.json``, never over an earlier run.
 
-A second run on the same (UTC) day gets the time as well (``<date><suffix>-<HHMM>.json``), so a
+A second run on the same (UTC) day gets the time as well (``<date><suffix>-<HHMMSS>.json``), so a
 day's earlier figures, which the README may cite, stay as they were recorded.
 """
 

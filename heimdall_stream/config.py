@@ -272,8 +272,8 @@ class BatchingSettings(_Section):
         "and scoring (still one transaction at a time, in consumption order; exactly_once only). "
         "false = the loop commits and consumes nothing meanwhile, so a slow commit holds up every "
         "capture behind it. Off by default: at half load it did not lower latency in earlier runs here "
-        "(the commit thread waits for the GIL behind the workers); W1's p50 was 0.83x in a later "
-        "A/B of 3 pairs (README Latency at half load).",
+        "(the commit thread waits for the GIL behind the workers); in two later A/Bs it lowered W1's "
+        "p50 but not W2's, whose p99 it raised (README Latency at half load).",
     )
 
 

@@ -147,7 +147,16 @@ def test_metrics_endpoint_parses_and_names_every_required_metric(make_settings, 
 def test_cached_results_are_served_for_repeated_inputs(make_settings, start_consumer):
     settings = make_settings()
     consumer = start_consumer(settings)
-    send_captures(settings, 8, pool=2, seed=5)  # 8 captures, 2 distinct transmissions
+    # The 2 distinct transmissions first, and their predictions cached (after_commit saves them
+    # before it counts the results) before the repeats: a repeat scored in the same batch as its
+    # first copy, or beside it on the other worker, would find nothing cached yet.
+    send_captures(settings, 2, pool=2, seed=5)
+    wait_for(
+        lambda: consumer.metric_sum("heimdall_results_produced_total") >= 2,
+        60,
+        "the first 2 results committed and cached",
+    )
+    send_captures(settings, 6, pool=2, seed=5)  # the same 2 transmissions, under fresh ids
     results = results_of(
         read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=8)
     )

@@ -47,10 +47,12 @@ from bench.stream import (
     ProcessWatch,
     Seen,
     StreamRun,
-    read_results,
+    open_reader,
+    read_seen,
     stage_latencies,
     stop_process,
     summarise,
+    warm_up,
 )
 from heimdall_stream.wire.messages import IqCapture
 
@@ -143,9 +145,12 @@ def available(systems: Sequence[System]) -> tuple[list[System], dict[str, str]]:
 class Runner:
     """Starts a system on given topics and measures one run of it."""
 
-    def __init__(self, bench: Bench, workload: Workload, free_port: Callable[[], int]) -> None:
+    def __init__(
+        self, bench: Bench, workload: Workload, free_port: Callable[[], int], pool: list[IqCapture]
+    ) -> None:
         self.bench = bench
         self.workload = workload
+        self.pool = pool  # what a paced run's warm-up captures are made from
         self.free_port = free_port
         self.metrics_port = 0  # heimdall-stream's, while it runs
 
@@ -227,17 +232,21 @@ class Runner:
         proc = self.start(system, input_topic, output, group)
         watch = ProcessWatch(proc.pid)
         feeder = None
+
+        def alive() -> bool:
+            return proc.poll() is None
+
+        reader = open_reader(self.bench.bootstrap, output)
         try:
             if offer is not None:  # latency: offer only once the system owns every partition
                 self.bench.wait_assigned(group, PARTITIONS, proc)
+                warm_up(self.bench, input_topic, self.pool, reader, alive)
                 feeder = threading.Thread(target=offer)
                 feeder.start()
             seconds = count / rate if rate else 0.0
-            results = read_results(
-                self.bench.bootstrap, output, count, seconds + 60 + count / 10, lambda: proc.poll() is None
-            )
+            results = read_seen(reader, count, seconds + 60 + count / 10, alive)
             run = summarise(results, watch, rate, count)
-            if system.peer is None and proc.poll() is None:
+            if system.peer is None and alive():
                 # Where its latency went, stage by stage, from its own histograms.
                 try:
                     run.extra["stages"] = stage_latencies(self.metrics_port)
@@ -245,6 +254,7 @@ class Runner:
                     run.extra["stages_error"] = str(exc)
             return run, results
         finally:
+            reader.close()
             if feeder is not None:
                 feeder.join()
             stop_process(proc, watch)
@@ -267,7 +277,7 @@ def compare(
     ``compute`` measures the compute limit; it is called before and after the backlog rounds.
     """
     usable, skipped = available(systems)
-    runner = Runner(bench, workload, free_port)
+    runner = Runner(bench, workload, free_port, pool)
     ids = workload.key  # capture ids W1-000000 ...: the same captures for every system
     backlog_topic = f"bench.cmp.in.{workload.key}.{uuid.uuid4().hex[:6]}"
     bench.create_topics([backlog_topic])

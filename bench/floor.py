@@ -19,9 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message
 
-from bench.stream import Bench, distinct_capture
+from bench.stream import Bench, distinct_capture, open_reader
 from heimdall_stream.wire.codec import capture_codec
 from heimdall_stream.wire.messages import IqCapture
 
@@ -38,18 +38,8 @@ def _percentiles(values_ms: list[float]) -> dict[str, float]:
     }
 
 
-def _read(bootstrap: str, topic: str, expected: int, timeout: float, out: list[float]) -> None:
+def _read(consumer: Consumer, expected: int, timeout: float, out: list[float]) -> None:
     """Receipt − CreateTime of every message, read_committed, as librdkafka hands it over."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-floor-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
-    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     deadline = time.monotonic() + timeout
     try:
         while len(out) < expected and time.monotonic() < deadline:
@@ -78,9 +68,8 @@ def broker_floor(bench: Bench, pool: list[IqCapture], count: int, rate: float) -
     topic = f"bench.floor.{uuid.uuid4().hex[:6]}"
     bench.create_topics([topic])
     received: list[float] = []
-    reader = threading.Thread(
-        target=_read, args=(bench.bootstrap, topic, count, count / rate + 120, received), daemon=True
-    )
+    consumer = open_reader(bench.bootstrap, topic, "bench-floor")
+    reader = threading.Thread(target=_read, args=(consumer, count, count / rate + 120, received), daemon=True)
     reader.start()
     acked: list[float] = []
     producer = bench.load_producer(topic)  # the producer every system's offer came from

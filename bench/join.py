@@ -40,7 +40,9 @@ from bench.stream import (
     Bench,
     ProcessWatch,
     distinct_capture,
+    open_reader,
     read_results,
+    read_seen,
     stop_process,
     summarise,
 )
@@ -120,16 +122,20 @@ def paced_run(
     topics, runner = _runner(bench, per_receiver)
     proc = runner.start_consumer(topics, 32, _free_port())
     watch = ProcessWatch(proc.pid)
+    reader = open_reader(runner.bootstrap, topics["output"])
     runner.wait_assigned(f"bench-{topics['input']}", PARTITIONS * (2 if per_receiver else 1), proc)
     if per_receiver:
         args: tuple[Any, ...] = (runner, topics["receivers"], pool, count, rate)
         offer = threading.Thread(target=lambda: produce_parts(*args, expected=False))
     else:
-        offer = threading.Thread(target=runner.produce, args=(topics["input"], pool, count, rate, "j"))
+        offer = threading.Thread(
+            target=runner.produce, args=(topics["input"], pool, count, rate), kwargs={"id_prefix": "j"}
+        )
     offer.start()
-    results = read_results(
-        runner.bootstrap, topics["output"], count, 90 + seconds * 2, lambda: proc.poll() is None
-    )
+    try:
+        results = read_seen(reader, count, 90 + seconds * 2, lambda: proc.poll() is None)
+    finally:
+        reader.close()
     offer.join()
     stop_process(proc, watch)
     cut = count - int(rate * (WINDOW_MS / 1000 + 1))  # the tail closes by idleness, not event time

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import random
 import signal
 import struct
 import subprocess
@@ -32,7 +33,7 @@ from typing import Any
 
 import numpy as np
 import psutil
-from confluent_kafka import OFFSET_BEGINNING, Consumer, ConsumerGroupState, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from heimdall_stream.wire.codec import capture_codec, localization_codec
@@ -40,6 +41,10 @@ from heimdall_stream.wire.messages import IqCapture, SampleFormat
 
 PARTITIONS = 6
 SAMPLE_EVERY_S = 0.1
+READER_WARM_UP_S = 0.5
+WARM_UP_CAPTURES = 10
+WARM_UP_FIRST_INDEX = 1 << 30  # far beyond any timed capture's index
+_NO_LEADER_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
 
 
 @dataclass
@@ -235,9 +240,19 @@ class Bench:
         return producer
 
     def produce(
-        self, topic: str, pool: list[IqCapture], count: int, rate: float | None, id_prefix: str = "b"
+        self,
+        topic: str,
+        pool: list[IqCapture],
+        count: int,
+        rate: float | None,
+        *,
+        id_prefix: str = "b",
+        first_index: int = 0,
     ) -> None:
-        """Offer ``count`` distinct captures, at ``rate`` per second (None: as fast as possible)."""
+        """Offer ``count`` distinct captures, at ``rate`` per second (None: as fast as possible).
+
+        Captures ``first_index`` … ``first_index + count - 1`` of ``distinct_capture``.
+        """
         producer = self.load_producer(topic)
         codec = capture_codec()
         start = time.monotonic()
@@ -245,7 +260,7 @@ class Bench:
             if rate:
                 while (delay := start + i / rate - time.monotonic()) > 0:
                     producer.poll(min(delay, 0.02))
-            capture = distinct_capture(pool, i, f"{id_prefix}-{i:06d}")
+            capture = distinct_capture(pool, first_index + i, f"{id_prefix}-{i:06d}")
             value = codec.encode(capture)
             while True:
                 try:
@@ -284,6 +299,43 @@ class Seen:
     batch_size: int  # of the inference batch it came from (lineage)
 
 
+def open_reader(bootstrap: str, topic: str, group_prefix: str = "bench-reader") -> Consumer:
+    """A read_committed consumer of every partition of ``topic``, already fetching.
+
+    Opened before the first capture is offered: a reader opened alongside the offer spent its
+    first ~250 ms looking up metadata and offsets and connecting, and the first ten or so
+    results of every system (of 800 at 40/s, so the whole p99) were late by that much.  So the
+    partitions are assigned at their explicit start offsets (no offset lookup after this) and
+    the reader polls once, which opens its fetch sessions, before it is handed back.
+    """
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"{group_prefix}-{uuid.uuid4().hex}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+        }
+    )
+    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    consumer.assign([TopicPartition(topic, p, _first_offset(consumer, topic, p)) for p in partitions])
+    consumer.poll(READER_WARM_UP_S)  # nothing is offered yet: this only starts the fetches
+    return consumer
+
+
+def _first_offset(consumer: Consumer, topic: str, partition: int, timeout: float = 30.0) -> int:
+    """The partition's low watermark, once it has a leader (a topic just created may not yet)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[0])
+        except KafkaException as exc:
+            error = exc.args[0]
+            waiting = error.retriable() or error.code() in _NO_LEADER_YET
+            if not waiting or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def read_results(
     bootstrap: str,
     topic: str,
@@ -291,52 +343,75 @@ def read_results(
     timeout: float,
     alive: Callable[[], bool] = lambda: True,
 ) -> list[Seen]:
-    """Every result, read_committed, timestamped as soon as librdkafka hands it over.
+    """Every result on ``topic``, read by a reader of its own (``open_reader``, ``read_seen``)."""
+    reader = open_reader(bootstrap, topic)
+    try:
+        return read_seen(reader, expected, timeout, alive)
+    finally:
+        reader.close()
 
-    The reader assigns itself every partition (no group join, so nothing waits for a
-    rebalance before the first result is timestamped); it stops once ``expected`` results
-    are in, at ``timeout``, or when ``alive`` says the consumer under test has died.
+
+def read_seen(
+    reader: Consumer, expected: int, timeout: float, alive: Callable[[], bool] = lambda: True
+) -> list[Seen]:
+    """Results as ``reader`` (``open_reader``) sees them, timestamped as librdkafka hands them over.
+
+    The reader is assigned every partition (no group join, so nothing waits for a rebalance
+    before the first result is timestamped); this returns once ``expected`` results are in, at
+    ``timeout``, or when ``alive`` says the consumer under test has died.
     """
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"bench-reader-{uuid.uuid4().hex}",
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
-        }
-    )
-    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
     codec = localization_codec()
     out: list[Seen] = []
     deadline = time.monotonic() + timeout
-    try:
-        while len(out) < expected and time.monotonic() < deadline and alive():
-            # poll() returns with the first message; consume(n, timeout) would wait out its whole
-            # timeout unless n messages came, adding up to that timeout to every latency measured.
-            first = consumer.poll(0.1)
-            if first is None:
+    while len(out) < expected and time.monotonic() < deadline and alive():
+        # poll() returns with the first message; consume(n, timeout) would wait out its whole
+        # timeout unless n messages came, adding up to that timeout to every latency measured.
+        first = reader.poll(0.1)
+        if first is None:
+            continue
+        for message in [first, *reader.consume(num_messages=500, timeout=0)]:
+            value = message.value()
+            if message.error() is not None or value is None:
                 continue
-            for message in [first, *consumer.consume(num_messages=500, timeout=0)]:
-                value = message.value()
-                if message.error() is not None or value is None:
-                    continue
-                seen = datetime.now(UTC)
-                loc = codec.decode(value)
-                visible_ms = loc.timings.end_to_end_ms + (seen - loc.produced_at).total_seconds() * 1000
-                out.append(
-                    Seen(
-                        time.monotonic(),
-                        visible_ms,
-                        loc.capture_id,
-                        loc.latitude,
-                        loc.longitude,
-                        loc.lineage.batch_size,
-                    )
+            seen = datetime.now(UTC)
+            loc = codec.decode(value)
+            visible_ms = loc.timings.end_to_end_ms + (seen - loc.produced_at).total_seconds() * 1000
+            out.append(
+                Seen(
+                    time.monotonic(),
+                    visible_ms,
+                    loc.capture_id,
+                    loc.latitude,
+                    loc.longitude,
+                    loc.lineage.batch_size,
                 )
-    finally:
-        consumer.close()
+            )
     return out
+
+
+def warm_up(
+    bench: Bench,
+    topic: str,
+    pool: list[IqCapture],
+    reader: Consumer,
+    alive: Callable[[], bool],
+    *,
+    count: int = WARM_UP_CAPTURES,
+) -> None:
+    """Offer ``count`` captures and wait for their results, before a timed offer.
+
+    Group "stable" (``Bench.wait_assigned``) is not "fetching": a consumer still looks up its
+    start offsets and opens its fetches after that, and the first captures of a timed offer
+    waited for it (about 300 ms for the first ten, every system alike, which was the whole p99
+    of a 20 s run).  The warm-up captures are distinct from every timed one (and from other
+    runs' warm-ups, so no result cache answers for them) and their results are not counted.
+    """
+    first = WARM_UP_FIRST_INDEX + random.randrange(1_000_000) * len(pool)
+    tag = uuid.uuid4().hex[:6]
+    bench.produce(topic, pool, count, None, id_prefix=f"warm{tag}", first_index=first)
+    seen = read_seen(reader, count, 120.0, alive)
+    if len(seen) < count:
+        raise RuntimeError(f"{len(seen)} of {count} warm-up results within 120 s (see {bench.log_dir})")
 
 
 def stage_latencies(port: int) -> dict[str, dict[str, float]]:
@@ -436,13 +511,22 @@ def run_load(
     proc = bench.start_consumer(topics, batch_size, port)
     watch = ProcessWatch(proc.pid)
     producer_thread = None
-    if not preload:
-        bench.wait_assigned(f"bench-{topics['input']}", PARTITIONS, proc)
-        producer_thread = threading.Thread(target=bench.produce, args=(topics["input"], pool, count, rate))
-        producer_thread.start()
-    results = read_results(
-        bench.bootstrap, topics["output"], count, 60 + count / 20, lambda: proc.poll() is None
-    )
+    reader = open_reader(bench.bootstrap, topics["output"])
+
+    def alive() -> bool:
+        return proc.poll() is None
+
+    try:
+        if not preload:
+            bench.wait_assigned(f"bench-{topics['input']}", PARTITIONS, proc)
+            warm_up(bench, topics["input"], pool, reader, alive)
+            producer_thread = threading.Thread(
+                target=bench.produce, args=(topics["input"], pool, count, rate)
+            )
+            producer_thread.start()
+        results = read_seen(reader, count, 60 + count / 20, alive)
+    finally:
+        reader.close()
     if producer_thread:
         producer_thread.join()
     run = summarise(results, watch, rate, count)

@@ -266,14 +266,19 @@ class BatchingSettings(_Section):
         "use). The FFTs and onnxruntime release the GIL, so workers run on every core; batches are "
         "still committed in the order they were consumed.",
     )
+    inline_max_captures: int = Field(
+        4,
+        ge=0,
+        le=4096,
+        description="A batch of at most this many captures is scored on the loop thread when no worker "
+        "holds one (0 = never): at light load that spares a hand-off and the GIL sharing it brings.",
+    )
     overlap_commit: bool = Field(
         False,
         description="Commit each transaction on a thread of its own while the loop goes on consuming "
         "and scoring (still one transaction at a time, in consumption order; exactly_once only). "
-        "false = the loop commits and consumes nothing meanwhile, so a slow commit holds up every "
-        "capture behind it. Off by default: at half load it did not lower latency in earlier runs here "
-        "(the commit thread waits for the GIL behind the workers); in two later A/Bs it lowered W1's "
-        "p50 but not W2's, whose p99 it raised (README Latency at half load).",
+        "false = the loop commits and consumes nothing meanwhile. Off by default: it lowered W1's p50 "
+        "at half load but not W2's, whose p99 it raised (README Latency at half load).",
     )
 
 

@@ -101,7 +101,7 @@ class StreamApp:
         self.batcher: MicroBatcher[InputRecord] = MicroBatcher(
             batching.max_batch_size, batching.max_wait_ms / 1000.0, clock
         )
-        self.pipeline = BatchPipeline(processor, batching.workers)
+        self.pipeline = BatchPipeline(processor, batching.workers, batching.inline_max_captures)
         self.trimmer = Trimmer(settings.memory.trim_interval_ms / 1000.0)
         self.consumer = Consumer({**consumer_config(settings), "error_cb": self._on_kafka_error})
         self.delivery = Delivery(

@@ -6,6 +6,12 @@ batch is delivered only after every batch handed out before it, so the input off
 committed in consumption order and exactly-once holds as with a single thread.  At most
 ``2 × workers`` batches are held (scoring or scored and waiting for their turn): in-flight
 memory stays bounded whatever the load.
+
+At light load a hand-off costs more than it saves: a batch of at most ``inline_max_captures``
+handed out while the pipeline is empty is scored on the calling (loop) thread instead, and
+joins the FIFO already done.  Alone, one thread scores a capture in the time it takes; handed
+to a worker, the capture's features and inference share the GIL with the loop thread and took
+twice as long at half load (README, Latency at half load).
 """
 
 from __future__ import annotations
@@ -33,9 +39,10 @@ class _Held:
 class BatchPipeline:
     """A FIFO of batches being scored by a pool of worker threads."""
 
-    def __init__(self, processor: BatchProcessor, workers: int) -> None:
+    def __init__(self, processor: BatchProcessor, workers: int, inline_max_captures: int = 0) -> None:
         self.processor = processor
         self.workers = workers
+        self.inline_max_captures = inline_max_captures
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="heimdall-batch")
         self._queue: deque[_Held] = deque()
 
@@ -52,8 +59,16 @@ class BatchPipeline:
         return busy < self.workers and len(self._queue) < 2 * self.workers
 
     def submit(self, records: Sequence[InputRecord]) -> None:
-        """Hand a batch to the workers."""
-        self._queue.append(_Held(list(records), self._pool.submit(self.processor.process, records)))
+        """Hand a batch to the workers (a small one, with nothing else held, is scored here)."""
+        if self._queue or len(records) > self.inline_max_captures:
+            self._queue.append(_Held(list(records), self._pool.submit(self.processor.process, records)))
+            return
+        future: Future[ScoredBatch] = Future()
+        try:
+            future.set_result(self.processor.process(records))
+        except Exception as exc:  # raised by ready(), as a worker's would be
+            future.set_exception(exc)
+        self._queue.append(_Held(list(records), future))
 
     def ready(self) -> list[ScoredBatch]:
         """The scored batches at the head of the FIFO, in order (a worker's error is raised)."""

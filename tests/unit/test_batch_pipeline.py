@@ -107,6 +107,44 @@ def test_a_failed_batch_stays_held_and_discard_returns_every_record():
     assert sorted(scorer.discarded) == ["b2", "b3"]  # the failed one released its own claims
 
 
+class ThreadNoting(Scorer):
+    """A ``Scorer`` that notes which thread scored each batch."""
+
+    def __init__(self, fail_batch: int | None = None) -> None:
+        super().__init__(fail_batch)
+        self.threads: dict[int, str] = {}
+
+    def process(self, records: list[InputRecord]) -> ScoredBatch:
+        self.threads[records[0].offset] = threading.current_thread().name
+        return super().process(records)
+
+
+def test_a_small_batch_with_nothing_held_is_scored_on_the_calling_thread_and_kept_in_order():
+    scorer = ThreadNoting()
+    pipeline = BatchPipeline(scorer, workers=2, inline_max_captures=1)  # type: ignore[arg-type]
+    pipeline.submit(_batch(0))  # nothing held: scored here, done on return
+    assert scorer.threads[0] == threading.current_thread().name
+    assert len(pipeline) == 1 and pipeline.has_idle_worker()
+    pipeline.submit(_batch(1))  # batch 0 still held (not taken back): a worker's
+    pipeline.submit(_batch(2) + _batch(3))  # larger than the limit: a worker's, whatever is held
+    assert [b.batch_id for b in pipeline.drain()] == ["b0", "b1", "b2"]
+    pipeline.submit(_batch(4) + _batch(5))  # nothing held, but two captures: a worker's
+    assert [b.batch_id for b in pipeline.drain()] == ["b4"]
+    pipeline.close()
+    assert all(scorer.threads[n].startswith("heimdall-batch") for n in (1, 2, 4))
+
+
+def test_a_batch_scored_here_that_fails_is_raised_by_ready_and_held_for_discard():
+    scorer = Scorer(fail_batch=0)
+    pipeline = BatchPipeline(scorer, workers=2, inline_max_captures=4)  # type: ignore[arg-type]
+    pipeline.submit(_batch(0))  # the error is not raised by submit: the loop meets it in ready()
+    with pytest.raises(RuntimeError):
+        pipeline.ready()
+    assert len(pipeline) == 1
+    assert [r.offset for r in pipeline.discard()] == [0]
+    pipeline.close()
+
+
 def test_an_unanticipated_error_dead_letters_the_version_and_releases_nothing_early(model, monkeypatch):  # noqa: F811
     processor, metrics = _processor(ModelSet.single(model))
     records = _encoded(_captures(3, prefix="fail"))

@@ -114,7 +114,14 @@ def test_transactional_producer_retries_a_refused_transaction_soon():
 def test_batching_knobs_and_the_worker_default():
     # max_in_flight was never read: the bound is the pipeline (2 x workers batches) plus the prefetch.
     batching = Settings().batching
-    assert set(batching.model_dump()) == {"max_batch_size", "max_wait_ms", "workers", "overlap_commit"}
+    assert set(batching.model_dump()) == {
+        "max_batch_size",
+        "max_wait_ms",
+        "workers",
+        "inline_max_captures",
+        "overlap_commit",
+    }
     assert batching.overlap_commit is False
+    assert batching.inline_max_captures == 4
     assert batching.workers == len(os.sched_getaffinity(0))
     assert Settings(batching={"workers": 3}).batching.workers == 3

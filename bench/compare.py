@@ -28,6 +28,7 @@ or quieter meanwhile then flatters no ratio).  Medians and ratios only: one run 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import statistics
@@ -44,11 +45,13 @@ from bench.floor import broker_floor, floor_line
 from bench.stream import (
     PARTITIONS,
     Bench,
+    Histograms,
     ProcessWatch,
     Seen,
     StreamRun,
     open_reader,
     read_seen,
+    stage_histograms,
     stage_latencies,
     stop_process,
     summarise,
@@ -229,35 +232,46 @@ class Runner:
         offer: Callable[[], None] | None,
         rate: float | None,
     ) -> tuple[StreamRun, list[Seen]]:
-        proc = self.start(system, input_topic, output, group)
-        watch = ProcessWatch(proc.pid)
-        feeder = None
+        # The reader first: it misses nothing the system writes, and fetches before any offer.
+        with contextlib.closing(open_reader(self.bench.bootstrap, output)) as reader:
+            proc = self.start(system, input_topic, output, group)
+            watch = ProcessWatch(proc.pid)
+            feeder = None
 
-        def alive() -> bool:
-            return proc.poll() is None
+            def alive() -> bool:
+                return proc.poll() is None
 
-        reader = open_reader(self.bench.bootstrap, output)
+            try:
+                stages_before: Histograms | None = None
+                if offer is not None:  # latency: offer only once the system owns every partition
+                    self.bench.wait_assigned(group, PARTITIONS, proc)
+                    warm_up(self.bench, input_topic, self.pool, reader, alive)
+                    stages_before = self._stages_now(system)
+                    feeder = threading.Thread(target=offer)
+                    feeder.start()
+                seconds = count / rate if rate else 0.0
+                results = read_seen(reader, count, seconds + 60 + count / 10, alive)
+                run = summarise(results, watch, rate, count)
+                if system.peer is None and alive():
+                    # Where its latency went, stage by stage, from its own histograms.
+                    try:
+                        run.extra["stages"] = stage_latencies(self.metrics_port, since=stages_before)
+                    except OSError as exc:
+                        run.extra["stages_error"] = str(exc)
+                return run, results
+            finally:
+                if feeder is not None:
+                    feeder.join()
+                stop_process(proc, watch)
+
+    def _stages_now(self, system: System) -> Histograms | None:
+        """heimdall-stream's stage histograms before a timed offer (the warm-up's, to subtract)."""
+        if system.peer is not None:
+            return None
         try:
-            if offer is not None:  # latency: offer only once the system owns every partition
-                self.bench.wait_assigned(group, PARTITIONS, proc)
-                warm_up(self.bench, input_topic, self.pool, reader, alive)
-                feeder = threading.Thread(target=offer)
-                feeder.start()
-            seconds = count / rate if rate else 0.0
-            results = read_seen(reader, count, seconds + 60 + count / 10, alive)
-            run = summarise(results, watch, rate, count)
-            if system.peer is None and alive():
-                # Where its latency went, stage by stage, from its own histograms.
-                try:
-                    run.extra["stages"] = stage_latencies(self.metrics_port)
-                except OSError as exc:
-                    run.extra["stages_error"] = str(exc)
-            return run, results
-        finally:
-            reader.close()
-            if feeder is not None:
-                feeder.join()
-            stop_process(proc, watch)
+            return stage_histograms(self.metrics_port)
+        except OSError:
+            return None
 
 
 def compare(

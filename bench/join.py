@@ -21,6 +21,7 @@ Ratios within one run are the figures to quote; absolute ones move with the mach
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import tempfile
@@ -120,24 +121,25 @@ def paced_run(
     """Latency at a paced load; per receiver, sets close on their window."""
     count = int(rate * seconds)
     topics, runner = _runner(bench, per_receiver)
-    proc = runner.start_consumer(topics, 32, _free_port())
-    watch = ProcessWatch(proc.pid)
-    reader = open_reader(runner.bootstrap, topics["output"])
-    runner.wait_assigned(f"bench-{topics['input']}", PARTITIONS * (2 if per_receiver else 1), proc)
-    if per_receiver:
-        args: tuple[Any, ...] = (runner, topics["receivers"], pool, count, rate)
-        offer = threading.Thread(target=lambda: produce_parts(*args, expected=False))
-    else:
-        offer = threading.Thread(
-            target=runner.produce, args=(topics["input"], pool, count, rate), kwargs={"id_prefix": "j"}
-        )
-    offer.start()
-    try:
-        results = read_seen(reader, count, 90 + seconds * 2, lambda: proc.poll() is None)
-    finally:
-        reader.close()
-    offer.join()
-    stop_process(proc, watch)
+    with contextlib.closing(open_reader(runner.bootstrap, topics["output"])) as reader:
+        proc = runner.start_consumer(topics, 32, _free_port())
+        watch = ProcessWatch(proc.pid)
+        try:
+            runner.wait_assigned(f"bench-{topics['input']}", PARTITIONS * (2 if per_receiver else 1), proc)
+            if per_receiver:
+                args: tuple[Any, ...] = (runner, topics["receivers"], pool, count, rate)
+                offer = threading.Thread(target=lambda: produce_parts(*args, expected=False))
+            else:
+                offer = threading.Thread(
+                    target=runner.produce,
+                    args=(topics["input"], pool, count, rate),
+                    kwargs={"id_prefix": "j"},
+                )
+            offer.start()
+            results = read_seen(reader, count, 90 + seconds * 2, lambda: proc.poll() is None)
+            offer.join()
+        finally:
+            stop_process(proc, watch)
     cut = count - int(rate * (WINDOW_MS / 1000 + 1))  # the tail closes by idleness, not event time
     kept = [r.latency_ms for r in results if int(r.capture_id.rsplit("-", 1)[-1]) < cut]
     latencies = np.array(kept) if kept else np.array([np.nan])

@@ -43,7 +43,7 @@ PARTITIONS = 6
 SAMPLE_EVERY_S = 0.1
 READER_WARM_UP_S = 0.5
 WARM_UP_CAPTURES = 10
-WARM_UP_FIRST_INDEX = 1 << 30  # far beyond any timed capture's index
+WARM_UP_FIRST_STAMP = 1 << 20  # distinct_capture stamps far beyond any timed capture's (< 2**30)
 _NO_LEADER_YET = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE)
 
 
@@ -302,7 +302,8 @@ class Seen:
 def open_reader(bootstrap: str, topic: str, group_prefix: str = "bench-reader") -> Consumer:
     """A read_committed consumer of every partition of ``topic``, already fetching.
 
-    Opened before the first capture is offered: a reader opened alongside the offer spent its
+    Opened before the system under test starts (or at least before the first capture is
+    offered): a reader opened alongside the offer spent its
     first ~250 ms looking up metadata and offsets and connecting, and the first ten or so
     results of every system (of 800 at 40/s, so the whole p99) were late by that much.  So the
     partitions are assigned at their explicit start offsets (no offset lookup after this) and
@@ -318,7 +319,10 @@ def open_reader(bootstrap: str, topic: str, group_prefix: str = "bench-reader") 
     )
     partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
     consumer.assign([TopicPartition(topic, p, _first_offset(consumer, topic, p)) for p in partitions])
-    consumer.poll(READER_WARM_UP_S)  # nothing is offered yet: this only starts the fetches
+    first = consumer.poll(READER_WARM_UP_S)  # this starts the fetches
+    partition, offset = (None, None) if first is None else (first.partition(), first.offset())
+    if partition is not None and offset is not None:  # a result already there: read it again
+        consumer.seek(TopicPartition(topic, partition, offset))
     return consumer
 
 
@@ -406,7 +410,7 @@ def warm_up(
     of a 20 s run).  The warm-up captures are distinct from every timed one (and from other
     runs' warm-ups, so no result cache answers for them) and their results are not counted.
     """
-    first = WARM_UP_FIRST_INDEX + random.randrange(1_000_000) * len(pool)
+    first = (WARM_UP_FIRST_STAMP + random.randrange(1 << 20)) * len(pool)
     tag = uuid.uuid4().hex[:6]
     bench.produce(topic, pool, count, None, id_prefix=f"warm{tag}", first_index=first)
     seen = read_seen(reader, count, 120.0, alive)
@@ -414,37 +418,48 @@ def warm_up(
         raise RuntimeError(f"{len(seen)} of {count} warm-up results within 120 s (see {bench.log_dir})")
 
 
-def stage_latencies(port: int) -> dict[str, dict[str, float]]:
-    """Per-stage figures from a running heimdall-stream's ``heimdall_stage_duration_seconds``.
+Histograms = dict[str, tuple[dict[float, float], float]]  # stage → (cumulative count by bound, sum)
 
-    For each stage: observations, mean, and p50 / p99 as the upper bound of the histogram bucket
-    holding them (so "≤ 0.025" reads "at most 25 ms").  Evidence of where latency goes inside
-    the process (broker = message timestamp to consumption, i.e. producer linger, broker append
-    and fetch; queue, decode, features, inference, finish, commit_wait, commit).
-    """
+
+def stage_histograms(port: int) -> Histograms:
+    """A running heimdall-stream's ``heimdall_stage_duration_seconds``, as they stand now."""
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
         text = response.read().decode()
-    buckets: dict[str, list[tuple[float, float]]] = {}
-    sums: dict[str, float] = {}
+    out: Histograms = {}
     for family in text_string_to_metric_families(text):
         if family.name != "heimdall_stage_duration_seconds":
             continue
         for sample in family.samples:
-            stage = sample.labels.get("stage", "")
+            cumulative, total = out.get(sample.labels.get("stage", ""), ({}, 0.0))
             if sample.name.endswith("_bucket"):
-                buckets.setdefault(stage, []).append((float(sample.labels["le"]), sample.value))
+                cumulative[float(sample.labels["le"])] = sample.value
             elif sample.name.endswith("_sum"):
-                sums[stage] = sample.value
+                total = sample.value
+            out[sample.labels.get("stage", "")] = (cumulative, total)
+    return out
+
+
+def stage_latencies(port: int, since: Histograms | None = None) -> dict[str, dict[str, float]]:
+    """Per-stage figures from a running heimdall-stream's histograms (those after ``since``).
+
+    For each stage: observations, mean, and p50 / p99 as the upper bound of the histogram bucket
+    holding them (so "≤ 0.025" reads "at most 25 ms").  Evidence of where latency goes inside
+    the process (broker = message timestamp to consumption, i.e. producer linger, broker append
+    and fetch; queue, decode, features, inference, finish, commit_wait, commit).  ``since``
+    (taken after a warm-up) is subtracted, so its captures are not in the figures.
+    """
+    before = since or {}
     out: dict[str, dict[str, float]] = {}
-    for stage, cumulative in buckets.items():
-        cumulative.sort()
-        total = cumulative[-1][1]
+    for stage, (now, now_sum) in stage_histograms(port).items():
+        then, then_sum = before.get(stage, ({}, 0.0))
+        cumulative = sorted((le, count - then.get(le, 0.0)) for le, count in now.items())
+        total = cumulative[-1][1] if cumulative else 0.0
         if total:
             out[stage] = {
                 "count": total,
-                "mean_ms": sums.get(stage, 0.0) / total * 1000,
+                "mean_ms": (now_sum - then_sum) / total * 1000,
                 "p50_le_ms": _bucket_bound(cumulative, 0.5) * 1000,
                 "p99_le_ms": _bucket_bound(cumulative, 0.99) * 1000,
             }
@@ -508,10 +523,10 @@ def run_load(
     topics = bench.topics()
     if preload:  # a flood: everything is waiting before the consumer starts
         bench.produce(topics["input"], pool, count, None)
+    reader = open_reader(bench.bootstrap, topics["output"])
     proc = bench.start_consumer(topics, batch_size, port)
     watch = ProcessWatch(proc.pid)
     producer_thread = None
-    reader = open_reader(bench.bootstrap, topics["output"])
 
     def alive() -> bool:
         return proc.poll() is None
@@ -520,15 +535,13 @@ def run_load(
         if not preload:
             bench.wait_assigned(f"bench-{topics['input']}", PARTITIONS, proc)
             warm_up(bench, topics["input"], pool, reader, alive)
-            producer_thread = threading.Thread(
-                target=bench.produce, args=(topics["input"], pool, count, rate)
-            )
+            offer = (topics["input"], pool, count, rate)
+            producer_thread = threading.Thread(target=bench.produce, args=offer)
             producer_thread.start()
         results = read_seen(reader, count, 60 + count / 20, alive)
+        return summarise(results, watch, rate, count)
     finally:
         reader.close()
-    if producer_thread:
-        producer_thread.join()
-    run = summarise(results, watch, rate, count)
-    stop_process(proc, watch)
-    return run
+        if producer_thread:
+            producer_thread.join()
+        stop_process(proc, watch)

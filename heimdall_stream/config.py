@@ -270,8 +270,8 @@ class BatchingSettings(_Section):
         4,
         ge=0,
         le=4096,
-        description="A batch of at most this many captures is scored on the loop thread when no worker "
-        "holds one (0 = never): at light load that spares a hand-off and the GIL sharing it brings.",
+        description="A batch of at most this many (and fewer than max_batch_size) is scored on the loop "
+        "thread when the pipeline holds none (0 = never): at light load, no hand-off and no GIL sharing.",
     )
     overlap_commit: bool = Field(
         False,

@@ -6,15 +6,15 @@ waiting captures to an idle worker, and consume what fits in the next batch.  Th
 runs the transaction on the loop thread, or with ``batching.overlap_commit`` on a thread of its
 own (``stream.committer``) while the loop goes on consuming and scoring; the next one starts
 only once its outcome is collected: one transaction at a time, in consumption order.  A batch
-goes to a worker as soon as one is idle (optionally after ``max_wait_ms`` to fill): an idle
+goes to a worker as soon as one is idle (optionally after ``max_wait_ms`` to fill; a small one
+with the pipeline empty is scored on this thread, ``batching.inline_max_captures``): an idle
 pipeline answers at once, a busy one batches what arrives meanwhile, so batches grow with the
 load, like a dynamic batcher.  In-flight work is bounded by the pipeline (``2 × workers``
 batches), the transaction in flight and one batch being filled (librdkafka's prefetch by
-``queued.max.messages.kbytes``).  ``delivery``
-writes each outcome and commits its offsets exactly once (or at least once); before it the
-processor writes pending dedup marks, after it does its bookkeeping (done marks, cache,
-metrics), and the trimmer (``stream.allocator``) is told that the batches' memory is free to
-give back.  Nothing calls back up this corridor.
+``queued.max.messages.kbytes``).  ``delivery`` writes each outcome and commits its offsets
+exactly once (or at least once); before it the processor writes pending dedup marks, after it
+does its bookkeeping (done marks, cache, metrics), and the trimmer (``stream.allocator``) is
+told that the batches' memory is free to give back.  Nothing calls back up this corridor.
 
 A transaction that aborts throws away every batch after it too (scored, being scored or being
 filled) and seeks back to the oldest offset of all of them, so they run again in order.
@@ -101,7 +101,8 @@ class StreamApp:
         self.batcher: MicroBatcher[InputRecord] = MicroBatcher(
             batching.max_batch_size, batching.max_wait_ms / 1000.0, clock
         )
-        self.pipeline = BatchPipeline(processor, batching.workers, batching.inline_max_captures)
+        inline = min(batching.inline_max_captures, batching.max_batch_size - 1)  # full: to workers
+        self.pipeline = BatchPipeline(processor, batching.workers, inline)
         self.trimmer = Trimmer(settings.memory.trim_interval_ms / 1000.0)
         self.consumer = Consumer({**consumer_config(settings), "error_cb": self._on_kafka_error})
         self.delivery = Delivery(
@@ -275,7 +276,7 @@ class StreamApp:
         swapped.set()
 
     def _dispatch(self) -> None:
-        """Hand the waiting captures to a worker when one is idle and the batch is due."""
+        """Hand the due batch to the pipeline when a worker is idle (a small one is scored here)."""
         if self.batcher.ready() and self.pipeline.has_idle_worker():
             self.pipeline.submit(self.batcher.take())
 

@@ -1,17 +1,17 @@
 """Batches scored on worker threads, handed back strictly in the order they were handed out.
 
 The stream loop keeps consuming and committing while ``workers`` batches are scored at once
-(features, onnxruntime and Avro decode release the GIL, so each worker keeps a core busy).  A
-batch is delivered only after every batch handed out before it, so the input offsets are
-committed in consumption order and exactly-once holds as with a single thread.  At most
-``2 × workers`` batches are held (scoring or scored and waiting for their turn): in-flight
-memory stays bounded whatever the load.
+(onnxruntime, the FFTs and Avro decode release the GIL in their long calls, so batches of
+several captures keep every core busy).  A batch is delivered only after every batch handed out
+before it, so the input offsets are committed in consumption order and exactly-once holds as
+with a single thread.  At most ``2 × workers`` batches are held (scoring or scored and waiting
+for their turn): in-flight memory stays bounded whatever the load.
 
 At light load a hand-off costs more than it saves: a batch of at most ``inline_max_captures``
-handed out while the pipeline is empty is scored on the calling (loop) thread instead, and
-joins the FIFO already done.  Alone, one thread scores a capture in the time it takes; handed
-to a worker, the capture's features and inference share the GIL with the loop thread and took
-twice as long at half load (README, Latency at half load).
+handed out while the pipeline is empty is scored on the calling (loop) thread instead (which
+consumes nothing meanwhile), and joins the FIFO already done.  Alone, one thread scores a
+capture in the time it takes; handed to a worker, the capture's features and inference share
+the GIL with the loop thread and took twice as long at half load (README, Latency at half load).
 """
 
 from __future__ import annotations

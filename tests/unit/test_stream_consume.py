@@ -95,3 +95,22 @@ def test_a_rebalance_served_while_reading_leaves_nothing_ahead_of_its_seek() -> 
         assert [(r.partition, r.offset) for r in app.batcher.take(force=True)] == [(0, 7), (0, 8)]
     finally:
         app.pipeline.close()
+
+
+def test_a_batch_is_scored_on_the_loop_only_below_the_full_batch_size() -> None:
+    # With max_batch_size <= inline_max_captures every batch would be small enough, the pipeline
+    # would be empty again after each one's commit, and the workers would never run: a full
+    # batch always goes to them.
+    def inline_limit(max_batch_size: int, inline: int = 4) -> int:
+        batching = {"max_batch_size": max_batch_size, "inline_max_captures": inline, "workers": 1}
+        with mock.patch.object(app_module, "Consumer", _RebalancingConsumer):
+            app = app_module.StreamApp(
+                Settings(batching=batching), mock.Mock(), mock.Mock(), Metrics(CollectorRegistry()), Health()
+            )
+        app.pipeline.close()
+        return app.pipeline.inline_max_captures
+
+    assert inline_limit(32) == 4
+    assert inline_limit(4) == 3
+    assert inline_limit(1) == 0
+    assert inline_limit(32, inline=0) == 0

@@ -14,6 +14,7 @@ same captures (only ``captured_at``, the offer time, differs).
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import os
 import random
@@ -124,6 +125,26 @@ class ProcessWatch:
         return float(np.interp(end, times, cpus) - np.interp(start, times, cpus))
 
 
+# Every topic a benchmark creates in this process.  A comparison writes 1-2 GB of captures
+# per workload; kept, they filled the disk after a few dozen runs (the broker's retention is 7 days).
+_CREATED: set[str] = set()
+
+
+def _delete_created_topics(admin_config: dict[str, str | int | float | bool]) -> None:
+    """Delete the topics this process created (at exit; a broker already gone is left alone)."""
+    names = sorted(_CREATED)
+    if not names:
+        return
+    try:
+        admin = AdminClient(admin_config)  # held: a client collected meanwhile fails its futures
+        futures = admin.delete_topics(names, operation_timeout=30)
+        for future in futures.values():
+            future.result(60)
+    except Exception as exc:  # at exit: say so, never raise
+        print(f"could not delete {len(names)} benchmark topics: {exc}", file=sys.stderr)
+    _CREATED.clear()
+
+
 class Bench:
     """Topics, a consumer process and a reader for one benchmark run."""
 
@@ -140,8 +161,11 @@ class Bench:
         self._warmup_topic: str | None = None
 
     def create_topics(self, names: list[str], partitions: int = PARTITIONS) -> None:
-        """Create fresh topics."""
+        """Create fresh topics (deleted when this process exits: ``_delete_created_topics``)."""
         admin = AdminClient(self.admin_config)
+        if not _CREATED:
+            atexit.register(_delete_created_topics, dict(self.admin_config))
+        _CREATED.update(names)
         futures = admin.create_topics(
             [NewTopic(n, num_partitions=partitions, replication_factor=1) for n in names]
         )

@@ -37,6 +37,7 @@ import psutil
 from confluent_kafka import Consumer, ConsumerGroupState, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from heimdall_stream.retry import Backoff, retry_call
 from heimdall_stream.wire.codec import capture_codec, localization_codec
 from heimdall_stream.wire.messages import IqCapture, SampleFormat
 
@@ -355,18 +356,19 @@ def open_reader(bootstrap: str, topic: str, group_prefix: str = "bench-reader") 
     return consumer
 
 
-def _first_offset(consumer: Consumer, topic: str, partition: int, timeout: float = 30.0) -> int:
+def _first_offset(consumer: Consumer, topic: str, partition: int) -> int:
     """The partition's low watermark, once it has a leader (a topic just created may not yet)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            return int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[0])
-        except KafkaException as exc:
-            error = exc.args[0]
-            waiting = error.retriable() or error.code() in _NO_LEADER_YET
-            if not waiting or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+
+    def leaderless(exc: BaseException) -> bool:
+        error = exc.args[0] if isinstance(exc, KafkaException) and exc.args else None
+        return isinstance(error, KafkaError) and (error.retriable() or error.code() in _NO_LEADER_YET)
+
+    return retry_call(
+        lambda: int(consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[0]),
+        attempts=40,  # about 30 s of 0.05 s doubling up to 1 s
+        retriable=leaderless,
+        backoff=Backoff(0.05, 1.0),
+    )
 
 
 def read_results(

@@ -271,7 +271,7 @@ class BatchingSettings(_Section):
         ge=0,
         le=4096,
         description="A batch of at most this many (and fewer than max_batch_size) is scored on the loop "
-        "thread when the pipeline holds none (0 = never): at light load, no hand-off and no GIL sharing.",
+        "thread when the pipeline holds none and the loop has time (stream.loop_load; 0 = never).",
     )
     overlap_commit: bool = Field(
         False,

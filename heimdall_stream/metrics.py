@@ -109,6 +109,12 @@ class Metrics:
         self.in_flight = Gauge(
             "heimdall_in_flight_captures", "Captures consumed but not yet committed.", registry=registry
         )
+        self.loop_busy = Gauge(
+            "heimdall_loop_busy_ratio",
+            "Share of the stream loop's time spent working, not waiting for input or a worker "
+            "(last seconds, smoothed); near 1 the loop, not the workers, limits throughput.",
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "heimdall_consumer_lag",
             "High watermark minus position, per assigned partition.",

@@ -7,7 +7,7 @@ runs the transaction on the loop thread, or with ``batching.overlap_commit`` on 
 own (``stream.committer``) while the loop goes on consuming and scoring; the next one starts
 only once its outcome is collected: one transaction at a time, in consumption order.  A batch
 goes to a worker as soon as one is idle (optionally after ``max_wait_ms`` to fill; a small one
-with the pipeline empty is scored on this thread, ``batching.inline_max_captures``): an idle
+with the pipeline empty is scored on this thread while it has time, ``stream.loop_load``): an idle
 pipeline answers at once, a busy one batches what arrives meanwhile, so batches grow with the
 load, like a dynamic batcher.  In-flight work is bounded by the pipeline (``2 × workers``
 batches), the transaction in flight and one batch being filled (librdkafka's prefetch by
@@ -56,7 +56,8 @@ from heimdall_stream.stream.allocator import Trimmer
 from heimdall_stream.stream.batching import MicroBatcher
 from heimdall_stream.stream.committer import Committer
 from heimdall_stream.stream.delivery import Delivery, commits_off_the_loop
-from heimdall_stream.stream.gauges import publish_model_metrics, update_lag
+from heimdall_stream.stream.gauges import publish_model_metrics, retire_model_metrics, update_lag
+from heimdall_stream.stream.loop_load import LoopLoad
 from heimdall_stream.stream.pipeline import BatchPipeline
 from heimdall_stream.stream.swap import ModelSwap
 
@@ -102,7 +103,7 @@ class StreamApp:
             batching.max_batch_size, batching.max_wait_ms / 1000.0, clock
         )
         inline = min(batching.inline_max_captures, batching.max_batch_size - 1)  # full: to workers
-        self.pipeline = BatchPipeline(processor, batching.workers, inline)
+        self.pipeline = BatchPipeline(processor, batching.workers, inline, LoopLoad(clock))
         self.trimmer = Trimmer(settings.memory.trim_interval_ms / 1000.0)
         self.consumer = Consumer({**consumer_config(settings), "error_cb": self._on_kafka_error})
         self.delivery = Delivery(
@@ -185,6 +186,7 @@ class StreamApp:
         self._dispatch()
         self._deliver()
         self.metrics.in_flight.set(len(self.batcher) + self.pipeline.captures() + self.committer.captures())
+        self.metrics.loop_busy.set(self.pipeline.load.share())
         self.health.update(redis_healthy=self._store_healthy())
         if now >= self._next_lag_at:
             self._next_lag_at = now + LAG_INTERVAL_S
@@ -226,7 +228,7 @@ class StreamApp:
         ready = self.consumer.consume(num_messages=room, timeout=0)
         if ready:
             return ready
-        first = self.consumer.poll(timeout)
+        first = self.pipeline.load.wait(lambda: self.consumer.poll(timeout))
         return [] if first is None else [first]
 
     def _accept(self, message: Message, now: float, wall: float) -> None:
@@ -269,9 +271,7 @@ class StreamApp:
         if offer is None:
             return
         previous, swapped = offer
-        for model in previous.models:
-            with contextlib.suppress(KeyError):
-                self.metrics.model_weight.remove(model.name, model.version)
+        retire_model_metrics(previous, self.metrics)
         publish_model_metrics(self.models.current(), self.metrics, self.health)
         swapped.set()
 

@@ -6,6 +6,7 @@ positions and cached watermarks (no broker round trip), and the model set being 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -50,3 +51,10 @@ def publish_model_metrics(models: ModelSet, metrics: Metrics, health: Health) ->
         models={m.label: w for m, w in models.primaries},
         shadows=[m.label for m in models.shadows],
     )
+
+
+def retire_model_metrics(previous: ModelSet, metrics: Metrics) -> None:
+    """Drop the weight series of a model set no longer served (a swap publishes the new one)."""
+    for model in previous.models:
+        with contextlib.suppress(KeyError):  # a series never set
+            metrics.model_weight.remove(model.name, model.version)

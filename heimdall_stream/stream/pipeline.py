@@ -12,11 +12,14 @@ handed out while the pipeline is empty is scored on the calling (loop) thread in
 consumes nothing meanwhile), and joins the FIFO already done.  Alone, one thread scores a
 capture in the time it takes; handed to a worker, the capture's features and inference share
 the GIL with the loop thread and took twice as long at half load (README, Latency at half load).
+Only while the loop can afford it, though (``stream.loop_load``): a loop that scores as well as
+commits every capture can fall behind the input while the workers sit idle.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor
@@ -26,6 +29,7 @@ from typing import Any
 
 from heimdall_stream.processing.processor import BatchProcessor
 from heimdall_stream.processing.records import InputRecord, ScoredBatch
+from heimdall_stream.stream.loop_load import LoopLoad
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +43,17 @@ class _Held:
 class BatchPipeline:
     """A FIFO of batches being scored by a pool of worker threads."""
 
-    def __init__(self, processor: BatchProcessor, workers: int, inline_max_captures: int = 0) -> None:
+    def __init__(
+        self,
+        processor: BatchProcessor,
+        workers: int,
+        inline_max_captures: int = 0,
+        load: LoopLoad | None = None,
+    ) -> None:
         self.processor = processor
         self.workers = workers
         self.inline_max_captures = inline_max_captures
+        self.load = load or LoopLoad(time.monotonic)
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="heimdall-batch")
         self._queue: deque[_Held] = deque()
 
@@ -59,15 +70,19 @@ class BatchPipeline:
         return busy < self.workers and len(self._queue) < 2 * self.workers
 
     def submit(self, records: Sequence[InputRecord]) -> None:
-        """Hand a batch to the workers (a small one, with nothing else held, is scored here)."""
-        if self._queue or len(records) > self.inline_max_captures:
+        """Hand a batch to the workers (a small one, with nothing else held, may be scored here)."""
+        self.load.submitted(len(records))
+        small = not self._queue and len(records) <= self.inline_max_captures
+        if not (small and self.load.inline_affordable()):
             self._queue.append(_Held(list(records), self._pool.submit(self.processor.process, records)))
             return
         future: Future[ScoredBatch] = Future()
+        start = self.load.clock()
         try:
             future.set_result(self.processor.process(records))
         except Exception as exc:  # raised by ready(), as a worker's would be
             future.set_exception(exc)
+        self.load.scored_inline(self.load.clock() - start, len(records))
         self._queue.append(_Held(list(records), future))
 
     def ready(self) -> list[ScoredBatch]:
@@ -94,7 +109,7 @@ class BatchPipeline:
         held = list(self._queue)[:1] if len(self._queue) >= 2 * self.workers else self._queue
         futures.extend(h.future for h in held if not h.future.done())
         if futures:
-            wait_futures(futures, timeout=timeout, return_when=FIRST_COMPLETED)
+            self.load.wait(lambda: wait_futures(futures, timeout=timeout, return_when=FIRST_COMPLETED))
 
     def drain(self) -> list[ScoredBatch]:
         """Every batch still held, once scored, in order."""

@@ -15,6 +15,9 @@ is above ``STOP_SHARE``, and resumes once it is back under ``RESUME_SHARE``.  Th
 the same in both modes, so the choice does not flip on its own result; the gap between the two
 bounds absorbs what does change with the mode (commits per capture: batches handed to workers
 grow while a worker is busy).  The shares are measured over windows of ``WINDOW_S`` and smoothed.
+While inline scoring is off its cost is measured again every ``PROBE_S`` (one small batch is
+scored inline), so a slow sample (a Redis stall, a GC pause) or a model swapped for a cheaper one
+does not keep it off for good.
 """
 
 from __future__ import annotations
@@ -26,16 +29,21 @@ T = TypeVar("T")
 
 WINDOW_S = 0.5
 SMOOTHING = 0.5  # weight of the newest window
-# Arrivals from receivers are close to periodic, so a queue forms only near a full loop: at
-# 0.8 predicted (W1 at 48/s) inline still halved the p50, at 1.2 (W2 at 74/s) it doubled it.
+# Arrivals from receivers are close to periodic, so a queue forms only near a full loop.  With
+# inline scoring always on: W1 at 48/s (about 5 ms scoring + 7 ms commit every 21 ms, 0.6)
+# had a quarter lower p50 than on the workers; W2 at 74/s (10 + 7 ms every 13.5 ms, 1.25) 45 %
+# higher.  The bounds sit between the two, nearer the full loop.
 STOP_SHARE = 0.9
 RESUME_SHARE = 0.75
+PROBE_S = 10.0
 
 
 class LoopLoad:
     """The loop's busy share, arrival rate and inline scoring cost; decides inline scoring."""
 
     def __init__(self, clock: Callable[[], float], window_s: float = WINDOW_S) -> None:
+        if window_s <= 0:
+            raise ValueError(f"window_s must be positive, not {window_s}")
         self.clock = clock
         self.window_s = window_s
         self.busy_share = 0.0  # smoothed, without inline scoring
@@ -44,25 +52,35 @@ class LoopLoad:
         self.inline_s_per_capture: float | None = None  # unknown until a batch is scored inline
         self.inline = True
         self._start = clock()
+        self._probe_at = self._start  # while off: when a batch is next scored inline to re-measure
+        self._idle_from: float | None = None  # inside a wait: since when it is not yet counted
         self._idle_s = 0.0
         self._inline_s = 0.0
         self._captures = 0
         self._inline_captures = 0
 
     def wait(self, call: Callable[[], T]) -> T:
-        """Run ``call``, a blocking wait (for input or a worker), counting its time as idle."""
-        start = self.clock()
+        """Run ``call``, a blocking wait (for input or a worker), counting its time as idle.
+
+        A window may close inside it: each window counts its own part of the wait.  And a
+        rebalance callback served by ``poll`` may score a batch inside it: that is scoring.
+        """
+        self._idle_from = self.clock()
         try:
             return call()
         finally:
-            self._idle_s += self.clock() - start
+            self._count_idle()
+            self._idle_from = None
 
     def submitted(self, captures: int) -> None:
         """``captures`` were handed to the pipeline (scored inline or not)."""
         self._captures += captures
 
     def scored_inline(self, seconds: float, captures: int) -> None:
-        """The loop spent ``seconds`` scoring ``captures`` itself."""
+        """The loop spent ``seconds`` scoring ``captures`` itself (within a wait: not idle)."""
+        if self._idle_from is not None:
+            self._count_idle()
+            self._idle_s = max(0.0, self._idle_s - seconds)
         self._inline_s += seconds
         self._inline_captures += captures
 
@@ -73,18 +91,32 @@ class LoopLoad:
     def inline_affordable(self) -> bool:
         """Whether the loop may score a small batch itself now (see the module docstring)."""
         self._roll()
-        return self.inline
+        if self.inline:
+            return True
+        now = self.clock()
+        if now < self._probe_at:
+            return False
+        self._probe_at = now + PROBE_S  # one batch, to measure what scoring costs now
+        return True
 
     def share(self) -> float:
         """The loop's whole busy share, inline scoring included (the last windows, smoothed)."""
         self._roll()
         return self.loop_share
 
+    def _count_idle(self) -> None:
+        """Count the wait in progress as idle up to now."""
+        if self._idle_from is not None:
+            now = self.clock()
+            self._idle_s += now - self._idle_from
+            self._idle_from = now
+
     def _roll(self) -> None:
         now = self.clock()
         elapsed = now - self._start
         if elapsed < self.window_s:
             return
+        self._count_idle()
         busy = max(0.0, 1.0 - (self._idle_s + self._inline_s) / elapsed)
         self.busy_share = _smooth(self.busy_share, busy)
         self.loop_share = _smooth(self.loop_share, max(0.0, 1.0 - self._idle_s / elapsed))
@@ -94,7 +126,10 @@ class LoopLoad:
             previous = self.inline_s_per_capture
             self.inline_s_per_capture = cost if previous is None else _smooth(previous, cost)
         predicted = self.predicted_busy_share()
-        self.inline = predicted <= (STOP_SHARE if self.inline else RESUME_SHARE)
+        was_inline = self.inline
+        self.inline = predicted <= (STOP_SHARE if was_inline else RESUME_SHARE)
+        if was_inline and not self.inline:
+            self._probe_at = now + PROBE_S
         self._start, self._idle_s, self._inline_s = now, 0.0, 0.0
         self._captures = self._inline_captures = 0
 

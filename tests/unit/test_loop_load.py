@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import threading
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from heimdall_stream.processing.records import InputRecord, ScoredBatch
-from heimdall_stream.stream.loop_load import RESUME_SHARE, STOP_SHARE, WINDOW_S, LoopLoad
+from heimdall_stream.stream.loop_load import PROBE_S, RESUME_SHARE, STOP_SHARE, WINDOW_S, LoopLoad
 from heimdall_stream.stream.pipeline import BatchPipeline
 
 
@@ -68,26 +69,102 @@ def test_between_the_two_bounds_the_mode_in_force_is_kept():
     assert not on and RESUME_SHARE < load.predicted_busy_share() < STOP_SHARE
 
 
-@given(
-    idle=st.floats(0.0, WINDOW_S),
-    inline=st.floats(0.0, WINDOW_S),
-    captures=st.integers(0, 1000),
+_STEPS = st.lists(
+    st.tuples(st.sampled_from(["busy", "wait", "wait_scoring", "score"]), st.floats(0.0, 2.0)),
+    max_size=60,
 )
-def test_shares_stay_between_zero_and_one(idle, inline, captures):
+
+
+@given(steps=_STEPS)
+def test_shares_stay_between_zero_and_one_whatever_the_loop_does(steps):
+    """Work, waits, scoring inside a wait (a rebalance callback) and windows closing anywhere."""
     clock = Clock()
     load = LoopLoad(clock)
+
+    def score(seconds: float) -> None:
+        load.inline_affordable()  # may close a window, as submit does
+        clock.now += seconds
+        load.scored_inline(seconds, 1)
+
+    def wait_scoring(seconds: float) -> None:
+        clock.now += seconds
+        score(seconds / 2)
+        clock.now += seconds
+
+    for kind, seconds in steps:
+        if kind == "busy":
+            clock.now += seconds
+        elif kind == "wait":
+            load.wait(lambda s=seconds: setattr(clock, "now", clock.now + s))
+        elif kind == "wait_scoring":
+            load.wait(lambda s=seconds: wait_scoring(s))
+        else:
+            score(seconds)
+        load.submitted(1)
+        share = load.share()
+        assert 0.0 <= load.busy_share <= share <= 1.0 + 1e-9
+        assert load.predicted_busy_share() >= 0.0
+
+
+def test_while_off_one_batch_every_probe_interval_measures_the_cost_again():
+    clock = Clock()
+    load = LoopLoad(clock)
+    # 40 captures/s, but one stalled window (a Redis stall, say) makes them look 50 ms each.
+    _window(load, clock, idle_s=0.0, inline_s=0.5, captures=10)
     for _ in range(3):
-        _window(load, clock, idle_s=idle, inline_s=min(inline, WINDOW_S - idle), captures=captures)
-    assert 0.0 <= load.busy_share <= 1.0 and 0.0 <= load.share() <= 1.0
+        on = _window(load, clock, idle_s=0.3, inline_s=0.0, captures=20)
+    assert not on  # 0.4 of other work + 40/s x ~25 ms
+    assert not load.inline_affordable()
+    clock.now += PROBE_S
+    assert load.inline_affordable()  # the probe: one batch scored inline ...
+    assert not load.inline_affordable()  # ... and only one
+    for _ in range(8):  # the probe, and what follows it, cost 5 ms a capture: 0.4 + 0.2
+        load.scored_inline(0.005, 1)
+        on = _window(load, clock, idle_s=0.3, inline_s=0.0, captures=20)
+        load.inline_affordable()
+    assert on and load.inline_s_per_capture is not None and load.inline_s_per_capture < 0.01
+
+
+def test_a_wait_counts_as_idle_only_in_its_window_and_without_the_scoring_inside_it():
+    clock = Clock()
+    load = LoopLoad(clock)
+
+    def poll_serving_a_revoke() -> None:
+        clock.now += 1.0  # idle in the first window, which closes below
+        load.inline_affordable()
+        clock.now += 0.2  # the revoke's batch, scored inline in the new window
+        load.scored_inline(0.2, 1)
+        clock.now += 0.3  # idle again
+
+    load.wait(poll_serving_a_revoke)
+    load.share()  # closes the second window: 0.3 s idle and 0.2 s scoring of 0.5 s
+    # Both windows idle but for the scoring: the loop's whole share is the second's 0.4, smoothed.
+    assert abs(load.busy_share) < 1e-9 and abs(load.loop_share - 0.5 * 0.4) < 1e-9
 
 
 class Scorer:
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock | None = None) -> None:
         self.threads: list[str] = []
+        self.clock = clock
 
     def process(self, records: list[InputRecord]) -> ScoredBatch:
         self.threads.append(threading.current_thread().name)
+        if self.clock is not None:
+            self.clock.now += 0.01 * len(records)
         return ScoredBatch(list(records), "b")
+
+
+def test_the_pipeline_measures_what_scoring_inline_costs():
+    clock = Clock()
+    load = LoopLoad(clock)
+    pipeline = BatchPipeline(Scorer(clock), workers=1, inline_max_captures=4, load=load)  # type: ignore[arg-type]
+    records = [InputRecord("in", 0, n, None, b"", 0.0) for n in range(2)]
+    pipeline.submit(records)
+    pipeline.drain()
+    clock.now += WINDOW_S
+    load.share()
+    pipeline.close()
+    assert load.inline_s_per_capture is not None and abs(load.inline_s_per_capture - 0.01) < 1e-9
 
 
 def test_the_pipeline_hands_small_batches_to_the_workers_while_the_loop_cannot_afford_them():
@@ -104,3 +181,8 @@ def test_the_pipeline_hands_small_batches_to_the_workers_while_the_loop_cannot_a
     pipeline.drain()
     pipeline.close()
     assert scorer.threads[-1].startswith("heimdall-batch")
+
+
+def test_a_window_must_have_a_length():
+    with pytest.raises(ValueError):
+        LoopLoad(Clock(), window_s=0.0)

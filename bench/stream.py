@@ -347,13 +347,35 @@ def open_reader(bootstrap: str, topic: str, group_prefix: str = "bench-reader") 
             "enable.auto.commit": False,
         }
     )
-    partitions = consumer.list_topics(topic, timeout=30).topics[topic].partitions
+    partitions = _partitions(consumer, topic)
     consumer.assign([TopicPartition(topic, p, _first_offset(consumer, topic, p)) for p in partitions])
     first = consumer.poll(READER_WARM_UP_S)  # this starts the fetches
     partition, offset = (None, None) if first is None else (first.partition(), first.offset())
     if partition is not None and offset is not None:  # a result already there: read it again
         consumer.seek(TopicPartition(topic, partition, offset))
     return consumer
+
+
+def _partitions(consumer: Consumer, topic: str, expected: int = PARTITIONS) -> list[int]:
+    """Every partition of a topic, once its metadata lists ``expected`` of them, each with a leader.
+
+    Metadata fetched just after the topic was created can list it without partitions or without
+    their leaders yet; a reader assigned from that missed every result of a whole run.
+    """
+
+    def listed() -> list[int]:
+        meta = consumer.list_topics(topic, timeout=30).topics.get(topic)
+        ready = [p for p, part in (meta.partitions.items() if meta else []) if part.leader >= 0]
+        if meta is None or meta.error is not None or len(ready) < expected:
+            raise KafkaException(KafkaError(KafkaError.LEADER_NOT_AVAILABLE, f"{topic}: {len(ready)} ready"))
+        return sorted(ready)
+
+    return retry_call(
+        listed,
+        attempts=40,  # about 30 s of 0.05 s doubling up to 1 s
+        retriable=lambda exc: isinstance(exc, KafkaException),
+        backoff=Backoff(0.05, 1.0),
+    )
 
 
 def _first_offset(consumer: Consumer, topic: str, partition: int) -> int:

@@ -275,8 +275,8 @@ class BatchingSettings(_Section):
     )
     overlap_commit: bool = Field(
         False,
-        description="Commit each transaction on a thread of its own while the loop goes on consuming "
-        "and scoring (still one transaction at a time, in consumption order; exactly_once only). "
+        description="Commit each transaction (at_least_once: flush the outputs) on a thread of its own "
+        "while the loop goes on consuming and scoring (still one at a time, in consumption order). "
         "false = the loop commits and consumes nothing meanwhile. Off by default: it lowered W1's p50 "
         "at half load but not W2's, whose p99 it raised (README Latency at half load).",
     )

@@ -3,18 +3,17 @@
 One iteration: settle the transaction in flight, hand the batches the workers have scored to
 the committer (oldest first, several in one transaction when several are ready), hand the
 waiting captures to an idle worker, and consume what fits in the next batch.  The committer
-runs the transaction on the loop thread, or with ``batching.overlap_commit`` on a thread of its
-own (``stream.committer``) while the loop goes on consuming and scoring; the next one starts
-only once its outcome is collected: one transaction at a time, in consumption order.  A batch
+runs the transaction (at least once: the flush) on the loop thread, or with
+``batching.overlap_commit`` on a thread of its own (``stream.committer``) while the loop goes
+on consuming and scoring; one transaction at a time, in consumption order.  A batch
 goes to a worker as soon as one is idle (optionally after ``max_wait_ms`` to fill; a small one
 with the pipeline empty is scored on this thread while it has time, ``stream.loop_load``): an idle
 pipeline answers at once, a busy one batches what arrives meanwhile, so batches grow with the
 load, like a dynamic batcher.  In-flight work is bounded by the pipeline (``2 × workers``
 batches), the transaction in flight and one batch being filled (librdkafka's prefetch by
-``queued.max.messages.kbytes``).  ``delivery`` writes each outcome and commits its offsets
-exactly once (or at least once); before it the processor writes pending dedup marks, after it
-does its bookkeeping (done marks, cache, metrics), and the trimmer (``stream.allocator``) is
-told that the batches' memory is free to give back.  Nothing calls back up this corridor.
+``queued.max.messages.kbytes``).  ``delivery`` writes each outcome and commits its offsets;
+before it the processor writes pending dedup marks, after it does its bookkeeping (done marks,
+cache, metrics), and the trimmer (``stream.allocator``) hears that the memory is free.
 
 A transaction that aborts throws away every batch after it too (scored, being scored or being
 filled) and seeks back to the oldest offset of all of them, so they run again in order.
@@ -55,7 +54,7 @@ from heimdall_stream.stream.aborts import waiting_alive
 from heimdall_stream.stream.allocator import Trimmer
 from heimdall_stream.stream.batching import MicroBatcher
 from heimdall_stream.stream.committer import Committer
-from heimdall_stream.stream.delivery import Delivery, commits_off_the_loop
+from heimdall_stream.stream.delivery import Delivery, commits_off_the_loop, offset_commit_reporter
 from heimdall_stream.stream.gauges import publish_model_metrics, retire_model_metrics, update_lag
 from heimdall_stream.stream.loop_load import LoopLoad
 from heimdall_stream.stream.pipeline import BatchPipeline
@@ -105,7 +104,8 @@ class StreamApp:
         inline = min(batching.inline_max_captures, batching.max_batch_size - 1)  # full: to workers
         self.pipeline = BatchPipeline(processor, batching.workers, inline, LoopLoad(clock))
         self.trimmer = Trimmer(settings.memory.trim_interval_ms / 1000.0)
-        self.consumer = Consumer({**consumer_config(settings), "error_cb": self._on_kafka_error})
+        callbacks = {"error_cb": self._on_kafka_error, "on_commit": offset_commit_reporter(metrics)}
+        self.consumer = Consumer({**consumer_config(settings), **callbacks})
         self.delivery = Delivery(
             settings, self.consumer, metrics, self._on_kafka_error, lambda: self._assigned
         )

@@ -13,9 +13,10 @@ are computed before the hand-over, and the bookkeeping after a commit or the rew
 abort happen in ``collect``'s caller.  The commit thread writes the pending dedup marks
 (``before_commit``, a Redis write the worker threads make too) and runs ``Delivery.commit``.
 
-With ``overlap=False``, or at least once (whose offsets are committed through the consumer,
-which only the loop thread may call), the transaction runs on the caller's thread inside
-``submit`` and the loop consumes nothing meanwhile: the behaviour before, kept as a setting.
+At least once the thread produces and flushes the batches' outputs, and ``collect`` (on the
+loop thread: only it may use the consumer) stores their offsets for librdkafka to commit.
+With ``overlap=False`` the transaction (or flush) runs on the caller's thread inside ``submit``
+and the loop consumes nothing meanwhile: the behaviour before, kept as a setting.
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class Outcome:
 @dataclass(frozen=True, slots=True)
 class _Flight:
     batches: list[ScoredBatch]
+    offsets: list[TopicPartition]
     future: Future[bool]
     submitted_at: float
 
@@ -67,8 +69,6 @@ class Committer:
         self.processor = processor
         self.metrics = metrics
         self.clock = clock
-        # At least once commits offsets through the consumer, which only the loop thread may use.
-        overlap = overlap and delivery.exactly_once
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="heimdall-commit") if overlap else None
         self._flight: _Flight | None = None
 
@@ -114,7 +114,7 @@ class Committer:
                 future.set_result(self._commit(batches, offsets, metadata, started))
             except BaseException as exc:  # handed to collect's caller, as from the thread
                 future.set_exception(exc)
-        self._flight = _Flight(batches, future, started)
+        self._flight = _Flight(batches, offsets, future, started)
 
     def collect(self, timeout: float | None = 0.0) -> Outcome | None:
         """The outcome of the transaction in flight once it is over, waiting up to ``timeout``.
@@ -128,7 +128,10 @@ class Committer:
         if not wait_futures([flight.future], timeout=timeout).done:
             return None
         self._flight = None
-        return Outcome(flight.batches, flight.future.result())  # raises the transaction's failure
+        committed = flight.future.result()  # raises the transaction's failure
+        if committed and not self.delivery.exactly_once:
+            self.delivery.store_offsets(flight.offsets)
+        return Outcome(flight.batches, committed)
 
     def close(self) -> None:
         """Stop the commit thread (after the transaction in flight, if any, is over)."""

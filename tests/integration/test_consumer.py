@@ -13,7 +13,14 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from heimdall_stream.geojson import feature_of_kind
 from heimdall_stream.models.quality import IN_DISTRIBUTION_QUALITY
-from tests.integration.conftest import read_topic, results_of, scrape, send_captures, wait_for
+from tests.integration.conftest import (
+    committed_offsets,
+    read_topic,
+    results_of,
+    scrape,
+    send_captures,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -167,13 +174,17 @@ def test_cached_results_are_served_for_repeated_inputs(make_settings, start_cons
     assert consumer.metric("heimdall_cache_hit_ratio") > 0
 
 
-def test_at_least_once_mode_delivers_every_capture(make_settings, start_consumer):
+def test_at_least_once_mode_delivers_every_capture_and_commits_its_offsets_while_running(
+    make_settings, start_consumer
+):
     settings = make_settings(kafka={"delivery": "at_least_once"})
     consumer = start_consumer(settings)
     truth = send_captures(settings, 20, seed=6)
     results = results_of(
         read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=20)
     )
+    # Stored once delivered, committed by librdkafka on its own (every second), not at close.
+    wait_for(lambda: sum(committed_offsets(settings).values()) == 20, 60, "every input offset committed")
     consumer.stop()
     assert {r.capture_id for r in results} == set(truth)
 

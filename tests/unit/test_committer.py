@@ -145,11 +145,65 @@ def test_without_overlap_the_transaction_runs_inside_submit():
 
 @pytest.mark.parametrize(
     ("overlap", "delivery", "off_the_loop"),
-    [(True, "exactly_once", True), (True, "at_least_once", False), (False, "exactly_once", False)],
+    [
+        (True, "exactly_once", True),
+        (True, "at_least_once", True),
+        (False, "exactly_once", False),
+        (False, "at_least_once", False),
+    ],
 )
-def test_only_exactly_once_with_overlap_commits_off_the_loop(overlap, delivery, off_the_loop):
+def test_overlap_commits_off_the_loop_in_either_mode(overlap, delivery, off_the_loop):
     # Off the loop the input is not paused when the producer's queue is full.
     settings = Settings.model_validate(
         {"batching": {"overlap_commit": overlap}, "kafka": {"delivery": delivery}}
     )
     assert commits_off_the_loop(settings) is off_the_loop
+
+
+class AtLeastOnceDelivery(Delivery):
+    """At least once: the flush runs on the commit thread, the offsets are stored by the caller."""
+
+    exactly_once = False
+
+    def __init__(self, answer: bool | Exception = True) -> None:
+        super().__init__(answer)
+        self.stored: list[tuple[int, list[TopicPartition]]] = []
+
+    def group_metadata(self) -> str:
+        raise AssertionError("at least once has no group metadata to send")
+
+    def commit(self, batches: list[ScoredBatch], offsets: list[TopicPartition], metadata: str | None) -> bool:
+        assert metadata is None
+        return super().commit(batches, offsets, "generation-1")
+
+    def store_offsets(self, offsets: list[TopicPartition]) -> None:
+        self.stored.append((threading.get_ident(), offsets))
+
+
+@pytest.mark.parametrize("overlap", [True, False])
+def test_at_least_once_stores_the_offsets_on_the_collecting_thread_once_delivered(overlap):
+    delivery, processor = AtLeastOnceDelivery(), Processor()
+    delivery.release.set()
+    committer = _committer(delivery, processor, overlap=overlap)
+    try:
+        committer.submit([_batch(4), _batch(5)])
+        outcome = committer.collect(WAIT_S)
+        assert outcome is not None and outcome.committed
+        assert (delivery.commit_thread == threading.get_ident()) is not overlap
+        offsets = next_offsets(_batch(4).records + _batch(5).records)
+        assert delivery.stored == [(threading.get_ident(), offsets)]
+    finally:
+        committer.close()
+
+
+def test_at_least_once_stores_nothing_for_a_flush_that_failed():
+    delivery, processor = AtLeastOnceDelivery(answer=False), Processor()
+    delivery.release.set()
+    committer = _committer(delivery, processor)
+    try:
+        committer.submit([_batch(7)])
+        outcome = committer.collect(WAIT_S)
+        assert outcome is not None and not outcome.committed
+        assert delivery.stored == []
+    finally:
+        committer.close()

@@ -125,3 +125,13 @@ def test_batching_knobs_and_the_worker_default():
     assert batching.inline_max_captures == 4
     assert batching.workers == len(os.sched_getaffinity(0))
     assert Settings(batching={"workers": 3}).batching.workers == 3
+
+
+@pytest.mark.parametrize("delivery", ["exactly_once", "at_least_once"])
+def test_only_at_least_once_lets_librdkafka_commit_what_the_application_stored(delivery):
+    from heimdall_stream.clients import consumer_config
+
+    config = consumer_config(Settings(kafka={"delivery": delivery}))
+    assert config["enable.auto.offset.store"] is False  # stored only once the outputs are delivered
+    assert config["enable.auto.commit"] is (delivery == "at_least_once")
+    assert ("auto.commit.interval.ms" in config) is (delivery == "at_least_once")

@@ -1,8 +1,8 @@
 """Kafka client configuration and topic set-up, in one place.
 
 Every client shares ``KafkaSettings.client_config()`` (bootstrap, SASL/TLS, passthrough
-options); this module adds what each role needs: the stream consumer (cooperative-sticky, offsets
-stored by the application only, read_committed), the transactional or idempotent producer of results, the
+options); this module adds what each role needs: the stream consumer (cooperative-sticky, no
+auto-commit, read_committed), the transactional or idempotent producer of results, the
 idempotent producer every other writer uses (control plane, simulator, demo), plain readers and
 admin clients.  Every configuration carries the ``logger`` key, so librdkafka's own log goes
 through Python logging (``heimdall.librdkafka``, see ``heimdall_stream.logs``) and is served
@@ -45,9 +45,6 @@ _ATTEMPT = re.compile(r"\s*\(after \d+ms in state [^)]*\)")
 SIMULATOR_MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 # First retry of a refused transactional request, ms (see producer_config).
 TRANSACTION_RETRY_BACKOFF_MS = 10
-# At least once: how often librdkafka commits the stored offsets, ms.  A crash repeats at most
-# about this much input; a revoke and close commit what is stored at once.
-ALO_COMMIT_INTERVAL_MS = 1000
 
 
 def base_config(settings: Settings) -> dict[str, Any]:
@@ -63,18 +60,15 @@ def admin_config(settings: Settings) -> dict[str, Any]:
 def consumer_config(settings: Settings) -> dict[str, Any]:
     """The stream consumer: group member, manual offsets, read_committed input.
 
-    Exactly once commits offsets in the output transaction only.  At least once stores the
-    offsets of a batch once every output of it is acknowledged (``Delivery.store_offsets``) and
-    lets librdkafka commit what is stored every ``ALO_COMMIT_INTERVAL_MS``, on a revoke and on
-    close: no commit waits on the loop, and none covers an output the broker has not confirmed.
+    Exactly once commits offsets in the output transaction, at least once from the loop once
+    the outputs are acknowledged (``stream.acked_offsets``): never librdkafka on its own.
     """
     kafka = settings.kafka
-    at_least_once = kafka.delivery == "at_least_once"
     config = {
         **base_config(settings),
         "group.id": kafka.group_id,
         "client.id": f"heimdall-stream-{settings.instance_id}",
-        "enable.auto.commit": at_least_once,
+        "enable.auto.commit": False,
         "enable.auto.offset.store": False,
         "auto.offset.reset": "earliest",
         "isolation.level": "read_committed",
@@ -94,8 +88,6 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "fetch.message.max.bytes": min(1024 * 1024, kafka.prefetch_kbytes * 1024),
         "fetch.max.bytes": max(settings.limits.max_message_bytes * 2, 52_428_800),
     }
-    if at_least_once:
-        config["auto.commit.interval.ms"] = ALO_COMMIT_INTERVAL_MS
     if kafka.static_membership:
         config["group.instance.id"] = settings.instance_id
     return config

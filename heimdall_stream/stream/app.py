@@ -51,10 +51,11 @@ from heimdall_stream.metrics import Metrics
 from heimdall_stream.processing.processor import BatchProcessor
 from heimdall_stream.processing.records import InputRecord, ScoredBatch
 from heimdall_stream.stream.aborts import waiting_alive
+from heimdall_stream.stream.acked_offsets import offset_commit_reporter
 from heimdall_stream.stream.allocator import Trimmer
 from heimdall_stream.stream.batching import MicroBatcher
 from heimdall_stream.stream.committer import Committer
-from heimdall_stream.stream.delivery import Delivery, commits_off_the_loop, offset_commit_reporter
+from heimdall_stream.stream.delivery import Delivery, commits_off_the_loop
 from heimdall_stream.stream.gauges import publish_model_metrics, retire_model_metrics, update_lag
 from heimdall_stream.stream.loop_load import LoopLoad
 from heimdall_stream.stream.pipeline import BatchPipeline
@@ -62,9 +63,8 @@ from heimdall_stream.stream.swap import ModelSwap
 
 log = logging.getLogger(__name__)
 LAG_INTERVAL_S = 10.0
-# How long a poll may block: briefly while workers or the committer hold batches (what they
-# finish is handed on as soon as the loop comes round), longer when there is nothing to do but
-# wait for input.  A poll returns with the first message either way.
+# How long a poll may block: briefly while workers or the committer hold batches (what they finish
+# is handed on promptly), longer with nothing to do but wait for input (it returns with a message).
 BUSY_POLL_S = 0.005
 IDLE_POLL_S = 0.2
 # A transaction in flight for longer than this stops the loop's heartbeat, as a commit on the
@@ -152,10 +152,9 @@ class StreamApp:
             finished = True
         finally:
             if not finished:
-                # Something failed: nothing consumed after the last commit may be committed now
-                # (closing the consumer revokes its partitions); a restart resumes from there.
-                # A transaction already in flight ends first, either way (its batches are the
-                # oldest, all scored), so the consumer and producer close after it.
+                # Something failed: nothing behind the last commit is committed now (a restart
+                # resumes from there), but a transaction already in flight ends first (its batches
+                # are the oldest, all scored), so the consumer and producer close after it.
                 self._failed = True
                 self._settle_after_failure()
             self.close()
@@ -333,6 +332,8 @@ class StreamApp:
         if pending:
             self.pipeline.submit(pending)
         self._hand_over(self.pipeline.drain(), timeout=None)
+        if self.delivery.acked is not None:  # at least once: its offsets, before the partitions go
+            self.delivery.acked.commit_now()
 
     # ------------------------------------------------------------------ rebalances, errors
 
@@ -352,10 +353,9 @@ class StreamApp:
         self._forget(partitions, "revoke")
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Nothing consumed may be committed now: throw it all away, seek the partitions still
-        # owned back to it, and leave the lost ones to their new owner.  A transaction already
-        # in flight ends first (the coordinator refuses its offsets now, so it aborts and is
-        # rewound with everything behind it).
+        # Nothing consumed may be committed now: throw it all away, seek the owned partitions back
+        # to it, leave the lost ones to their new owner.  A transaction in flight ends first (its
+        # offsets refused, it aborts and is rewound; at least once the lost ones are dropped).
         self._forget(partitions, "lost")
         self._settle(timeout=None)
         discarded = self.pipeline.discard() + self.batcher.take(force=True)

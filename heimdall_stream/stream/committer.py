@@ -14,7 +14,8 @@ abort happen in ``collect``'s caller.  The commit thread writes the pending dedu
 (``before_commit``, a Redis write the worker threads make too) and runs ``Delivery.commit``.
 
 At least once the thread produces and flushes the batches' outputs, and ``collect`` (on the
-loop thread: only it may use the consumer) stores their offsets for librdkafka to commit.
+loop thread: only it may use the consumer) stores their offsets and commits what is stored
+once a second (``stream.acked_offsets``).
 With ``overlap=False`` the transaction (or flush) runs on the caller's thread inside ``submit``
 and the loop consumes nothing meanwhile: the behaviour before, kept as a setting.
 """
@@ -101,8 +102,8 @@ class Committer:
             batch.stages["commit_wait"] = max(started - batch.finished_at, 0.0)
         # On this (the loop's) thread: the join's checkpoints change only here and in collect's
         # caller, and confluent-kafka serialises calls on the consumer (one from the commit
-        # thread would wait for the loop's poll).  A rebalance before the offsets reach the
-        # coordinator makes this generation stale: the transaction aborts and is rewound.
+        # thread would wait for the loop's poll).  Exactly once, a rebalance before the offsets
+        # reach the coordinator makes this generation stale: the transaction aborts, is rewound.
         offsets = self.delivery.offsets_of([record for batch in batches for record in batch.records])
         metadata = self.delivery.group_metadata() if self.delivery.exactly_once else None
         future: Future[bool]
@@ -122,6 +123,9 @@ class Committer:
         None while it still runs (or with none).  A failure that stops the instance
         (``FatalKafkaError``, ``PoisonBatchError``) is raised here, on the caller's thread.
         """
+        acked = self.delivery.acked
+        if acked is not None:
+            acked.commit_if_due()
         flight = self._flight
         if flight is None:
             return None
@@ -129,8 +133,8 @@ class Committer:
             return None
         self._flight = None
         committed = flight.future.result()  # raises the transaction's failure
-        if committed and not self.delivery.exactly_once:
-            self.delivery.store_offsets(flight.offsets)
+        if committed and acked is not None:
+            acked.store(flight.offsets)
         return Outcome(flight.batches, committed)
 
     def close(self) -> None:

@@ -8,10 +8,9 @@ instance stops (``stream.aborts``).  A transaction that can be neither committed
 stops the instance (``FatalKafkaError``).  A ``send_offsets_to_transaction`` that hangs past its
 timeout (librdkafka waiting forever for a dead group coordinator) aborts the batch too: the
 producer is abandoned and the next transaction starts on a fresh one (``bounded``).
-``at_least_once``: results are flushed, and the offsets stored (``store_offsets``, on the loop
-thread) only once every delivery is confirmed; librdkafka commits what is stored every second,
-on a revoke and on close.  Either way nothing is committed for a capture whose output was not
-written.
+``at_least_once``: results are flushed, and the offsets stored only once every delivery is
+confirmed, for the loop to commit (``acked``, ``stream.acked_offsets``).  Either way nothing is
+committed for a capture whose output was not written.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from heimdall_stream.metrics import Metrics
 from heimdall_stream.processing.records import DeadLetter, InputRecord, ScoredBatch
 from heimdall_stream.retry import Backoff, retry_call
 from heimdall_stream.stream.aborts import AbortBudget
+from heimdall_stream.stream.acked_offsets import AckedOffsets
 from heimdall_stream.stream.bounded import CallHungError, bounded_call
 
 log = logging.getLogger(__name__)
@@ -49,27 +49,9 @@ MAX_WEDGED_PRODUCERS = 3
 def commits_off_the_loop(settings: Settings) -> bool:
     """Whether transactions (at least once: the flushes) run on the commit thread.
 
-    ``batching.overlap_commit``; at least once stores the offsets on the loop thread afterwards.
+    ``batching.overlap_commit``; at least once commits the offsets on the loop thread afterwards.
     """
     return settings.batching.overlap_commit
-
-
-def offset_commit_reporter(metrics: Metrics) -> Callable[[KafkaError | None, list[TopicPartition]], None]:
-    """The consumer's ``on_commit``: at least once, a commit librdkafka made that failed is counted.
-
-    Not raised: the next commit carries the same offsets or later ones, and one that never
-    succeeds only makes input repeat after a restart.
-    """
-
-    def on_commit(error: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        failed = [tp.error for tp in partitions if tp.error is not None]
-        if (error is None or error.code() == KafkaError._NO_OFFSET) and not failed:
-            return  # committed, or nothing stored since the last commit
-        reason = error if error is not None else failed[0]
-        metrics.kafka_errors.labels(reason.name()).inc()
-        log.warning("offsets not committed (%s): the input behind them may repeat", reason.str())
-
-    return on_commit
 
 
 class Delivery:
@@ -95,6 +77,8 @@ class Delivery:
         self.offsets_of: Callable[[Sequence[InputRecord]], list[TopicPartition]] = next_offsets
         self.producer = Producer({**producer_config(settings), "error_cb": on_error})
         self.aborts = AbortBudget(settings.kafka, metrics)
+        # At least once: offsets of acknowledged batches, committed by the loop.
+        self.acked = None if self.exactly_once else AckedOffsets(consumer, metrics, assigned)
         # Pause the input while the producer's queue is full.  Off when commits run on a thread
         # of their own: the consumer is the loop's, whose in-flight bound stops it meanwhile.
         self.pause_input_when_full = not commits_off_the_loop(settings)
@@ -134,7 +118,7 @@ class Delivery:
         """Write and commit batches (in one transaction); False when aborted.
 
         At least once this writes and flushes them only: the caller stores ``offsets`` on the
-        loop thread afterwards (``store_offsets``).
+        loop thread afterwards (``acked``).
         ``offsets`` (``offsets_of`` their records) and ``metadata`` (``group_metadata``, exactly
         once only) are taken by the caller on the consumer's thread beforehand: this may run on
         another (``stream.committer``), and confluent-kafka serialises calls on one consumer, so
@@ -199,22 +183,6 @@ class Delivery:
         if remaining or failures:
             reason = failures[0] if failures else KafkaError(KafkaError._TIMED_OUT, "flush timed out")
             raise KafkaException(reason)
-
-    def store_offsets(self, offsets: list[TopicPartition]) -> None:
-        """At least once: the offsets of delivered batches, for librdkafka's next commit.
-
-        On the loop thread, after ``commit`` returned True.  Only partitions still assigned: a
-        revoked one is its new owner's, and librdkafka refuses to store for it.  A refusal only
-        means the input repeats after a restart, so it is counted and logged, never raised.
-        """
-        owned = [tp for tp in offsets if (tp.topic, tp.partition) in self._assigned()]
-        if not owned:
-            return
-        try:
-            self.consumer.store_offsets(offsets=owned)
-        except KafkaException as exc:
-            self.metrics.kafka_errors.labels(exc.args[0].name()).inc()
-            log.warning("offsets not stored (%s): the input behind them may repeat", exc.args[0].str())
 
     def _produce_outcome(self, outcome: ScoredBatch, on_delivery: Any = None) -> None:
         kafka = self.settings.kafka

@@ -174,16 +174,17 @@ def test_cached_results_are_served_for_repeated_inputs(make_settings, start_cons
     assert consumer.metric("heimdall_cache_hit_ratio") > 0
 
 
+@pytest.mark.parametrize("overlap", [False, True])
 def test_at_least_once_mode_delivers_every_capture_and_commits_its_offsets_while_running(
-    make_settings, start_consumer
+    make_settings, start_consumer, overlap
 ):
-    settings = make_settings(kafka={"delivery": "at_least_once"})
+    settings = make_settings(kafka={"delivery": "at_least_once"}, batching={"overlap_commit": overlap})
     consumer = start_consumer(settings)
     truth = send_captures(settings, 20, seed=6)
     results = results_of(
         read_topic(settings.kafka.bootstrap_servers, settings.kafka.output_topic, expected=20)
     )
-    # Stored once delivered, committed by librdkafka on its own (every second), not at close.
+    # Committed once delivered, about every second while running: not only when stopping.
     wait_for(lambda: sum(committed_offsets(settings).values()) == 20, 60, "every input offset committed")
     consumer.stop()
     assert {r.capture_id for r in results} == set(truth)

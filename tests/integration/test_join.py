@@ -102,9 +102,17 @@ def _committed(settings) -> Checkpoint:
     return Checkpoint.parse(tp.offset, tp.metadata)
 
 
-def test_waiting_parts_are_committed_as_offset_metadata_and_resumed(make_settings, new_topic, start_consumer):
+@pytest.mark.parametrize("delivery", ["exactly_once", "at_least_once"])
+def test_waiting_parts_are_committed_as_offset_metadata_and_resumed(
+    make_settings, new_topic, start_consumer, delivery
+):
+    # At least once too: the checkpoint changes while its offset stays at meta-0's part.
     settings = join_settings(
-        make_settings, new_topic, partitions=1, join={"window_ms": 2_000, "idle_ms": 600_000}
+        make_settings,
+        new_topic,
+        partitions=1,
+        join={"window_ms": 2_000, "idle_ms": 600_000},
+        kafka={"delivery": delivery},
     )
     simulator = IqSimulator(load_network(), seed=9)
     start = datetime.now(UTC)

@@ -26,6 +26,7 @@ class Delivery:
     """Stands in for ``stream.delivery.Delivery``: commit blocks on ``release``, then answers."""
 
     exactly_once = True
+    acked = None
 
     def __init__(self, answer: bool | Exception = True) -> None:
         self.answer = answer
@@ -160,6 +161,20 @@ def test_overlap_commits_off_the_loop_in_either_mode(overlap, delivery, off_the_
     assert commits_off_the_loop(settings) is off_the_loop
 
 
+class Acked:
+    """Stands in for ``stream.acked_offsets.AckedOffsets``: records the thread of every call."""
+
+    def __init__(self) -> None:
+        self.stored: list[tuple[int, list[TopicPartition]]] = []
+        self.due_checks: list[int] = []
+
+    def store(self, offsets: list[TopicPartition]) -> None:
+        self.stored.append((threading.get_ident(), offsets))
+
+    def commit_if_due(self) -> None:
+        self.due_checks.append(threading.get_ident())
+
+
 class AtLeastOnceDelivery(Delivery):
     """At least once: the flush runs on the commit thread, the offsets are stored by the caller."""
 
@@ -167,7 +182,7 @@ class AtLeastOnceDelivery(Delivery):
 
     def __init__(self, answer: bool | Exception = True) -> None:
         super().__init__(answer)
-        self.stored: list[tuple[int, list[TopicPartition]]] = []
+        self.acked = Acked()  # type: ignore[assignment]
 
     def group_metadata(self) -> str:
         raise AssertionError("at least once has no group metadata to send")
@@ -175,9 +190,6 @@ class AtLeastOnceDelivery(Delivery):
     def commit(self, batches: list[ScoredBatch], offsets: list[TopicPartition], metadata: str | None) -> bool:
         assert metadata is None
         return super().commit(batches, offsets, "generation-1")
-
-    def store_offsets(self, offsets: list[TopicPartition]) -> None:
-        self.stored.append((threading.get_ident(), offsets))
 
 
 @pytest.mark.parametrize("overlap", [True, False])
@@ -191,7 +203,9 @@ def test_at_least_once_stores_the_offsets_on_the_collecting_thread_once_delivere
         assert outcome is not None and outcome.committed
         assert (delivery.commit_thread == threading.get_ident()) is not overlap
         offsets = next_offsets(_batch(4).records + _batch(5).records)
-        assert delivery.stored == [(threading.get_ident(), offsets)]
+        assert delivery.acked.stored == [(threading.get_ident(), offsets)]
+        # The loop thread also sends what is stored, once it is due, whenever it collects.
+        assert set(delivery.acked.due_checks) == {threading.get_ident()}
     finally:
         committer.close()
 
@@ -204,6 +218,6 @@ def test_at_least_once_stores_nothing_for_a_flush_that_failed():
         committer.submit([_batch(7)])
         outcome = committer.collect(WAIT_S)
         assert outcome is not None and not outcome.committed
-        assert delivery.stored == []
+        assert delivery.acked.stored == []
     finally:
         committer.close()

@@ -67,31 +67,3 @@ def test_errors_that_are_not_retriable_are_raised_at_once(delivery: Delivery) ->
     with pytest.raises(ValueError):
         delivery._call(broken, 1.0, sleep=waits.append)
     assert waits == []
-
-
-def test_a_failed_offset_commit_is_counted_by_code_and_an_empty_one_is_not():
-    from types import SimpleNamespace
-
-    from confluent_kafka import TopicPartition
-    from prometheus_client import CollectorRegistry
-
-    from heimdall_stream.metrics import Metrics
-    from heimdall_stream.stream.delivery import offset_commit_reporter
-
-    registry = CollectorRegistry()
-    report = offset_commit_reporter(Metrics(registry))
-
-    def count(code: str) -> float:
-        return registry.get_sample_value("heimdall_kafka_errors_total", {"code": code}) or 0.0
-
-    report(None, [TopicPartition("in", 0, 5)])
-    report(KafkaError(KafkaError._NO_OFFSET), [])
-    assert count("_NO_OFFSET") == 0
-    report(KafkaError(KafkaError.REBALANCE_IN_PROGRESS), [TopicPartition("in", 0, 5)])
-    # librdkafka sets a partition's own error; confluent-kafka's TopicPartition keeps it read-only.
-    failed = SimpleNamespace(
-        topic="in", partition=1, offset=9, error=KafkaError(KafkaError.COORDINATOR_NOT_AVAILABLE)
-    )
-    report(None, [TopicPartition("in", 0, 5), failed])  # type: ignore[list-item]
-    assert count("REBALANCE_IN_PROGRESS") == 1
-    assert count("COORDINATOR_NOT_AVAILABLE") == 1

@@ -128,10 +128,9 @@ def test_batching_knobs_and_the_worker_default():
 
 
 @pytest.mark.parametrize("delivery", ["exactly_once", "at_least_once"])
-def test_only_at_least_once_lets_librdkafka_commit_what_the_application_stored(delivery):
+def test_the_stream_consumer_never_commits_or_stores_offsets_on_its_own(delivery):
     from heimdall_stream.clients import consumer_config
 
     config = consumer_config(Settings(kafka={"delivery": delivery}))
-    assert config["enable.auto.offset.store"] is False  # stored only once the outputs are delivered
-    assert config["enable.auto.commit"] is (delivery == "at_least_once")
-    assert ("auto.commit.interval.ms" in config) is (delivery == "at_least_once")
+    assert config["enable.auto.commit"] is False
+    assert config["enable.auto.offset.store"] is False

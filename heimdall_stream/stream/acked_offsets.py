@@ -53,10 +53,6 @@ class AckedOffsets:
         self._pending: dict[tuple[str, int], TopicPartition] = {}
         self._last_commit = clock()
 
-    def pending(self) -> list[TopicPartition]:
-        """What is stored and not yet handed to a commit, by partition."""
-        return [self._pending[key] for key in sorted(self._pending)]
-
     def store(self, offsets: list[TopicPartition]) -> None:
         """Offsets of delivered batches, in consumption order (a later one replaces an earlier)."""
         for tp in offsets:

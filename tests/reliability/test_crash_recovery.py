@@ -42,8 +42,8 @@ def test_sigkill_at_random_moments_loses_and_duplicates_nothing(make_settings, t
 
 
 def test_at_least_once_loses_nothing_to_sigkills(make_settings, tmp_path):
-    # Offsets are stored once the outputs are acknowledged and committed by librdkafka a second
-    # later: a kill repeats input (held back by the dedup marks), never skips any.
+    # Offsets are stored once the outputs are acknowledged and committed by the loop about a
+    # second later: a kill repeats input (held back by the dedup marks), never skips any.
     settings = make_settings(
         instance_id="crashy-alo-1",
         kafka={"delivery": "at_least_once", "static_membership": True, "session_timeout_ms": 15_000},

@@ -115,6 +115,12 @@ class Metrics:
             "(last seconds, smoothed); near 1 the loop, not the workers, limits throughput.",
             registry=registry,
         )
+        self.loop_inline = Gauge(
+            "heimdall_loop_inline_scoring",
+            "1 while the stream loop scores small batches itself (it has time for them), 0 while it "
+            "hands every batch to the workers; a batch is still scored inline every 10 s to measure.",
+            registry=registry,
+        )
         self.consumer_lag = Gauge(
             "heimdall_consumer_lag",
             "High watermark minus position, per assigned partition.",

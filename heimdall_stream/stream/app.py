@@ -50,13 +50,13 @@ from heimdall_stream.join.stage import JoinStage
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.processing.processor import BatchProcessor
 from heimdall_stream.processing.records import InputRecord, ScoredBatch
+from heimdall_stream.stream import gauges
 from heimdall_stream.stream.aborts import waiting_alive
 from heimdall_stream.stream.acked_offsets import offset_commit_reporter
 from heimdall_stream.stream.allocator import Trimmer
 from heimdall_stream.stream.batching import MicroBatcher
 from heimdall_stream.stream.committer import Committer
 from heimdall_stream.stream.delivery import Delivery, commits_off_the_loop
-from heimdall_stream.stream.gauges import publish_model_metrics, retire_model_metrics, update_lag
 from heimdall_stream.stream.loop_load import LoopLoad
 from heimdall_stream.stream.pipeline import BatchPipeline
 from heimdall_stream.stream.swap import ModelSwap
@@ -135,7 +135,7 @@ class StreamApp:
             on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
-        publish_model_metrics(self.models.current(), self.metrics, self.health)
+        gauges.publish_model_metrics(self.models.current(), self.metrics, self.health)
         log.info(
             "consuming %s as %s (group %s, %s, model %s)",
             self.settings.kafka.input_topic,
@@ -185,11 +185,11 @@ class StreamApp:
         self._dispatch()
         self._deliver()
         self.metrics.in_flight.set(len(self.batcher) + self.pipeline.captures() + self.committer.captures())
-        self.metrics.loop_busy.set(self.pipeline.load.share())
+        gauges.update_loop(self.pipeline.load, self.metrics)
         self.health.update(redis_healthy=self._store_healthy())
         if now >= self._next_lag_at:
             self._next_lag_at = now + LAG_INTERVAL_S
-            update_lag(self.consumer, self._assigned, self.metrics)
+            gauges.update_lag(self.consumer, self._assigned, self.metrics)
 
     def close(self) -> None:
         """Leave the group (revoking commits what is finished, unless the loop failed), flush."""
@@ -270,8 +270,8 @@ class StreamApp:
         if offer is None:
             return
         previous, swapped = offer
-        retire_model_metrics(previous, self.metrics)
-        publish_model_metrics(self.models.current(), self.metrics, self.health)
+        gauges.retire_model_metrics(previous, self.metrics)
+        gauges.publish_model_metrics(self.models.current(), self.metrics, self.health)
         swapped.set()
 
     def _dispatch(self) -> None:
@@ -288,7 +288,7 @@ class StreamApp:
     def _hand_over(self, batches: list[ScoredBatch], timeout: float | None) -> None:
         """Start the transaction of ``batches``; settle it within ``timeout`` (at once when it ran here)."""
         if batches:
-            self.committer.submit(batches)
+            self.pipeline.load.blocking(self.committer.submit, batches)  # may commit right here
             self._settle(timeout)
 
     def _settle(self, timeout: float | None = 0.0) -> None:
@@ -299,8 +299,8 @@ class StreamApp:
         if not outcome.committed:
             self._rewind(outcome.batches)
             return
-        for batch in outcome.batches:
-            self.processor.after_commit(batch)
+        for batch in outcome.batches:  # Redis writes, on which the loop blocks
+            self.pipeline.load.blocking(self.processor.after_commit, batch)
         self.trimmer.worked()
 
     def _settle_after_failure(self) -> None:

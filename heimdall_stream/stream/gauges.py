@@ -1,7 +1,8 @@
-"""Gauges the stream loop refreshes: consumer lag per partition, and the model set in force.
+"""Gauges the stream loop refreshes: consumer lag per partition, the model set in force, its load.
 
 Kept apart from the loop (``stream.app``) because they only read its state: the consumer's
-positions and cached watermarks (no broker round trip), and the model set being served.
+positions and cached watermarks (no broker round trip), the model set being served, and how
+busy the loop is (``stream.loop_load``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from heimdall_stream.health import Health
 from heimdall_stream.metrics import Metrics
 from heimdall_stream.models.routing import ModelSet
+from heimdall_stream.stream.loop_load import LoopLoad
 
 
 def update_lag(consumer: Consumer, assigned: Iterable[tuple[str, int]], metrics: Metrics) -> None:
@@ -33,6 +35,12 @@ def update_lag(consumer: Consumer, assigned: Iterable[tuple[str, int]], metrics:
             continue
         if tp.offset >= 0:
             metrics.consumer_lag.labels(tp.topic, str(tp.partition)).set(max(high - tp.offset, 0))
+
+
+def update_loop(load: LoopLoad, metrics: Metrics) -> None:
+    """The loop's busy share, and whether it scores small batches itself."""
+    metrics.loop_busy.set(load.share())
+    metrics.loop_inline.set(1 if load.inline else 0)
 
 
 def publish_model_metrics(models: ModelSet, metrics: Metrics, health: Health) -> None:

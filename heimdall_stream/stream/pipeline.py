@@ -77,12 +77,10 @@ class BatchPipeline:
             self._queue.append(_Held(list(records), self._pool.submit(self.processor.process, records)))
             return
         future: Future[ScoredBatch] = Future()
-        start = self.load.clock()
         try:
-            future.set_result(self.processor.process(records))
+            future.set_result(self.load.score_inline(lambda: self.processor.process(records), len(records)))
         except Exception as exc:  # raised by ready(), as a worker's would be
             future.set_exception(exc)
-        self.load.scored_inline(self.load.clock() - start, len(records))
         self._queue.append(_Held(list(records), future))
 
     def ready(self) -> list[ScoredBatch]:

@@ -1,8 +1,9 @@
-"""The loop's busy share and the inline decision, on a clock the test moves (no threads, no Kafka)."""
+"""The loop's busy share and the inline decision, on clocks the test moves (no threads, no Kafka)."""
 
 from __future__ import annotations
 
 import threading
+from functools import partial
 
 import pytest
 from hypothesis import given
@@ -14,27 +15,48 @@ from heimdall_stream.stream.pipeline import BatchPipeline
 
 
 class Clock:
+    """Wall time ``now``, and ``cpu``, the loop thread's CPU time, which only ``work`` moves."""
+
     def __init__(self) -> None:
         self.now = 0.0
+        self.cpu = 0.0
 
     def __call__(self) -> float:
         return self.now
 
+    def work(self, seconds: float) -> None:
+        self.now += seconds
+        self.cpu += seconds
+
+    def pass_time(self, seconds: float) -> None:
+        """Time the loop thread spends off the CPU: waiting, blocked, or queued for the GIL."""
+        self.now += seconds
+
+    def block(self, cpu_s: float, off_s: float) -> None:
+        """A call that works ``cpu_s``, then blocks ``off_s`` (on the broker, say)."""
+        self.work(cpu_s)
+        self.pass_time(off_s)
+
+
+def _load(clock: Clock) -> LoopLoad:
+    # A hair shorter than the simulated windows, which float rounding may end just short of 0.5 s.
+    return LoopLoad(clock, lambda: clock.cpu, window_s=WINDOW_S - 1e-9)
+
 
 def _window(load: LoopLoad, clock: Clock, *, idle_s: float, inline_s: float, captures: int) -> bool:
     """One window: ``captures`` arrive, the loop scores them inline in ``inline_s`` (if > 0),
-    waits ``idle_s``, and is busy with everything else for the rest of the window."""
+    waits ``idle_s``, and works on everything else for the rest of the window."""
     load.submitted(captures)
     if inline_s:
-        load.scored_inline(inline_s, captures)
-    load.wait(lambda: setattr(clock, "now", clock.now + idle_s))
-    clock.now += WINDOW_S - idle_s
+        load.score_inline(lambda: clock.work(inline_s), captures)
+    load.wait(lambda: clock.pass_time(idle_s))
+    clock.work(WINDOW_S - idle_s - inline_s)
     return load.inline_affordable()
 
 
 def test_inline_stops_when_scoring_would_fill_the_loop_and_resumes_when_the_load_drops():
     clock = Clock()
-    load = LoopLoad(clock)
+    load = _load(clock)
     assert load.inline_affordable()  # nothing measured yet
     # 40 captures/s at 10 ms each inline (0.4 of the loop) + 0.3 other work: affordable.
     for _ in range(6):
@@ -56,7 +78,7 @@ def test_inline_stops_when_scoring_would_fill_the_loop_and_resumes_when_the_load
 
 def test_between_the_two_bounds_the_mode_in_force_is_kept():
     clock = Clock()
-    load = LoopLoad(clock)
+    load = _load(clock)
     # 0.8 predicted: above the resume bound, below the stop bound.
     for _ in range(10):
         assert _window(load, clock, idle_s=0.1, inline_s=0.2, captures=20)
@@ -70,56 +92,71 @@ def test_between_the_two_bounds_the_mode_in_force_is_kept():
 
 
 _STEPS = st.lists(
-    st.tuples(st.sampled_from(["busy", "wait", "wait_scoring", "score"]), st.floats(0.0, 2.0)),
+    st.tuples(
+        st.sampled_from(["work", "gil", "blocking", "wait", "wait_scoring", "wait_blocking", "score"]),
+        st.floats(0.0, 2.0),
+    ),
     max_size=60,
 )
 
 
 @given(steps=_STEPS)
 def test_shares_stay_between_zero_and_one_whatever_the_loop_does(steps):
-    """Work, waits, scoring inside a wait (a rebalance callback) and windows closing anywhere."""
+    """Work, GIL waits, blocking commits, waits, scoring or committing inside a wait (a rebalance
+    callback) and windows closing anywhere."""
     clock = Clock()
-    load = LoopLoad(clock)
+    load = _load(clock)
 
     def score(seconds: float) -> None:
         load.inline_affordable()  # may close a window, as submit does
-        clock.now += seconds
-        load.scored_inline(seconds, 1)
+        load.score_inline(lambda: clock.work(seconds), 1)
 
     def wait_scoring(seconds: float) -> None:
-        clock.now += seconds
+        clock.pass_time(seconds)
         score(seconds / 2)
-        clock.now += seconds
+        clock.pass_time(seconds)
+
+    def wait_blocking(seconds: float) -> None:
+        clock.pass_time(seconds)
+        load.inline_affordable()  # may close a window
+        load.blocking(clock.block, seconds / 8, seconds / 2)
+        clock.pass_time(seconds)
 
     for kind, seconds in steps:
-        if kind == "busy":
-            clock.now += seconds
+        if kind == "work":
+            clock.work(seconds)
+        elif kind == "gil":
+            clock.pass_time(seconds)
+        elif kind == "blocking":
+            load.blocking(clock.block, seconds / 4, seconds)
         elif kind == "wait":
-            load.wait(lambda s=seconds: setattr(clock, "now", clock.now + s))
+            load.wait(partial(clock.pass_time, seconds))
         elif kind == "wait_scoring":
-            load.wait(lambda s=seconds: wait_scoring(s))
+            load.wait(partial(wait_scoring, seconds))
+        elif kind == "wait_blocking":
+            load.wait(partial(wait_blocking, seconds))
         else:
             score(seconds)
         load.submitted(1)
         share = load.share()
-        assert 0.0 <= load.busy_share <= share <= 1.0 + 1e-9
+        assert 0.0 <= load.busy_share <= share + 1e-9 <= 1.0 + 2e-9
         assert load.predicted_busy_share() >= 0.0
 
 
 def test_while_off_one_batch_every_probe_interval_measures_the_cost_again():
     clock = Clock()
-    load = LoopLoad(clock)
+    load = _load(clock)
     # 40 captures/s, but one stalled window (a Redis stall, say) makes them look 50 ms each.
     _window(load, clock, idle_s=0.0, inline_s=0.5, captures=10)
     for _ in range(3):
         on = _window(load, clock, idle_s=0.3, inline_s=0.0, captures=20)
     assert not on  # 0.4 of other work + 40/s x ~25 ms
     assert not load.inline_affordable()
-    clock.now += PROBE_S
+    clock.pass_time(PROBE_S)
     assert load.inline_affordable()  # the probe: one batch scored inline ...
     assert not load.inline_affordable()  # ... and only one
     for _ in range(8):  # the probe, and what follows it, cost 5 ms a capture: 0.4 + 0.2
-        load.scored_inline(0.005, 1)
+        load.score_inline(lambda: clock.work(0.005), 1)
         on = _window(load, clock, idle_s=0.3, inline_s=0.0, captures=20)
         load.inline_affordable()
     assert on and load.inline_s_per_capture is not None and load.inline_s_per_capture < 0.01
@@ -127,14 +164,13 @@ def test_while_off_one_batch_every_probe_interval_measures_the_cost_again():
 
 def test_a_wait_counts_as_idle_only_in_its_window_and_without_the_scoring_inside_it():
     clock = Clock()
-    load = LoopLoad(clock)
+    load = _load(clock)
 
     def poll_serving_a_revoke() -> None:
-        clock.now += 1.0  # idle in the first window, which closes below
+        clock.pass_time(1.0)  # idle in the first window, which closes below
         load.inline_affordable()
-        clock.now += 0.2  # the revoke's batch, scored inline in the new window
-        load.scored_inline(0.2, 1)
-        clock.now += 0.3  # idle again
+        load.score_inline(lambda: clock.work(0.2), 1)  # the revoke's batch, in the new window
+        clock.pass_time(0.3)  # idle again
 
     load.wait(poll_serving_a_revoke)
     load.share()  # closes the second window: 0.3 s idle and 0.2 s scoring of 0.5 s
@@ -150,18 +186,18 @@ class Scorer:
     def process(self, records: list[InputRecord]) -> ScoredBatch:
         self.threads.append(threading.current_thread().name)
         if self.clock is not None:
-            self.clock.now += 0.01 * len(records)
+            self.clock.work(0.01 * len(records))
         return ScoredBatch(list(records), "b")
 
 
 def test_the_pipeline_measures_what_scoring_inline_costs():
     clock = Clock()
-    load = LoopLoad(clock)
+    load = _load(clock)
     pipeline = BatchPipeline(Scorer(clock), workers=1, inline_max_captures=4, load=load)  # type: ignore[arg-type]
     records = [InputRecord("in", 0, n, None, b"", 0.0) for n in range(2)]
     pipeline.submit(records)
     pipeline.drain()
-    clock.now += WINDOW_S
+    clock.pass_time(WINDOW_S)
     load.share()
     pipeline.close()
     assert load.inline_s_per_capture is not None and abs(load.inline_s_per_capture - 0.01) < 1e-9
@@ -169,7 +205,7 @@ def test_the_pipeline_measures_what_scoring_inline_costs():
 
 def test_the_pipeline_hands_small_batches_to_the_workers_while_the_loop_cannot_afford_them():
     clock, scorer = Clock(), Scorer()
-    load = LoopLoad(clock)
+    load = _load(clock)
     pipeline = BatchPipeline(scorer, workers=1, inline_max_captures=4, load=load)  # type: ignore[arg-type]
     record = InputRecord("in", 0, 0, None, b"", 0.0)
     pipeline.submit([record])
@@ -186,3 +222,51 @@ def test_the_pipeline_hands_small_batches_to_the_workers_while_the_loop_cannot_a
 def test_a_window_must_have_a_length():
     with pytest.raises(ValueError):
         LoopLoad(Clock(), window_s=0.0)
+
+
+def test_waiting_for_the_gil_while_workers_score_is_not_counted_as_the_loop_s_work():
+    """W1 at 78/s: on the workers the loop's wall time is 0.4 busy, its CPU time 0.1."""
+    clock = Clock()
+    load = _load(clock)
+    for _ in range(4):  # inline: 39 captures a window at 6 ms each, 0.05 s of other work
+        assert _window(load, clock, idle_s=0.216, inline_s=0.234, captures=39)
+    for _ in range(4):  # a backlog: the loop's work (and batches handed to workers) fills it
+        on = _window(load, clock, idle_s=0.0, inline_s=0.0, captures=100)
+    assert not on
+    for _ in range(8):  # back to 78/s on the workers: 0.05 s work, 0.15 s queued for the GIL
+        load.submitted(39)
+        clock.work(0.05)
+        clock.pass_time(0.15)
+        load.wait(lambda: clock.pass_time(0.3))
+        on = load.inline_affordable()
+    assert abs(load.share() - 0.4) < 0.01  # the gauge: wall time
+    assert on and abs(load.predicted_busy_share() - (0.1 + 78 * 0.006)) < 0.02
+
+
+def test_a_commit_that_blocks_the_loop_counts_as_its_work():
+    """Exactly once without overlap, the transaction runs on the loop: it consumes nothing then."""
+    clock = Clock()
+    load = _load(clock)
+    for _ in range(8):  # 40 captures/s at 10 ms inline, 20 commits of 15 ms (1 ms of it CPU)
+        load.submitted(20)
+        load.score_inline(lambda: clock.work(0.2), 20)
+        for _ in range(20):
+            load.blocking(clock.block, 0.001, 0.014)
+        load.wait(lambda: clock.pass_time(0.0))
+        on = load.inline_affordable()
+    assert not on and load.predicted_busy_share() > STOP_SHARE
+
+
+def test_a_commit_served_inside_a_wait_is_work_not_idle():
+    """A revoke served by poll commits what is scored: the loop blocks on it, it does not idle."""
+    clock = Clock()
+    load = _load(clock)
+
+    def poll_serving_a_revoke() -> None:
+        clock.pass_time(0.1)
+        load.blocking(clock.block, 0.05, 0.25)
+        clock.pass_time(0.1)
+
+    load.wait(poll_serving_a_revoke)
+    load.share()
+    assert abs(load.busy_share - 0.5 * 0.6) < 1e-9 and abs(load.loop_share - 0.5 * 0.6) < 1e-9

@@ -18,7 +18,10 @@ For each workload (a model), every system:
    every system: half the best *peer's* backlog throughput (the load at which the best
    hand-written app is half busy).  Each system's load factor (offered ÷ its own backlog
    throughput) is recorded: above 1 it cannot keep up, and its latency then measures a queue.
-   The captures offered are the same for every system (same ids and content).
+   The captures offered are the same for every system (same ids and content).  Beside each
+   half-load run, the whole machine's CPU (busy and steal cores, CPU pressure) over the run and
+   over the lifetimes of the captures slower than ``SLOW_MS`` (``bench.machine``): whether the
+   tail waited for a core that the load generator, the reader or the broker held.
 
 The compute limit of the workload's model, measured through the same ``BatchProcessor`` without
 Kafka, is given beside them: measured right before the workload's backlog rounds and again right
@@ -35,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -42,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.floor import broker_floor, floor_line
+from bench.machine import MachineWatch
 from bench.stream import (
     PARTITIONS,
     Bench,
@@ -61,6 +66,7 @@ from heimdall_stream.wire.messages import IqCapture
 
 HEIMDALL_BATCH = 32
 QUIX_COMMIT_INTERVAL_S = 0.1
+SLOW_MS = 100.0  # the latency goal's p99 bound: captures slower than this are the tail examined
 METRES_PER_DEGREE = 111_195.0  # of latitude, on the mean Earth radius
 
 
@@ -241,17 +247,24 @@ class Runner:
             def alive() -> bool:
                 return proc.poll() is None
 
+            machine: MachineWatch | None = None
             try:
                 stages_before: Histograms | None = None
                 if offer is not None:  # latency: offer only once the system owns every partition
                     self.bench.wait_assigned(group, PARTITIONS, proc)
                     warm_up(self.bench, input_topic, self.pool, reader, alive)
                     stages_before = self._stages_now(system)
+                    machine = MachineWatch()
                     feeder = threading.Thread(target=offer)
                     feeder.start()
+                offered_at = time.monotonic()
                 seconds = count / rate if rate else 0.0
                 results = read_seen(reader, count, seconds + 60 + count / 10, alive)
                 run = summarise(results, watch, rate, count)
+                if machine is not None and results:
+                    machine.stop()
+                    slow = [(r.at - r.latency_ms / 1e3, r.at) for r in results if r.latency_ms > SLOW_MS]
+                    run.extra["machine"] = machine.tail(slow, offered_at, results[-1].at)
                 if system.peer is None and alive():
                     # Where its latency went, stage by stage, from its own histograms.
                     try:
@@ -262,6 +275,8 @@ class Runner:
             finally:
                 if feeder is not None:
                     feeder.join()
+                if machine is not None:
+                    machine.stop()
                 stop_process(proc, watch)
 
     def _stages_now(self, system: System) -> Histograms | None:
@@ -436,6 +451,33 @@ def table(result: dict[str, Any]) -> str:
             "",
             f"Compute limit before and after the backlog rounds: {figures} captures/s (÷ the higher).",
         ]
+    machine = [
+        _machine_line(key, run["half_load"]["extra"]["machine"])
+        for key, run in result["systems"].items()
+        if "machine" in run.get("half_load", {}).get("extra", {})
+    ]
+    if machine:
+        lines += ["", f"The machine during the half load (captures > {SLOW_MS:.0f} ms: the tail):", *machine]
     if notes:
         lines += ["", *(f"- ⚠ {note}" for note in notes)]
     return "\n".join(lines)
+
+
+def _machine_line(key: str, machine: dict[str, Any]) -> str:
+    """One system's half-load run: the machine's CPU over the run, and over its slow captures."""
+
+    def figures(window: dict[str, float] | None) -> str:
+        if not window:
+            return "not sampled"
+        pressure = window.get("cpu_pressure")
+        shown = "n/a" if pressure is None else f"{pressure:.2f}"
+        busy, steal = window["busy_cores"], window["steal_cores"]
+        return f"{busy:.2f} cores busy, steal {steal:.2f}, CPU pressure {shown}"
+
+    line = f"- {key}: {figures(machine['run'])}; {machine['slow_captures']} slow captures"
+    if machine.get("slow_median"):
+        line += (
+            f" in {machine['slow_seconds']} distinct seconds;"
+            f" over their lifetimes (median) {figures(machine['slow_median'])}"
+        )
+    return line

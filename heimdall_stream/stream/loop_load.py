@@ -18,13 +18,27 @@ writes after it), and never more than its wall time neither waiting nor scoring.
 time alone: while workers score, the loop's non-waiting wall time also holds its waits for the
 GIL, which vanish once it scores alone (W1 at 78/s: 0.33-0.39 of the loop's wall time, 0.11 of
 its CPU time, and forced inline scoring queued nothing).  The waits for the GIL on returning
-from a blocking call still count; they are a few per commit.  Measured so, the prediction is about
-the same in both modes and the choice does not flip on its own result; the gap between the two
-bounds absorbs what does change with the mode (commits per capture: batches handed to workers
-grow while a worker is busy).  The shares are measured over windows of ``WINDOW_S`` and
-smoothed.  While inline scoring is off its cost is measured again every ``PROBE_S`` (one small
-batch is scored inline), so a slow sample (a Redis stall, a GC pause) or a model swapped for a
-cheaper one does not keep it off for good.
+from a blocking call still count; they are a few per commit.  Measured so, the prediction moves
+much less with the mode, and the gap between the two bounds absorbs what does change with it
+(commits per capture: batches handed to workers grow while a worker is busy), so the choice
+does not flip on its own result.  The shares are measured over windows of ``WINDOW_S`` and
+smoothed.
+
+The prediction made on the workers still reads high, though: the loop's other work takes more of
+its CPU time while it hands captures to the workers than while it scores them itself (W1 at
+43/s: 0.16-0.17 against 0.12-0.13), and one batch scored inline after seconds without is slow
+(18-22 ms a capture against 14 in a window of them).  Between the bounds a loop on the workers
+would stay there (W1 at 43/s: predicted 1.1 on the workers, 0.70-0.86 scoring inline; p50 30 ms
+against 24-25; W2 at 46/s: 26-28 against 24).  So while inline scoring is off it is tried again
+every ``PROBE_S``: for a whole window, judged by that window alone, if the prediction is under
+``TRIAL_SHARE``; else for one small batch, to measure its cost again.  A slow sample (a Redis
+stall, a GC pause) or a model swapped for a cheaper one does not keep it off for good either.  A
+trial at a load the loop cannot carry costs little: captures that queue behind it form batches
+too large to score inline, which go to the workers.
+
+The first window with inline scoring only warms up: its cost is not counted.  The first
+scorings after start-up are slow (W1: 43-61 ms a capture in the first window, 15 in the
+next), and smoothed into the next windows they stopped inline scoring at 43/s.
 """
 
 from __future__ import annotations
@@ -45,6 +59,9 @@ SMOOTHING = 0.5  # weight of the newest window
 STOP_SHARE = 0.9
 RESUME_SHARE = 0.75
 PROBE_S = 10.0
+# Above it a loop on the workers is not tried with inline scoring for a window: above the 1.1
+# read on the workers where windows of inline scoring showed 0.70-0.86.
+TRIAL_SHARE = 1.25
 
 
 class LoopLoad:
@@ -68,10 +85,12 @@ class LoopLoad:
         self.loop_share = 0.0  # smoothed, wall time with inline scoring: the loop's whole busy share
         self.rate = 0.0  # captures handed to the pipeline per second, smoothed
         self.inline_s_per_capture: float | None = None  # unknown until a batch is scored inline
+        self._warmed_up = False  # after the first window with inline scoring, not counted
         self.inline = True
         self._start = clock()
         self._cpu_start = cpu_clock()
-        self._probe_at = self._start  # while off: when a batch is next scored inline to re-measure
+        self._probe_at = self._start  # while off: when inline scoring is next tried
+        self._trial = False  # the window in progress is a trial: it is judged alone
         self._idle_from: float | None = None  # inside a wait: since when it is not yet counted
         self._idle_s = 0.0
         self._inline_s = 0.0
@@ -132,8 +151,11 @@ class LoopLoad:
         now = self.clock()
         if now < self._probe_at:
             return False
-        self._probe_at = now + PROBE_S  # one batch, to measure what scoring costs now
-        return True
+        self._probe_at = now + PROBE_S
+        if self.predicted_busy_share() <= TRIAL_SHARE:  # a window of it, judged by that window
+            self._restart_window(now)
+            self.inline = self._trial = True
+        return True  # else one batch, to measure what scoring costs now
 
     def share(self) -> float:
         """The loop's whole busy share, inline scoring included (the last windows, smoothed)."""
@@ -160,26 +182,36 @@ class LoopLoad:
             return
         self._count_idle()
         cpu_now = self.cpu_clock()
+        weight = 1.0 if self._trial else SMOOTHING  # a trial is judged by its own window
         # Never above the wall time that was neither idle nor scoring (CPU spent inside a wait,
         # serving callbacks, is counted in both).
         wall_busy = max(0.0, elapsed - self._idle_s - self._inline_s)
         work = max(0.0, cpu_now - self._cpu_start - self._inline_cpu_s) + self._blocked_s
-        self.busy_share = _smooth(self.busy_share, min(work, wall_busy) / elapsed)
+        self.busy_share = _smooth(self.busy_share, min(work, wall_busy) / elapsed, weight)
         self.loop_share = _smooth(self.loop_share, max(0.0, 1.0 - self._idle_s / elapsed))
-        self.rate = _smooth(self.rate, self._captures / elapsed)
-        if self._inline_captures:
+        self.rate = _smooth(self.rate, self._captures / elapsed, weight)
+        if self._inline_captures and not self._warmed_up:
+            self._warmed_up = True
+        elif self._inline_captures:
             cost = self._inline_s / self._inline_captures
             previous = self.inline_s_per_capture
-            self.inline_s_per_capture = cost if previous is None else _smooth(previous, cost)
+            self.inline_s_per_capture = cost if previous is None else _smooth(previous, cost, weight)
         predicted = self.predicted_busy_share()
         was_inline = self.inline
         self.inline = predicted <= (STOP_SHARE if was_inline else RESUME_SHARE)
         if was_inline and not self.inline:
             self._probe_at = now + PROBE_S
-        self._start, self._cpu_start = now, cpu_now
+        self._restart_window(now)
+
+    def _restart_window(self, now: float) -> None:
+        """Start measuring a new window at ``now`` (a wait in progress counts in it from now)."""
+        self._start, self._cpu_start = now, self.cpu_clock()
+        if self._idle_from is not None:
+            self._idle_from = now
         self._idle_s = self._inline_s = self._inline_cpu_s = self._blocked_s = 0.0
         self._captures = self._inline_captures = 0
+        self._trial = False
 
 
-def _smooth(old: float, new: float) -> float:
-    return (1.0 - SMOOTHING) * old + SMOOTHING * new
+def _smooth(old: float, new: float, weight: float = SMOOTHING) -> float:
+    return (1.0 - weight) * old + weight * new

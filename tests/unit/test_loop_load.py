@@ -10,7 +10,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from heimdall_stream.processing.records import InputRecord, ScoredBatch
-from heimdall_stream.stream.loop_load import PROBE_S, RESUME_SHARE, STOP_SHARE, WINDOW_S, LoopLoad
+from heimdall_stream.stream.loop_load import (
+    PROBE_S,
+    RESUME_SHARE,
+    STOP_SHARE,
+    TRIAL_SHARE,
+    WINDOW_S,
+    LoopLoad,
+)
 from heimdall_stream.stream.pipeline import BatchPipeline
 
 
@@ -146,13 +153,15 @@ def test_shares_stay_between_zero_and_one_whatever_the_loop_does(steps):
 def test_while_off_one_batch_every_probe_interval_measures_the_cost_again():
     clock = Clock()
     load = _load(clock)
-    # 40 captures/s, but one stalled window (a Redis stall, say) makes them look 50 ms each.
-    _window(load, clock, idle_s=0.0, inline_s=0.5, captures=10)
+    _window(load, clock, idle_s=0.3, inline_s=0.1, captures=20)  # the first: warming up
+    # 40 captures/s, but one stalled window (a Redis stall, say) makes them look 100 ms each.
+    _window(load, clock, idle_s=0.0, inline_s=0.5, captures=5)
     for _ in range(3):
         on = _window(load, clock, idle_s=0.3, inline_s=0.0, captures=20)
-    assert not on  # 0.4 of other work + 40/s x ~25 ms
+    assert not on  # 0.4 of other work + 40/s x 100 ms
     assert not load.inline_affordable()
-    clock.pass_time(PROBE_S)
+    load.wait(lambda: clock.pass_time(PROBE_S))
+    assert load.predicted_busy_share() > TRIAL_SHARE  # too far off for a window of it
     assert load.inline_affordable()  # the probe: one batch scored inline ...
     assert not load.inline_affordable()  # ... and only one
     for _ in range(8):  # the probe, and what follows it, cost 5 ms a capture: 0.4 + 0.2
@@ -195,10 +204,11 @@ def test_the_pipeline_measures_what_scoring_inline_costs():
     load = _load(clock)
     pipeline = BatchPipeline(Scorer(clock), workers=1, inline_max_captures=4, load=load)  # type: ignore[arg-type]
     records = [InputRecord("in", 0, n, None, b"", 0.0) for n in range(2)]
-    pipeline.submit(records)
-    pipeline.drain()
-    clock.pass_time(WINDOW_S)
-    load.share()
+    for _ in range(2):  # the first window warms up
+        pipeline.submit(records)
+        pipeline.drain()
+        clock.pass_time(WINDOW_S)
+        load.share()
     pipeline.close()
     assert load.inline_s_per_capture is not None and abs(load.inline_s_per_capture - 0.01) < 1e-9
 
@@ -270,3 +280,57 @@ def test_a_commit_served_inside_a_wait_is_work_not_idle():
     load.wait(poll_serving_a_revoke)
     load.share()
     assert abs(load.busy_share - 0.5 * 0.6) < 1e-9 and abs(load.loop_share - 0.5 * 0.6) < 1e-9
+
+
+def test_the_first_window_of_inline_scoring_warms_up_and_is_not_counted():
+    """W1 at 43/s: 43-61 ms a capture in the first window after start-up, 14 ms after."""
+    clock = Clock()
+    load = _load(clock)
+    assert _window(load, clock, idle_s=0.0, inline_s=0.43, captures=10)  # cold: 43 ms a capture
+    assert load.inline_s_per_capture is None
+    for _ in range(6):
+        assert _window(load, clock, idle_s=0.14, inline_s=0.3, captures=21)
+    assert load.inline_s_per_capture is not None and abs(load.inline_s_per_capture - 0.3 / 21) < 1e-3
+    assert load.predicted_busy_share() < RESUME_SHARE
+
+
+def _on_the_workers(load: LoopLoad, clock: Clock) -> int:
+    """W1 at 43/s on the workers (0.17 of the loop's CPU time, probes read 22 ms a capture),
+    until inline scoring is tried again: how many windows that took."""
+    windows = 0
+    while True:
+        load.submitted(21)
+        clock.work(0.085)
+        clock.pass_time(0.1)  # queued for the GIL
+        load.wait(lambda: clock.pass_time(0.315))
+        windows += 1
+        if load.inline_affordable():
+            return windows
+        assert RESUME_SHARE < load.predicted_busy_share() <= TRIAL_SHARE  # 0.17 + 43/s x 22 ms
+
+
+def _stopped_by_a_slow_start(load: LoopLoad, clock: Clock) -> None:
+    _window(load, clock, idle_s=0.3, inline_s=0.1, captures=20)  # warming up
+    for _ in range(3):  # start-up: 22 ms a capture, and a burst
+        on = _window(load, clock, idle_s=0.0, inline_s=0.44, captures=20)
+    assert not on
+
+
+def test_a_loop_on_the_workers_reading_high_tries_a_window_of_inline_scoring_and_keeps_it():
+    clock = Clock()
+    load = _load(clock)
+    _stopped_by_a_slow_start(load, clock)
+    assert _on_the_workers(load, clock) >= PROBE_S / WINDOW_S - 1
+    for _ in range(3):  # the trial, and after: 14 ms a capture, other work 0.13, so 0.73
+        on = _window(load, clock, idle_s=0.135, inline_s=0.3, captures=21)
+        assert on
+    assert abs(load.predicted_busy_share() - 0.73) < 0.03
+
+
+def test_a_trial_window_the_loop_cannot_carry_hands_scoring_back_to_the_workers():
+    clock = Clock()
+    load = _load(clock)
+    _stopped_by_a_slow_start(load, clock)
+    _on_the_workers(load, clock)
+    assert not _window(load, clock, idle_s=0.0, inline_s=0.42, captures=21)  # 20 ms each: 1.0
+    assert _on_the_workers(load, clock) >= PROBE_S / WINDOW_S - 1  # until the next trial

@@ -5,15 +5,16 @@ outside the consumer: the load generator, the reader and the broker share the sa
 Linux's pressure stall information (``/proc/pressure/cpu``, "some") counts the time at least
 one runnable task waited for a CPU; steal counts the time the hypervisor ran someone else.
 Sampled every ``SAMPLE_EVERY_S`` alongside the run, they say how contended the machine was
-overall and, for the captures slower than a bound, over exactly their lifetimes: if the slow
-captures lived through much higher pressure than the run as a whole, they waited for a core.
+overall and, for the captures slower than a bound, over their lifetimes (widened to the samples
+around them): if the slow captures lived through much higher pressure than the run as a whole,
+they waited for a core.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,7 @@ class MachineWatch:
             steal = getattr(times, "steal", 0.0)
             busy = sum(times) - times.idle - getattr(times, "iowait", 0.0) - steal
             self.samples.append((time.monotonic(), busy, steal, _pressure_us()))
-            time.sleep(SAMPLE_EVERY_S)
+            self._stop.wait(SAMPLE_EVERY_S)
 
     def stop(self) -> None:
         """Stop sampling."""
@@ -59,7 +60,7 @@ class MachineWatch:
     def during(self, start: float, end: float) -> dict[str, float] | None:
         """Busy and steal cores, and the CPU pressure share, between two monotonic times."""
         times = [s[0] for s in self.samples]
-        i = min(max(bisect_left(times, start) - 1, 0), len(times) - 1)
+        i = min(max(bisect_right(times, start) - 1, 0), len(times) - 1)
         j = min(bisect_left(times, end), len(times) - 1)
         if j <= i:
             return None

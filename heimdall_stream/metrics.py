@@ -117,8 +117,9 @@ class Metrics:
         )
         self.loop_inline = Gauge(
             "heimdall_loop_inline_scoring",
-            "1 while the stream loop scores small batches itself (it has time for them), 0 while it "
-            "hands every batch to the workers; a batch is still scored inline every 10 s to measure.",
+            "1 while the stream loop may score small batches itself (it has time for them; a batch "
+            "still goes to the workers while others are held), 0 while it hands them to the workers "
+            "(trying inline scoring again, for half a second or one batch, every 10 s).",
             registry=registry,
         )
         self.consumer_lag = Gauge(

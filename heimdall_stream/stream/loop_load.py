@@ -188,7 +188,7 @@ class LoopLoad:
         wall_busy = max(0.0, elapsed - self._idle_s - self._inline_s)
         work = max(0.0, cpu_now - self._cpu_start - self._inline_cpu_s) + self._blocked_s
         self.busy_share = _smooth(self.busy_share, min(work, wall_busy) / elapsed, weight)
-        self.loop_share = _smooth(self.loop_share, max(0.0, 1.0 - self._idle_s / elapsed))
+        self.loop_share = _smooth(self.loop_share, max(0.0, 1.0 - self._idle_s / elapsed), weight)
         self.rate = _smooth(self.rate, self._captures / elapsed, weight)
         if self._inline_captures and not self._warmed_up:
             self._warmed_up = True

@@ -71,9 +71,10 @@ class BatchPipeline:
 
     def submit(self, records: Sequence[InputRecord]) -> None:
         """Hand a batch to the workers (a small one, with nothing else held, may be scored here)."""
-        self.load.submitted(len(records))
         small = not self._queue and len(records) <= self.inline_max_captures
-        if not (small and self.load.inline_affordable()):
+        inline = small and self.load.inline_affordable()  # may start a window: count them after
+        self.load.submitted(len(records))
+        if not inline:
             self._queue.append(_Held(list(records), self._pool.submit(self.processor.process, records)))
             return
         future: Future[ScoredBatch] = Future()

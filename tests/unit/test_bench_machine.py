@@ -27,6 +27,8 @@ def test_the_slow_captures_are_compared_with_the_whole_run():
     assert tail["slow_captures"] == 2 and tail["slow_seconds"] == 1
     assert tail["run"]["cpu_pressure"] == pytest.approx(0.18)
     assert tail["slow_median"]["cpu_pressure"] == pytest.approx(0.1)  # the jump was before 5 s
+    on_a_sample = watch.during(5.0, 6.0)  # starting on a sample: from that one, not the one before
+    assert on_a_sample is not None and on_a_sample["cpu_pressure"] == pytest.approx(0.1)
 
 
 def test_without_samples_or_pressure_information_nothing_is_made_up():

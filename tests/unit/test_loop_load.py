@@ -6,7 +6,7 @@ import threading
 from functools import partial
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from heimdall_stream.processing.records import InputRecord, ScoredBatch
@@ -108,6 +108,7 @@ _STEPS = st.lists(
 
 
 @given(steps=_STEPS)
+@example(steps=[("score", 2.0)] * 4 + [("wait", 2.0)] * 5 + [("score", 0.0), ("work", 2.0)])  # a trial
 def test_shares_stay_between_zero_and_one_whatever_the_loop_does(steps):
     """Work, GIL waits, blocking commits, waits, scoring or committing inside a wait (a rebalance
     callback) and windows closing anywhere."""
